@@ -1,0 +1,1 @@
+"""Shared code for the FedHE services: crypto foundation, ML bridge, config and RPC helpers."""

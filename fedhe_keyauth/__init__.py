@@ -1,0 +1,1 @@
+"""fedhe_keyauth package."""
