@@ -49,9 +49,7 @@ class PublicParams:
             doc = json.loads(text)
             fields = doc["preset"]
             base = get_preset(fields["name"])
-            preset = dataclasses.replace(
-                base, clip_bound=float(fields["clip_bound"])
-            )
+            preset = dataclasses.replace(base, clip_bound=float(fields["clip_bound"]))
             if _preset_dict(preset) != fields:
                 raise KeyMaterialError(
                     f"parameters for preset {base.name!r} differ from this build's definition"
@@ -80,8 +78,7 @@ def build_seal_context(preset: Preset) -> sa.SEALContext:
     ctx = sa.SEALContext(parms, True, sa.SEC_LEVEL_TYPE.TC128)
     if not ctx.parameters_set():
         raise ConfigError(
-            f"preset {preset.name!r} is not a valid SEAL context: "
-            f"{ctx.parameters_error_message()}"
+            f"preset {preset.name!r} is not a valid SEAL context: {ctx.parameters_error_message()}"
         )
     return ctx
 

@@ -41,9 +41,7 @@ def wrap(kind: BlobKind, fingerprint: bytes, seal_blob: bytes) -> bytes:
     return HEADER.pack(MAGIC, VERSION, int(kind), 0, fingerprint) + seal_blob
 
 
-def unwrap(
-    blob: bytes, allowed: frozenset[BlobKind], fingerprint: bytes
-) -> tuple[BlobKind, bytes]:
+def unwrap(blob: bytes, allowed: frozenset[BlobKind], fingerprint: bytes) -> tuple[BlobKind, bytes]:
     """Check the envelope of untrusted bytes; return (kind, SEAL bytes).
 
     Raises :class:`InvalidCiphertextError` for a malformed header or a kind not

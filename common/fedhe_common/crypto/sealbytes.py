@@ -98,7 +98,9 @@ def to_uncompressed(blob: bytes) -> bytes:
     if compr != COMPR_ZSTD or magic != SEAL_MAGIC or hsize != 16:
         raise ValueError("unexpected SEAL header in locally produced blob")
     members = zstandard.ZstdDecompressor().decompressobj().decompress(blob[16:size])
-    return SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 16 + len(members)) + members
+    return (
+        SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 16 + len(members)) + members
+    )
 
 
 def ciphertext_lengths(n: int, k: int) -> tuple[int, int]:

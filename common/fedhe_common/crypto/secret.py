@@ -91,11 +91,15 @@ class SecretKeyHolder:
 
     def export_public_key(self) -> bytes:
         """PUBLIC_KEY blob (uncompressed SEAL bytes, hashed into the fingerprint)."""
-        return envelope.wrap(BlobKind.PUBLIC_KEY, self.fingerprint, _raw_seal_bytes(self._public_key))
+        return envelope.wrap(
+            BlobKind.PUBLIC_KEY, self.fingerprint, _raw_seal_bytes(self._public_key)
+        )
 
     def export_secret_key(self) -> bytes:
         """SECRET_KEY blob. Hand it only to enrolled clients; never log it."""
-        return envelope.wrap(BlobKind.SECRET_KEY, self.fingerprint, _raw_seal_bytes(self._secret_key))
+        return envelope.wrap(
+            BlobKind.SECRET_KEY, self.fingerprint, _raw_seal_bytes(self._secret_key)
+        )
 
     # -- crypto ------------------------------------------------------------------------
     def encrypt(self, values: np.ndarray) -> bytes:

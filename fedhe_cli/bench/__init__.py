@@ -1,0 +1,1 @@
+"""Benchmarks behind ``fedhe bench``: our path and the baselines in one run."""

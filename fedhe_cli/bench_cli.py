@@ -1,0 +1,125 @@
+"""``fedhe bench ...`` commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from pathlib import Path
+
+import click
+from rich.progress import Progress
+
+from fedhe_cli.output import console, print_table, write_json
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter("sizes must be comma-separated integers") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise click.BadParameter("sizes must be positive")
+    return sizes
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks: our path and the baselines in one run, process CPU time."""
+
+
+@bench.command("crypto")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option(
+    "--sizes",
+    default="1663370,11689512",
+    show_default=True,
+    help="comma-separated values per client (109482240 = BERT-base)",
+)
+@click.option(
+    "--configs",
+    default="single-key,paper-default,nvflare-default",
+    show_default=True,
+    help="comma-separated configs",
+)
+@click.option("--seed", default=0, show_default=True)
+def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) -> None:
+    """Encrypted FedAvg of 3 clients (weights 1,2,3): bytes, CPU and error per config."""
+    from fedhe_cli.bench.crypto_bench import PATH_FACTORIES, ratios_vs, run_crypto_bench
+
+    size_list = _sizes(sizes)
+    config_list = [c.strip() for c in configs.split(",") if c.strip()]
+    unknown = [c for c in config_list if c not in PATH_FACTORIES]
+    if unknown:
+        raise click.BadParameter(f"unknown config(s) {unknown}; known: {sorted(PATH_FACTORIES)}")
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        tasks = {
+            (c, n): progress.add_task(f"{c} n={n:,}", total=n)
+            for c in config_list
+            for n in size_list
+        }
+        results = run_crypto_bench(
+            config_list,
+            size_list,
+            seed,
+            on_block=lambda c, n, done: progress.advance(tasks[(c, n)], done),
+        )
+    print_table(
+        "fedhe bench crypto (3 clients, weights 1,2,3; process CPU s)",
+        [
+            "config",
+            "n_params",
+            "up B/val",
+            "down B/val",
+            "client cpu s",
+            "server cpu s/client",
+            "decrypt cpu s",
+            "max abs err",
+        ],
+        [
+            [
+                r.config,
+                r.n_params,
+                r.upload_bytes_per_value,
+                r.download_bytes_per_value,
+                r.client_cpu_s,
+                r.server_cpu_s_per_client,
+                r.decrypt_cpu_s,
+                r.max_abs_err,
+            ]
+            for r in results
+        ],
+    )
+    ratios = ratios_vs(results, "nvflare-default")
+    if ratios:
+        print_table(
+            "ratios vs nvflare-default (same run)",
+            ["config", "n_params", "client cpu", "server cpu", "upload bytes"],
+            [
+                [
+                    r["config"],
+                    r["n_params"],
+                    r["client_cpu_ratio"],
+                    r["server_cpu_ratio"],
+                    r["upload_bytes_ratio"],
+                ]
+                for r in ratios
+            ],
+        )
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "suite": "crypto",
+                "clients": 3,
+                "weights": [1, 2, 3],
+                "value_range": [-10, 10],
+                "cpu_time": "process CPU seconds (time.process_time)",
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpu": platform.processor(),
+                    "system": platform.platform(),
+                },
+                "results": [dataclasses.asdict(r) for r in results],
+                "ratios": ratios,
+            },
+        )
