@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from fedhe_cli.admin_cli import config_group, job_group
 from fedhe_cli.bench_cli import bench
+from fedhe_cli.run_cli import demo, simulate
 
 
 @click.group()
@@ -13,7 +15,8 @@ def cli() -> None:
     """FedHE: federated learning with CKKS homomorphic encryption."""
 
 
-cli.add_command(bench)
+for command in (bench, demo, simulate, config_group, job_group):
+    cli.add_command(command)
 
 
 def main() -> None:

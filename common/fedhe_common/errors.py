@@ -69,3 +69,7 @@ class QuotaExceededError(FedHEError):
 
 class UnavailableError(FedHEError):
     """The service is temporarily unable to serve (starting, draining)."""
+
+
+class IncompleteUploadError(FedHEError):
+    """A commit was asked for before every declared chunk arrived."""

@@ -1,0 +1,1 @@
+"""Typed YAML configuration (pydantic models) for jobs and the three services."""

@@ -1,0 +1,192 @@
+"""pydantic models of every FedHE YAML file; unknown keys are errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedhe_common.crypto.presets import PRESETS
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+    return value
+
+
+# ----------------------------------------------------------------------------- job
+class JobSection(_Model):
+    name: str
+    rounds: int = Field(ge=1, le=100_000)
+    seed: int = 0
+
+    _name = field_validator("name")(_check_id)
+
+
+class ParticipantsSection(_Model):
+    min_clients: int = Field(default=2, ge=1)
+    round_timeout_s: float = Field(default=300.0, gt=0)
+    wait_after_min_s: float = Field(default=5.0, ge=0)
+    expected_clients: int | None = Field(default=None, ge=1)
+
+
+class EncryptionSection(_Model):
+    mode: Literal["ckks", "none"] = "ckks"
+    preset: str = "single-key"
+    clip_bound: float | None = Field(default=None, gt=0)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset; choose one of {', '.join(sorted(PRESETS))}")
+        if PRESETS[value].baseline_only:
+            raise ValueError("this preset is a benchmark baseline only")
+        return value
+
+
+class ModelSection(_Model):
+    name: Literal["mlp", "lenet", "cnn"] = "mlp"
+    hidden: int = Field(default=64, ge=1)
+
+
+class DataSection(_Model):
+    dataset: Literal["digits", "digits28", "npz"] = "digits"
+    path: str | None = None
+    partition: Literal["iid", "dirichlet"] = "iid"
+    dirichlet_alpha: float = Field(default=0.5, gt=0)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DataSection:
+        if self.dataset == "npz" and not self.path:
+            raise ValueError("dataset 'npz' needs data.path")
+        return self
+
+
+class TrainingSection(_Model):
+    local_epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    max_update_abs: float = Field(default=1e3, gt=0)
+
+
+class JobConfig(_Model):
+    """A federated job: what to train, how to encrypt, when a round closes."""
+
+    version: Literal[1] = 1
+    job: JobSection
+    participants: ParticipantsSection = ParticipantsSection()
+    encryption: EncryptionSection = EncryptionSection()
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    training: TrainingSection = TrainingSection()
+
+
+# ------------------------------------------------------------------------ services
+class TLSSection(_Model):
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+
+
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Listener(_Model):
+    listen: str = "127.0.0.1:0"
+    insecure: bool = False
+    tls: TLSSection | None = None
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> _Listener:
+        if self.insecure and not _loopback(self.listen):
+            raise ValueError("insecure (no TLS) is only allowed on a loopback listen address")
+        if not self.insecure and not (self.tls and self.tls.cert_file and self.tls.key_file):
+            raise ValueError("TLS needs tls.cert_file and tls.key_file (or insecure: true)")
+        return self
+
+
+class IdentitySection(_Model):
+    id: str
+    role: Literal["server", "client", "admin"]
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    _id = field_validator("id")(_check_id)
+
+
+class KeyAuthConfig(_Listener):
+    """``fedhe-keyauth serve`` configuration."""
+
+    version: Literal[1] = 1
+    state_dir: str
+    identities: list[IdentitySection]
+
+
+class PeerSection(_Model):
+    address: str
+    token_file: str
+    ca_file: str | None = None
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> PeerSection:
+        if self.insecure and not _loopback(self.address):
+            raise ValueError("insecure (no TLS) is only allowed to a loopback address")
+        return self
+
+
+class ServerConfig(_Listener):
+    """``fedhe-server serve`` configuration."""
+
+    version: Literal[1] = 1
+    state_dir: str
+    keyauth: PeerSection
+    identities: list[IdentitySection]
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+
+class PartitionSection(_Model):
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    num_samples: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> PartitionSection:
+        if self.index >= self.count:
+            raise ValueError("partition.index must be < partition.count")
+        return self
+
+
+class ClientConfig(_Model):
+    """``fedhe-client run`` configuration."""
+
+    version: Literal[1] = 1
+    client_id: str
+    server: PeerSection
+    keyauth: PeerSection
+    job_id: str | None = None
+    partition: PartitionSection
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
+    export_dir: str | None = None
+    progress: bool = True
+
+    _id = field_validator("client_id")(_check_id)

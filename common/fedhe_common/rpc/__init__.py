@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the services: servers, channels, auth, errors, retries."""

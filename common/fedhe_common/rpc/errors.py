@@ -1,0 +1,113 @@
+"""FedHE errors <-> gRPC status codes, translated in exactly one place per side."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from fedhe_common import errors as e
+
+logger = logging.getLogger(__name__)
+
+STATUS_MAP: dict[type[e.FedHEError], grpc.StatusCode] = {
+    e.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    e.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    e.KeyMaterialError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    e.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    e.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    e.ConflictError: grpc.StatusCode.ALREADY_EXISTS,
+    e.WrongRoundError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.IncompleteUploadError: grpc.StatusCode.FAILED_PRECONDITION,
+    e.QuotaExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+_REVERSE: dict[grpc.StatusCode, type[e.FedHEError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: e.InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: e.AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: e.PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: e.NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: e.ConflictError,
+    grpc.StatusCode.FAILED_PRECONDITION: e.WrongRoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: e.QuotaExceededError,
+    grpc.StatusCode.UNAVAILABLE: e.UnavailableError,
+}
+
+
+def status_for(exc: e.FedHEError) -> grpc.StatusCode:
+    """The gRPC status of a FedHE error (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_MAP:
+            return STATUS_MAP[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """Abort the RPC: FedHE errors with their message, anything else as INTERNAL."""
+    if isinstance(exc, e.FedHEError):
+        logger.info("rejected: %s", exc.message)
+        context.abort(status_for(exc), exc.message)
+    error_id = uuid.uuid4().hex[:12]
+    logger.exception("internal error %s", error_id)
+    context.set_trailing_metadata((("fedhe-error-id", error_id),))
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id})")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translate_errors(method: F) -> F:
+    """Decorator for unary servicer methods: map exceptions to statuses."""
+
+    @wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except grpc.RpcError:
+            raise
+        except Exception as exc:
+            if context.code() is not None:  # already aborted inside
+                raise
+            abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def translate_stream_errors(method: F) -> F:
+    """Decorator for server-streaming servicer methods."""
+
+    @wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
+            if context.code() is not None:
+                raise
+            abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def error_from_rpc(exc: grpc.RpcError) -> e.FedHEError:
+    """A FedHE error for a failed call (the peer's public message kept)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = _REVERSE.get(code, e.FedHEError)  # type: ignore[arg-type]
+    err = cls(f"{code.name if code else 'UNKNOWN'}: {detail}")
+    err.status = code  # type: ignore[attr-defined]
+    return err
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Client side: turn ``grpc.RpcError`` into FedHE errors."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from None

@@ -1,0 +1,133 @@
+"""``fedhe config validate`` and ``fedhe job submit|status``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from fedhe_cli.output import console, print_table
+from fedhe_client.connection import ServerConnection
+from fedhe_common.config.load import load_yaml
+from fedhe_common.config.models import (
+    ClientConfig,
+    JobConfig,
+    KeyAuthConfig,
+    PeerSection,
+    ServerConfig,
+)
+from fedhe_common.errors import ConfigError, FedHEError
+
+KINDS = {"job": JobConfig, "server": ServerConfig, "client": ClientConfig, "keyauth": KeyAuthConfig}
+
+
+def guess_kind(path: Path) -> str:
+    """Tell the file kind from its top-level keys."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    keys = set(doc) if isinstance(doc, dict) else set()
+    if "job" in keys:
+        return "job"
+    if "client_id" in keys:
+        return "client"
+    if "keyauth" in keys:
+        return "server"
+    if "identities" in keys:
+        return "keyauth"
+    raise ConfigError(f"{path}: cannot tell the config kind; pass --kind")
+
+
+@click.group("config")
+def config_group() -> None:
+    """Configuration files."""
+
+
+@config_group.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(sorted(KINDS)), help="default: guessed from the keys")
+def validate(file: Path, kind: str | None) -> None:
+    """Check FILE against its schema; errors name the field."""
+    try:
+        kind = kind or guess_kind(file)
+        load_yaml(file, KINDS[kind])
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"{file}: valid {kind} config")
+
+
+def _admin(server: str, token_file: str, ca_file: str | None, insecure: bool) -> ServerConnection:
+    try:
+        return ServerConnection(
+            PeerSection(address=server, token_file=token_file, ca_file=ca_file, insecure=insecure)
+        )
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_server_options = [
+    click.option("--server", required=True, help="host:port of fedhe-server"),
+    click.option("--token-file", required=True, type=click.Path()),
+    click.option("--ca-file", type=click.Path(), help="CA certificate for TLS"),
+    click.option("--insecure", is_flag=True, help="no TLS (loopback only)"),
+]
+
+
+def server_options(fn):  # type: ignore[no-untyped-def]
+    """Attach the connection options."""
+    for option in reversed(_server_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group("job")
+def job_group() -> None:
+    """Jobs on a running server."""
+
+
+@job_group.command("submit")
+@click.argument("job_file", type=click.Path(path_type=Path))
+@server_options
+def submit(
+    job_file: Path, server: str, token_file: str, ca_file: str | None, insecure: bool
+) -> None:
+    """Submit JOB_FILE (validated locally first)."""
+    from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+
+    try:
+        load_yaml(job_file, JobConfig)
+        conn = _admin(server, token_file, ca_file, insecure)
+        reply = conn._unary("SubmitJob", pb.SubmitJobRequest(job_yaml=job_file.read_text()))
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "created" if reply.created else "already exists (identical)"  # type: ignore[attr-defined]
+    console.print(f"job {reply.job_id} {verb}")  # type: ignore[attr-defined]
+
+
+@job_group.command("status")
+@click.argument("job_id")
+@server_options
+def status(job_id: str, server: str, token_file: str, ca_file: str | None, insecure: bool) -> None:
+    """Show a job's rounds."""
+    try:
+        reply = _admin(server, token_file, ca_file, insecure).job_status(job_id)
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"job {reply.job_id}: {reply.state}, round {reply.current_round}/{reply.rounds}")
+    print_table(
+        "rounds",
+        ["round", "state", "clients", "weight sum", "seconds", "accuracy"],
+        [
+            [
+                r.round,
+                r.state,
+                r.contributors,
+                r.weight_sum,
+                r.seconds,
+                r.metrics.get("accuracy", float("nan")),
+            ]
+            for r in reply.history
+        ],
+    )

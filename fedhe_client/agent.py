@@ -1,0 +1,196 @@
+"""The client agent loop: plan -> download+decrypt -> train -> encrypt -> upload -> commit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedhe_client.connection import ServerConnection, fault_after_chunks
+from fedhe_client.learner import LocalLearner, check_global
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
+from fedhe_common.config.load import parse_yaml
+from fedhe_common.config.models import ClientConfig, JobConfig
+from fedhe_common.crypto.context import PublicParams
+from fedhe_common.crypto.secret import SecretKeyHolder
+from fedhe_common.errors import FedHEError, KeyMaterialError
+from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.rpc.auth import call_metadata, read_secret_file
+from fedhe_common.rpc.errors import rpc_errors
+from fedhe_common.rpc.retry import call_with_retry
+from fedhe_common.rpc.transport import create_channel
+
+logger = logging.getLogger(__name__)
+
+
+def fetch_secret_key(config: ClientConfig, job_id: str) -> SecretKeyHolder:
+    """Get the job's keys from the key authority (client identities only)."""
+    channel = create_channel(config.keyauth, 4 * 1024 * 1024)
+    stub = keyauth_pb2_grpc.KeyAuthorityServiceStub(channel)
+    metadata = call_metadata(read_secret_file(config.keyauth.token_file))
+    with rpc_errors():
+        reply = call_with_retry(
+            lambda: stub.FetchClientKey(
+                keyauth_pb2.FetchClientKeyRequest(job_id=job_id), timeout=30, metadata=metadata
+            ),
+            what="FetchClientKey",
+        )
+    channel.close()
+    params = PublicParams.from_json(reply.public_params_json)
+    return SecretKeyHolder.from_blobs(params, reply.secret_key, reply.public_key)
+
+
+class ClientAgent:
+    """Runs one client through a job until it finishes."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.conn = ServerConnection(config.server)
+        reg = self.conn.register(config.client_id, config.job_id)
+        self.job_id = reg.job_id
+        self.job = parse_yaml(reg.job_yaml, JobConfig, f"job {reg.job_id}")
+        self.values_per_chunk = reg.values_per_chunk
+        self.conn = ServerConnection(config.server, reg.max_message_bytes)
+        self.holder: SecretKeyHolder | None = None
+        if self.job.encryption.mode == "ckks":
+            self.holder = fetch_secret_key(config, self.job_id)
+            if self.holder.fingerprint != bytes(reg.context_fingerprint):
+                raise KeyMaterialError("server and key authority disagree on the job's context")
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        p = config.partition
+        self.learner = LocalLearner(
+            self.job, p.index, p.count, p.num_samples, config.device, config.progress
+        )
+        self.export = Path(config.export_dir) if config.export_dir else None
+        if self.export:
+            self.export.mkdir(parents=True, exist_ok=True)
+        self.applied_round = 0
+        self.encrypt_s: dict[int, float] = {}
+        logger.info(
+            "client %s joined job %s: %d samples, %d values, encryption %s",
+            config.client_id,
+            self.job_id,
+            self.learner.sample_count,
+            self.learner.manifest.total,
+            self.job.encryption.mode,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, float]:
+        """Take part in rounds until the job finishes; return final metrics."""
+        done_round = 0
+        while True:
+            plan = self.conn.round_plan(self.job_id, self.config.client_id, done_round)
+            if plan.aggregate_round > self.applied_round:
+                self._apply_aggregate(plan.aggregate_round)
+            if plan.phase == pb.ROUND_PHASE_JOB_FINISHED:
+                metrics = self.learner.evaluate()
+                logger.info("job %s finished: test accuracy %.4f", self.job_id, metrics["accuracy"])
+                return metrics
+            if plan.phase == pb.ROUND_PHASE_JOB_FAILED:
+                raise FedHEError(f"job {self.job_id} failed on the server")
+            if plan.retry:
+                continue
+            self._train_and_upload(plan)
+            done_round = plan.round
+
+    def _apply_aggregate(self, number: int) -> None:
+        header, chunks = self.conn.download(self.job_id, number)
+        t0 = time.perf_counter()
+        try:
+            vector = self._decode(header, chunks) / header.weight_sum
+            check_global(vector, self.job.training.max_update_abs)
+        except FedHEError as exc:
+            logger.error(
+                "AGGREGATE_REJECTED round %d: %s; keeping the previous model", number, exc.message
+            )
+            self.applied_round = number
+            return
+        decrypt_s = time.perf_counter() - t0
+        self.learner.load_vector(vector)
+        self.applied_round = number
+        metrics = self.learner.evaluate()
+        metrics["contributors"] = float(header.contributors)
+        metrics["he_s"] = self.encrypt_s.pop(number, 0.0) + decrypt_s
+        if self.export:
+            np.save(self.export / f"global-r{number}.npy", vector, allow_pickle=False)
+        self.conn.report(self.job_id, self.config.client_id, number, metrics)
+        logger.info(
+            "round %d global model: accuracy %.4f loss %.4f (%d contributors)",
+            number,
+            metrics["accuracy"],
+            metrics["loss"],
+            header.contributors,
+        )
+
+    def _decode(self, header: pb.AggregateHeader, chunks: list[pb.Chunk]) -> np.ndarray:
+        total = int(header.num_values)
+        if header.layout_id != self.learner.manifest.layout_id:
+            raise FedHEError("aggregate has another model layout")
+        plan = ChunkPlan(total, self.values_per_chunk)
+        vector = np.zeros(total, dtype=np.float64)
+        seen = set()
+        for chunk in chunks:
+            start, stop = plan.bounds(chunk.index)
+            if chunk.stream == pb.STREAM_KIND_CIPHERTEXT:
+                if self.holder is None:
+                    raise FedHEError("ciphertext in a job without encryption")
+                vector[start:stop] = self.holder.decrypt(chunk.payload)[: stop - start]
+            else:
+                if len(chunk.payload) != 8 * (stop - start):
+                    raise FedHEError("plaintext aggregate chunk has the wrong length")
+                vector[start:stop] = np.frombuffer(chunk.payload, dtype="<f8")
+            seen.add((chunk.stream, chunk.index))
+        if len(seen) != plan.count:
+            raise FedHEError(f"aggregate has {len(seen)} chunks, expected {plan.count}")
+        return vector
+
+    def _train_and_upload(self, plan: pb.GetRoundPlanResponse) -> None:
+        t0 = time.perf_counter()
+        vector, loss = self.learner.train_round(plan.round)
+        t_train = time.perf_counter() - t0
+        plan_chunks = ChunkPlan(vector.size, self.values_per_chunk)
+        ciphertext: list[bytes] = []
+        plaintext: list[bytes] = []
+        t1 = time.perf_counter()
+        if self.holder is not None:
+            ciphertext = [self.holder.encrypt(c) for c in plan_chunks.split(vector)]
+        else:
+            plaintext = [c.astype("<f4").tobytes() for c in plan_chunks.split(vector)]
+        t_he = time.perf_counter() - t1
+        self.encrypt_s[plan.round] = t_he if self.holder is not None else 0.0
+        manifest = pb.UploadManifest(
+            job_id=self.job_id,
+            round=plan.round,
+            client_id=self.config.client_id,
+            layout_id=self.learner.manifest.layout_id,
+            mask_id="",
+            context_fingerprint=self.holder.fingerprint if self.holder else b"",
+            ciphertext_chunks=len(ciphertext),
+            plaintext_chunks=len(plaintext),
+            num_values=vector.size,
+            sample_count=self.learner.sample_count,
+        )
+        if self.export:
+            np.save(self.export / f"upload-r{plan.round}.npy", vector, allow_pickle=False)
+            (self.export / f"upload-r{plan.round}.json").write_text(
+                json.dumps({"sample_count": self.learner.sample_count})
+            )
+        sent = sum(map(len, ciphertext)) + sum(map(len, plaintext))
+        self.conn.upload(
+            manifest, ciphertext, plaintext, self.values_per_chunk, on_chunk=fault_after_chunks
+        )
+        logger.info(
+            "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB",
+            plan.round,
+            loss,
+            t_train,
+            t_he,
+            sent / 1e6,
+        )

@@ -1,0 +1,163 @@
+"""The client's connection to the aggregation server: one channel, bounded retries."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
+from fedhe_common.config.models import PeerSection
+from fedhe_common.errors import IncompleteUploadError, ManifestMismatchError
+from fedhe_common.rpc.auth import call_metadata, read_secret_file
+from fedhe_common.rpc.errors import rpc_errors
+from fedhe_common.rpc.retry import call_with_retry
+from fedhe_common.rpc.transport import create_channel
+
+logger = logging.getLogger(__name__)
+UNARY_TIMEOUT_S = 30.0
+STREAM_TIMEOUT_S = 600.0
+DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class ServerConnection:
+    """Typed calls to AggregationService with deadlines and retries on transient errors."""
+
+    def __init__(self, peer: PeerSection, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.metadata = call_metadata(read_secret_file(peer.token_file))
+        self.stub = pb_grpc.AggregationServiceStub(create_channel(peer, max_message_bytes))
+        self.chunks_sent = 0
+
+    def _unary(self, name: str, request: object, timeout: float = UNARY_TIMEOUT_S) -> object:
+        method = getattr(self.stub, name)
+        with rpc_errors():
+            return call_with_retry(
+                lambda: method(request, timeout=timeout, metadata=self.metadata), what=name
+            )
+
+    def register(self, client_id: str, job_id: str | None) -> pb.RegisterClientResponse:
+        """Register for a job (or the server's only running job)."""
+        return self._unary(
+            "RegisterClient",  # type: ignore[return-value]
+            pb.RegisterClientRequest(client_id=client_id, job_id=job_id or ""),
+        )
+
+    def round_plan(
+        self, job_id: str, client_id: str, after_round: int, wait_s: int = 20
+    ) -> pb.GetRoundPlanResponse:
+        """Long-poll for the next round."""
+        request = pb.GetRoundPlanRequest(
+            job_id=job_id, client_id=client_id, after_round=after_round, wait_s=wait_s
+        )
+        return self._unary("GetRoundPlan", request, timeout=wait_s + 15)  # type: ignore[return-value]
+
+    def job_status(self, job_id: str) -> pb.GetJobStatusResponse:
+        """The job's state and round history."""
+        return self._unary(
+            "GetJobStatus",  # type: ignore[return-value]
+            pb.GetJobStatusRequest(job_id=job_id),
+        )
+
+    def report(self, job_id: str, client_id: str, number: int, metrics: dict[str, float]) -> None:
+        """Send evaluation metrics for a round."""
+        self._unary(
+            "ReportMetrics",
+            pb.ReportMetricsRequest(
+                job_id=job_id, client_id=client_id, round=number, metrics=metrics
+            ),
+        )
+
+    def download(self, job_id: str, number: int) -> tuple[pb.AggregateHeader, list[pb.Chunk]]:
+        """Stream a published aggregate; every chunk's sha256 is checked."""
+
+        def fetch() -> tuple[pb.AggregateHeader, list[pb.Chunk]]:
+            stream = self.stub.GetAggregate(
+                pb.GetAggregateRequest(job_id=job_id, round=number),
+                timeout=STREAM_TIMEOUT_S,
+                metadata=self.metadata,
+            )
+            header, chunks = None, []
+            for item in stream:
+                if item.HasField("header"):
+                    header = item.header
+                else:
+                    if hashlib.sha256(item.chunk.payload).digest() != item.chunk.sha256:
+                        raise ManifestMismatchError("aggregate chunk failed its sha256 check")
+                    chunks.append(item.chunk)
+            if header is None:
+                raise ManifestMismatchError("aggregate stream had no header")
+            return header, chunks
+
+        with rpc_errors():
+            return call_with_retry(fetch, what="GetAggregate")
+
+    def upload(
+        self,
+        manifest: pb.UploadManifest,
+        ciphertext: Sequence[bytes],
+        plaintext: Sequence[bytes],
+        values_per_chunk: int,
+        on_chunk: Callable[[int], None] = lambda n: None,
+    ) -> bytes:
+        """Resumable upload: send only missing chunks, then commit; returns the receipt."""
+        begin = self._unary("BeginUpload", pb.BeginUploadRequest(manifest=manifest))
+        upload_id = begin.upload_id  # type: ignore[attr-defined]
+        total = manifest.num_values
+        if not begin.committed:  # type: ignore[attr-defined]
+            for _attempt in range(5):
+                status = self._unary(
+                    "GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id)
+                )
+                missing = [
+                    (pb.STREAM_KIND_CIPHERTEXT, k, ciphertext[k]) for k in status.missing_ciphertext
+                ]  # type: ignore[attr-defined]
+                missing += [
+                    (pb.STREAM_KIND_PLAINTEXT, k, plaintext[k]) for k in status.missing_plaintext
+                ]  # type: ignore[attr-defined]
+                if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
+                    break
+
+                def requests(items=missing) -> Iterator[pb.UploadChunksRequest]:  # type: ignore[no-untyped-def]
+                    for stream, k, payload in items:
+                        start = k * values_per_chunk
+                        yield pb.UploadChunksRequest(
+                            chunk=pb.Chunk(
+                                upload_id=upload_id,
+                                stream=stream,
+                                index=k,
+                                num_values=min(values_per_chunk, total - start),
+                                payload=payload,
+                                sha256=hashlib.sha256(payload).digest(),
+                            )
+                        )
+                        self.chunks_sent += 1
+                        on_chunk(self.chunks_sent)
+
+                try:
+                    with rpc_errors():
+                        self.stub.UploadChunks(
+                            requests(), timeout=STREAM_TIMEOUT_S, metadata=self.metadata
+                        )
+                except Exception as exc:
+                    if getattr(exc, "status", None) not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        raise
+                    logger.info("upload interrupted (%s); resuming", exc)
+            else:
+                raise IncompleteUploadError("upload did not complete after 5 attempts")
+        reply = self._unary("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
+        return bytes(reply.receipt_sha256)  # type: ignore[attr-defined]
+
+
+def fault_after_chunks(count: int) -> None:
+    """Test hook: ``FEDHE_FAULT=client_exit_after_chunks:N`` kills this client abruptly."""
+    fault = os.environ.get("FEDHE_FAULT", "")
+    if fault.startswith("client_exit_after_chunks:") and count >= int(fault.split(":")[1]):
+        logger.warning("fault injection: client exits after %d chunks", count)
+        os._exit(137)

@@ -1,0 +1,64 @@
+"""``fedhe-keyauth serve --config keyauth.yaml``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
+from fedhe_common.config.load import load_yaml
+from fedhe_common.config.models import KeyAuthConfig
+from fedhe_common.errors import ConfigError
+from fedhe_common.logsetup import configure_logging
+from fedhe_common.rpc.auth import TokenAuthority
+from fedhe_common.rpc.transport import create_server
+from fedhe_common.storage.atomic import atomic_write
+from fedhe_keyauth.servicer import KeyAuthorityServicer
+from fedhe_keyauth.store import KeyStore
+
+logger = logging.getLogger("fedhe_keyauth")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@click.group()
+def cli() -> None:
+    """FedHE key authority."""
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path())
+@click.option("--port-file", type=click.Path(), help="write the bound port here")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str, port_file: str | None, log_level: str) -> None:
+    """Serve keys until SIGINT/SIGTERM."""
+    configure_logging(log_level)
+    try:
+        config = load_yaml(config_path, KeyAuthConfig)
+        store = KeyStore(config.state_dir)
+        servicer = KeyAuthorityServicer(store, TokenAuthority(config.identities))
+
+        def register(server):  # type: ignore[no-untyped-def]
+            pb_grpc.add_KeyAuthorityServiceServicer_to_server(servicer, server)
+            return ["fedhe.keyauth.v1.KeyAuthorityService"]
+
+        server, port, _ = create_server(
+            config.listen, config.insecure, config.tls, MAX_MESSAGE_BYTES, register
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if port_file:
+        atomic_write(port_file, str(port).encode())
+    logger.info("keyauth listening on port %d (%d jobs with keys)", port, len(store.jobs()))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

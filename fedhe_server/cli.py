@@ -1,0 +1,62 @@
+"""``fedhe-server serve --config server.yaml [--job job.yaml]``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from fedhe_common.config.load import load_yaml
+from fedhe_common.config.models import ServerConfig
+from fedhe_common.errors import ConfigError, FedHEError
+from fedhe_common.logsetup import configure_logging
+from fedhe_common.rpc.auth import TokenAuthority
+from fedhe_common.rpc.transport import create_server
+from fedhe_common.storage.atomic import atomic_write
+from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.servicer import AggregationServicer, register
+
+logger = logging.getLogger("fedhe_server")
+
+
+@click.group()
+def cli() -> None:
+    """FedHE aggregation server."""
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path())
+@click.option("--job", "job_path", type=click.Path(), help="submit this job YAML at start")
+@click.option("--port-file", type=click.Path(), help="write the bound port here")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str, job_path: str | None, port_file: str | None, log_level: str) -> None:
+    """Serve until SIGINT/SIGTERM; state lives in the config's state_dir."""
+    configure_logging(log_level)
+    try:
+        config = load_yaml(config_path, ServerConfig)
+        service = AggregationServer(config)
+        if job_path:
+            service.submit(Path(job_path).read_text(), job_path)
+        servicer = AggregationServicer(service, TokenAuthority(config.identities))
+        server, port, _ = create_server(
+            config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
+        )
+    except (ConfigError, FedHEError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if port_file:
+        atomic_write(port_file, str(port).encode())
+    logger.info("server listening on port %d", port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=10).wait()
+    service.stop()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

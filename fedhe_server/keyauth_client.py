@@ -1,0 +1,51 @@
+"""The server's calls to the key authority: create a job's keys, fetch public material."""
+
+from __future__ import annotations
+
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as pb
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
+from fedhe_common.config.models import PeerSection
+from fedhe_common.crypto.context import PublicParams
+from fedhe_common.errors import KeyMaterialError
+from fedhe_common.rpc.auth import call_metadata, read_secret_file
+from fedhe_common.rpc.errors import rpc_errors
+from fedhe_common.rpc.retry import call_with_retry
+from fedhe_common.rpc.transport import create_channel
+
+TIMEOUT_S = 30.0
+
+
+class KeyAuthClient:
+    """Public-only access: this client never asks for or receives a secret key."""
+
+    def __init__(self, peer: PeerSection) -> None:
+        self._metadata = call_metadata(read_secret_file(peer.token_file))
+        self._stub = pb_grpc.KeyAuthorityServiceStub(create_channel(peer, 4 * 1024 * 1024))
+
+    def public_params(
+        self, job_id: str, preset: str, clip_bound: float | None
+    ) -> tuple[PublicParams, bytes]:
+        """Create the job's keys if needed; return (public params, fingerprint)."""
+        with rpc_errors():
+            call_with_retry(
+                lambda: self._stub.CreateJobKeys(
+                    pb.CreateJobKeysRequest(
+                        job_id=job_id, preset=preset, clip_bound=clip_bound or 0
+                    ),
+                    timeout=TIMEOUT_S,
+                    metadata=self._metadata,
+                ),
+                what="CreateJobKeys",
+            )
+            reply = call_with_retry(
+                lambda: self._stub.GetPublicContext(
+                    pb.GetPublicContextRequest(job_id=job_id),
+                    timeout=TIMEOUT_S,
+                    metadata=self._metadata,
+                ),
+                what="GetPublicContext",
+            )
+        params = PublicParams.from_json(reply.public_params_json)
+        if params.preset.name != preset:
+            raise KeyMaterialError("key authority returned keys for another preset")
+        return params, bytes(reply.context_fingerprint)

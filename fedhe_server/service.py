@@ -1,0 +1,153 @@
+"""The aggregation server: jobs, their runs, and the thread that closes rounds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from fedhe_common.config.load import parse_yaml
+from fedhe_common.config.models import JobConfig, ServerConfig
+from fedhe_common.crypto.aggregate import CiphertextAggregator
+from fedhe_common.crypto.context import PublicParams
+from fedhe_common.crypto.presets import get_preset
+from fedhe_common.errors import ConflictError, KeyMaterialError, NotFoundError
+from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
+from fedhe_server.jobrun import JobRun
+from fedhe_server.keyauth_client import KeyAuthClient
+from fedhe_server.staging import JobFiles
+from fedhe_server.state import StateDB, now
+
+logger = logging.getLogger(__name__)
+TICK_S = 0.2
+
+
+def max_message_bytes() -> int:
+    """Largest chunk of any supported preset plus a margin (never gigabytes)."""
+    from fedhe_common.crypto.presets import PRESETS
+
+    largest = max(
+        16 * p.poly_modulus_degree * len(p.data_modulus_bits) + 512 for p in PRESETS.values()
+    )
+    return largest + MESSAGE_MARGIN_BYTES
+
+
+class AggregationServer:
+    """Owns the state database and one :class:`JobRun` per running job."""
+
+    def __init__(self, config: ServerConfig, keyauth: KeyAuthClient | None = None) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = StateDB(self.state_dir / "state.sqlite")
+        self.keyauth = keyauth or KeyAuthClient(config.keyauth)
+        self.changed = threading.Condition()
+        self.runs: dict[str, JobRun] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        for job_id in self.db.running_jobs():
+            self._start_run(job_id)
+        self._keeper = threading.Thread(target=self._keep_rounds, name="round-keeper", daemon=True)
+        self._keeper.start()
+
+    # --------------------------------------------------------------------- jobs
+    def submit(self, job_yaml: str, source: str = "<submitted job>") -> tuple[str, bool]:
+        """Create a job from YAML (idempotent for identical YAML)."""
+        config = parse_yaml(job_yaml, JobConfig, source)
+        job_id = config.job.name
+        with self._lock:
+            existing = self.db.job(job_id)
+            if existing is not None:
+                if parse_yaml(str(existing["config_yaml"]), JobConfig) != config:
+                    raise ConflictError(f"job {job_id!r} exists with another configuration")
+                return job_id, False
+            params_json, fingerprint = None, b""
+            if config.encryption.mode == "ckks":
+                params, fingerprint = self.keyauth.public_params(
+                    job_id, config.encryption.preset, config.encryption.clip_bound
+                )
+                params_json = params.to_json()
+            with self.db.transaction() as tx:
+                tx.execute(
+                    "INSERT INTO jobs (job_id, config_yaml, state, params_json, "
+                    "fingerprint, rounds, created) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        job_id,
+                        job_yaml,
+                        "RUNNING",
+                        params_json,
+                        fingerprint,
+                        config.job.rounds,
+                        now(),
+                    ),
+                )
+            self._start_run(job_id)
+        logger.info(
+            "job %s submitted: %d rounds, encryption %s",
+            job_id,
+            config.job.rounds,
+            config.encryption.mode,
+        )
+        return job_id, True
+
+    def _start_run(self, job_id: str) -> None:
+        job = self.db.job(job_id)
+        assert job is not None
+        config = parse_yaml(str(job["config_yaml"]), JobConfig)
+        aggregator = None
+        if config.encryption.mode == "ckks":
+            params = PublicParams.from_json(str(job["params_json"]))
+            aggregator = CiphertextAggregator(params)
+            if aggregator.fingerprint != bytes(job["fingerprint"]):  # type: ignore[arg-type]
+                raise KeyMaterialError(f"job {job_id}: stored fingerprint does not match params")
+            values_per_chunk = params.preset.values_per_ciphertext
+        else:
+            values_per_chunk = get_preset(config.encryption.preset).values_per_ciphertext
+        run = JobRun(
+            self.db,
+            JobFiles(self.state_dir, job_id),
+            job_id,
+            config,
+            aggregator,
+            bytes(job["fingerprint"] or b""),
+            values_per_chunk,  # type: ignore[arg-type]
+            self.changed,
+        )
+        run.start()
+        self.runs[job_id] = run
+
+    def run_for(self, job_id: str) -> JobRun:
+        """The run of a job (running or finished)."""
+        run = self.runs.get(job_id)
+        if run is None:
+            if self.db.job(job_id) is None:
+                raise NotFoundError(f"unknown job {job_id!r}")
+            self._start_run(job_id)
+            run = self.runs[job_id]
+        return run
+
+    def active_job(self) -> str:
+        """The only running job (clients that name no job join it)."""
+        running = self.db.running_jobs()
+        if len(running) != 1:
+            raise NotFoundError(f"{len(running)} running jobs; name one with job_id")
+        return running[0]
+
+    # ------------------------------------------------------------------- rounds
+    def _keep_rounds(self) -> None:
+        while not self._stop.wait(TICK_S):
+            for run in list(self.runs.values()):
+                try:
+                    run.tick()
+                except Exception:
+                    logger.exception("job %s: round keeper failed", run.job_id)
+
+    def wait_for_change(self, timeout_s: float) -> None:
+        """Block until a round changes or ``timeout_s`` passes (long-poll)."""
+        with self.changed:
+            self.changed.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Stop the round keeper."""
+        self._stop.set()
+        self._keeper.join(timeout=5)

@@ -1,0 +1,250 @@
+"""AggregationService: authenticates, then hands each RPC to the job's run."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
+from fedhe_common.errors import AuthenticationError, NotFoundError
+from fedhe_common.rpc.auth import TokenAuthority
+from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
+from fedhe_server.service import AggregationServer, max_message_bytes
+
+logger = logging.getLogger(__name__)
+MAX_WAIT_S = 30
+
+
+class AggregationServicer(pb_grpc.AggregationServiceServicer):
+    """Thin adapter: identity checks and protobuf <-> JobRun calls."""
+
+    def __init__(self, server: AggregationServer, auth: TokenAuthority) -> None:
+        self.server = server
+        self.auth = auth
+
+    @translate_errors
+    def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitJobResponse:
+        self.auth.require(context, "admin")
+        job_id, created = self.server.submit(request.job_yaml)
+        return pb.SubmitJobResponse(job_id=job_id, created=created)
+
+    @translate_errors
+    def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetJobStatusResponse:
+        self.auth.require(context, "admin", "client")
+        db = self.server.db
+        job = db.job(request.job_id)
+        if job is None:
+            raise NotFoundError(f"unknown job {request.job_id!r}")
+        history = []
+        for r in db.rounds(request.job_id):
+            seconds = (r.closed or time.time()) - r.opened
+            history.append(
+                pb.RoundSummary(
+                    round=r.round,
+                    state=r.state,
+                    contributors=r.contributors or 0,
+                    weight_sum=r.weight_sum or 0,
+                    seconds=seconds,
+                    upload_bytes=r.upload_bytes or 0,
+                    metrics=db.round_metrics(request.job_id, r.round),
+                )
+            )
+        open_row = db.open_round(request.job_id)
+        return pb.GetJobStatusResponse(
+            job_id=request.job_id,
+            state=str(job["state"]),
+            current_round=open_row.round if open_row else db.last_published(request.job_id),
+            rounds=int(job["rounds"]),
+            history=history,
+        )  # type: ignore[call-overload]
+
+    @translate_errors
+    def RegisterClient(
+        self, request: pb.RegisterClientRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterClientResponse:
+        who = self.auth.require(context, "client")
+        if request.client_id != who.id:
+            raise AuthenticationError("client_id does not match the caller's identity")
+        job_id = request.job_id or self.server.active_job()
+        run = self.server.run_for(job_id)
+        with self.server.db.transaction() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO clients VALUES (?,?,?)", (job_id, who.id, time.time())
+            )
+        job = self.server.db.job(job_id)
+        assert job is not None
+        logger.info("client %s registered for job %s", who.id, job_id)
+        return pb.RegisterClientResponse(
+            job_id=job_id,
+            job_yaml=str(job["config_yaml"]),
+            context_fingerprint=run.fingerprint,
+            values_per_chunk=run.values_per_chunk,
+            max_message_bytes=max_message_bytes(),
+        )
+
+    @translate_errors
+    def GetRoundPlan(
+        self, request: pb.GetRoundPlanRequest, context: grpc.ServicerContext
+    ) -> pb.GetRoundPlanResponse:
+        who = self.auth.require(context, "client")
+        if request.client_id != who.id:
+            raise AuthenticationError("client_id does not match the caller's identity")
+        run = self.server.run_for(request.job_id)
+        deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
+        while True:
+            plan = self._plan(run, request.after_round)
+            if not plan.retry or time.monotonic() >= deadline or not context.is_active():
+                return plan
+            self.server.wait_for_change(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _plan(self, run: object, after_round: int) -> pb.GetRoundPlanResponse:
+        db = self.server.db
+        job_id = run.job_id  # type: ignore[attr-defined]
+        job = db.job(job_id)
+        assert job is not None
+        layout_id = str(job["layout_id"] or "")
+        base = {
+            "job_id": job_id,
+            "aggregate_round": db.last_published(job_id),
+            "layout_id": layout_id,
+            "context_fingerprint": run.fingerprint,
+        }  # type: ignore[attr-defined]
+        if job["state"] == "FINISHED":
+            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
+        if job["state"] == "FAILED":
+            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
+        row = db.open_round(job_id)
+        if row is None or row.round <= after_round:
+            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+        return pb.GetRoundPlanResponse(
+            phase=pb.ROUND_PHASE_TRAIN,
+            round=row.round,
+            deadline_unix_ms=int(row.deadline * 1000),
+            **base,
+        )
+
+    @translate_stream_errors
+    def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetAggregateResponse]:
+        self.auth.require(context, "client")
+        run = self.server.run_for(request.job_id)
+        header = run.files.read_aggregate_header(request.round)
+        if header is None:
+            raise NotFoundError(f"round {request.round} has no published aggregate")
+        yield pb.GetAggregateResponse(
+            header=pb.AggregateHeader(
+                round=request.round,
+                weight_sum=int(header["weight_sum"]),
+                contributors=int(header["contributors"]),
+                ciphertext_chunks=int(header["ciphertext_chunks"]),
+                plaintext_chunks=int(header["plaintext_chunks"]),
+                num_values=int(header["num_values"]),
+                layout_id=str(header["layout_id"]),
+                context_fingerprint=run.fingerprint,
+            )
+        )
+        ct_plan, pt_plan = run.plans(int(header["num_values"]))
+        for stream, plan in (
+            (pb.STREAM_KIND_CIPHERTEXT, ct_plan),
+            (pb.STREAM_KIND_PLAINTEXT, pt_plan),
+        ):
+            for k in range(plan.count):
+                payload = run.files.aggregate_chunk_path(request.round, stream, k).read_bytes()
+                yield pb.GetAggregateResponse(
+                    chunk=pb.Chunk(
+                        stream=stream,
+                        index=k,
+                        num_values=plan.length(k),
+                        payload=payload,
+                        sha256=hashlib.sha256(payload).digest(),
+                    )
+                )
+
+    @translate_errors
+    def BeginUpload(
+        self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
+    ) -> pb.BeginUploadResponse:
+        who = self.auth.require(context, "client")
+        if request.manifest.client_id != who.id:
+            raise AuthenticationError("manifest client_id does not match the caller's identity")
+        return self.server.run_for(request.manifest.job_id).begin_upload(request.manifest)
+
+    def UploadChunks(
+        self, request_iterator: Iterator[pb.UploadChunksRequest], context: grpc.ServicerContext
+    ) -> pb.UploadChunksResponse:
+        accepted = duplicates = 0
+        try:
+            who = self.auth.require(context, "client")
+            run = None
+            for message in request_iterator:
+                chunk = message.chunk
+                if run is None:
+                    row = self.server.db.upload(chunk.upload_id)
+                    if row is None:
+                        raise NotFoundError("unknown upload")
+                    run = self.server.run_for(row.job_id)
+                if run.put_chunk(chunk, who.id):
+                    duplicates += 1
+                else:
+                    accepted += 1
+        except grpc.RpcError:
+            logger.info("upload stream ended early after %d chunks", accepted)
+            raise
+        except Exception as exc:
+            abort(context, exc)
+        return pb.UploadChunksResponse(accepted=accepted, duplicates=duplicates)
+
+    @translate_errors
+    def GetUploadStatus(
+        self, request: pb.GetUploadStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetUploadStatusResponse:
+        self.auth.require(context, "client")
+        row = self.server.db.upload(request.upload_id)
+        if row is None:
+            raise NotFoundError("unknown upload")
+        return self.server.run_for(row.job_id).upload_status(request.upload_id)
+
+    @translate_errors
+    def CommitUpload(
+        self, request: pb.CommitUploadRequest, context: grpc.ServicerContext
+    ) -> pb.CommitUploadResponse:
+        who = self.auth.require(context, "client")
+        row = self.server.db.upload(request.upload_id)
+        if row is None:
+            raise NotFoundError("unknown upload")
+        receipt = self.server.run_for(row.job_id).commit(request.upload_id, who.id)
+        return pb.CommitUploadResponse(upload_id=request.upload_id, receipt_sha256=receipt)
+
+    @translate_errors
+    def ReportMetrics(
+        self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportMetricsResponse:
+        who = self.auth.require(context, "client")
+        self.server.run_for(request.job_id)
+        with self.server.db.transaction() as tx:
+            for name, value in request.metrics.items():
+                tx.execute(
+                    "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
+                    (request.job_id, request.round, who.id, name, float(value)),
+                )
+        return pb.ReportMetricsResponse()
+
+
+def register(servicer: AggregationServicer):  # type: ignore[no-untyped-def]
+    """Registration callback for :func:`create_server`."""
+
+    def _register(server: grpc.Server) -> list[str]:
+        pb_grpc.add_AggregationServiceServicer_to_server(servicer, server)
+        return ["fedhe.aggregation.v1.AggregationService"]
+
+    return _register

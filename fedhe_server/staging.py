@@ -1,0 +1,73 @@
+"""On-disk layout of a job: staged upload chunks and published aggregates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from fedhe_common.storage.atomic import atomic_write
+
+
+class JobFiles:
+    """``<state>/jobs/<job>/rounds/<r>/{uploads/<upload_id>/<stream>-<k>.bin, aggregate/...}``."""
+
+    def __init__(self, state_dir: Path, job_id: str) -> None:
+        self.root = state_dir / "jobs" / job_id
+
+    def round_dir(self, number: int) -> Path:
+        """Folder of one round."""
+        return self.root / "rounds" / str(number)
+
+    def chunk_path(self, number: int, upload_id: str, stream: int, index: int) -> Path:
+        """Where a staged chunk lives."""
+        return self.round_dir(number) / "uploads" / upload_id / f"{stream}-{index}.bin"
+
+    def write_chunk(self, path: Path, payload: bytes) -> None:
+        """Write a chunk file (temp + rename); call :meth:`sync` before acknowledging."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def sync_dir(self, path: Path) -> None:
+        """fsync a folder so renames inside it are durable."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def aggregate_chunk_path(self, number: int, stream: int, index: int) -> Path:
+        """Where a published aggregate chunk lives."""
+        return self.round_dir(number) / "aggregate" / f"{stream}-{index}.bin"
+
+    def write_aggregate(
+        self, number: int, chunks: dict[tuple[int, int], bytes], header: dict[str, object]
+    ) -> None:
+        """Write every aggregate chunk, then the header last (its presence = complete)."""
+        for (stream, index), payload in chunks.items():
+            atomic_write(self.aggregate_chunk_path(number, stream, index), payload)
+        atomic_write(
+            self.round_dir(number) / "aggregate" / "header.json",
+            json.dumps(header, sort_keys=True).encode(),
+        )
+
+    def read_aggregate_header(self, number: int) -> dict[str, object] | None:
+        """The header of a published aggregate, or None."""
+        path = self.round_dir(number) / "aggregate" / "header.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+    def drop_uploads(self, number: int) -> None:
+        """Delete the staged uploads of a published or aborted round."""
+        shutil.rmtree(self.round_dir(number) / "uploads", ignore_errors=True)
+
+    def drop_round(self, number: int) -> None:
+        """Delete everything of an old round."""
+        shutil.rmtree(self.round_dir(number), ignore_errors=True)
