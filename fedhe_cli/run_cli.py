@@ -47,8 +47,7 @@ def follow_job(
                 continue
             if r.state == "PUBLISHED" and (
                 "accuracy" not in r.metrics
-                or (r.metrics.get("contributors", 0) < r.contributors
-                and status.state == "RUNNING")
+                or (r.metrics.get("contributors", 0) < r.contributors and status.state == "RUNNING")
             ):
                 continue
             printed.add(r.round)

@@ -1,0 +1,103 @@
+"""The three services as separate processes on loopback (real gRPC, SEAL, SQLite, torch)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedhe_cli.cluster import ClientSpec, LocalCluster
+from tests.e2e.helpers import (
+    exported_global,
+    files_containing,
+    job_yaml,
+    plain_fedavg,
+    secret_key_probe,
+    server_db,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def test_two_rounds_equal_plaintext_fedavg_with_unequal_weights(tmp_path: Path) -> None:
+    specs = [ClientSpec(f"c{i}", i, 3, n) for i, n in enumerate((100, 200, 300))]
+    with LocalCluster(tmp_path, specs, export=True) as cluster:
+        cluster.start_keyauth()
+        cluster.start_server(job_yaml("e2e", rounds=2, min_clients=3))
+        cluster.start_clients()
+        for s in specs:
+            assert cluster.wait(s.client_id, 180) == 0, cluster.log_tail(s.client_id)
+        names = [s.client_id for s in specs]
+        for number in (1, 2):
+            expected = plain_fedavg(cluster, names, number)
+            for name in names:
+                got = exported_global(cluster, name, number)
+                assert np.abs(got - expected).max() <= 1e-6
+        rows = (
+            server_db(cluster)
+            .execute("SELECT round, weight_sum, contributors FROM rounds ORDER BY round")
+            .fetchall()
+        )
+        assert rows == [(1, 600, 3), (2, 600, 3)]
+        # The server never held the secret key: not in its state, not in its logs.
+        probe = secret_key_probe(cluster, "e2e")
+        assert files_containing(tmp_path / "server-state", probe) == []
+        assert probe not in (cluster.logs / "server.log").read_bytes()
+
+
+def test_client_killed_mid_upload_is_excluded(tmp_path: Path) -> None:
+    # hidden=512 gives 38,922 values = 10 ciphertext chunks; c3 dies after 5 of them.
+    specs = [ClientSpec(f"c{i}", i, 4) for i in range(4)]
+    specs[3].env = {"FEDHE_FAULT": "client_exit_after_chunks:5"}
+    with LocalCluster(tmp_path, specs, export=True) as cluster:
+        cluster.start_keyauth()
+        cluster.start_server(
+            job_yaml("drop", rounds=1, min_clients=3, hidden=512, wait_after_min_s=2.0)
+        )
+        cluster.start_clients()
+        assert cluster.wait("c3", 120) == 137
+        for name in ("c0", "c1", "c2"):
+            assert cluster.wait(name, 120) == 0, cluster.log_tail(name)
+        expected = plain_fedavg(cluster, ["c0", "c1", "c2"], 1)
+        assert np.abs(exported_global(cluster, "c0", 1) - expected).max() <= 1e-6
+        db = server_db(cluster)
+        assert db.execute("SELECT contributors FROM rounds WHERE round=1").fetchone() == (3,)
+        states = dict(db.execute("SELECT client_id, state FROM uploads").fetchall())
+        assert states["c3"] == "RECEIVING"
+
+
+def test_server_sigkill_after_two_commits_then_restart(tmp_path: Path) -> None:
+    specs = [ClientSpec(f"c{i}", i, 3) for i in range(3)]
+    with LocalCluster(tmp_path, specs, export=True) as cluster:
+        cluster.start_keyauth()
+        port = cluster.start_server(
+            job_yaml("restart", rounds=1, min_clients=3),
+            env={"FEDHE_FAULT": "server_kill_after_commits:2"},
+        )
+        cluster.start_clients()
+        assert cluster.wait("server", 120) == -signal.SIGKILL
+        db = server_db(cluster)
+        committed_before = db.execute(
+            "SELECT upload_id, client_id FROM uploads WHERE state='COMMITTED'"
+        ).fetchall()
+        assert len(committed_before) == 2
+        time.sleep(0.5)
+        cluster.start_server(port=port)  # same state dir, same port; clients retry
+        for s in specs:
+            assert cluster.wait(s.client_id, 180) == 0, cluster.log_tail(s.client_id)
+        names = [s.client_id for s in specs]
+        expected = plain_fedavg(cluster, names, 1)
+        assert np.abs(exported_global(cluster, "c0", 1) - expected).max() <= 1e-6
+        db = server_db(cluster)
+        committed = db.execute(
+            "SELECT upload_id, client_id FROM uploads WHERE state='COMMITTED'"
+        ).fetchall()
+        assert len(committed) == 3 and set(committed_before) <= set(committed)
+        assert db.execute("SELECT weight_sum, contributors FROM rounds").fetchone() == (1438, 3)
+        # The committed clients did not upload again: one upload line each.
+        for upload_id, client in committed_before:
+            log = (cluster.logs / f"{client}.log").read_text()
+            assert log.count("round 1: trained") == 1, client
