@@ -22,6 +22,7 @@ demo: install
 	$(VENV)/bin/fedhe demo
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: install

@@ -123,3 +123,45 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
                 "ratios": ratios,
             },
         )
+
+
+@bench.command("round")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option(
+    "--model", default="cnn", show_default=True, type=click.Choice(["cnn", "lenet", "mlp"])
+)
+@click.option(
+    "--dataset", default="digits28", show_default=True, type=click.Choice(["digits", "digits28"])
+)
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1, 100))
+def bench_round(json_path: Path | None, model: str, dataset: str, epochs: int) -> None:
+    """One 3-client round over gRPC: HE vs plaintext float32 updates."""
+    from fedhe_cli.bench.round_bench import PHASES, run_round_bench
+
+    result = run_round_bench(model, dataset, epochs)
+    modes = result["modes"]
+    assert isinstance(modes, dict)
+    rows = []
+    for name, m in modes.items():
+        rows.append(
+            [
+                name,
+                m["upload_bytes_per_client"],
+                m["download_bytes_per_client"],
+                *(m["cpu_s"][p] for p in PHASES),
+            ]
+        )
+    print_table(
+        f"fedhe bench round ({result['n_params']:,} params, 3 clients; "
+        "process CPU s, client phases per client)",
+        ["mode", "up B/client", "down B/client", *PHASES],
+        rows,
+    )
+    he, plain = modes["he"], modes["plain"]
+    console.print(
+        f"upload {he['upload_bytes_per_client'] / plain['upload_bytes_per_client']:.3f}x plain, "
+        f"download {he['download_bytes_per_client'] / plain['download_bytes_per_client']:.3f}x "
+        f"plain, max |HE - plain| of the global model {he['max_abs_diff_vs_plain']:.3g}"
+    )
+    if json_path:
+        write_json(json_path, result)

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(soft_wrap=True)
+if not console.is_terminal:
+    console.width = 160  # logs and pipes: do not truncate table columns
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedhe_client.connection import ServerConnection, fault_after_chunks
 from fedhe_client.learner import LocalLearner, check_global
@@ -19,6 +18,7 @@ from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError, KeyMaterialError
+from fedhe_common.mlbridge.accumulate import decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.rpc.auth import call_metadata, read_secret_file
 from fedhe_common.rpc.errors import rpc_errors
@@ -50,8 +50,9 @@ class ClientAgent:
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self.conn = ServerConnection(config.server)
-        reg = self.conn.register(config.client_id, config.job_id)
+        first = ServerConnection(config.server)
+        reg = first.register(config.client_id, config.job_id)
+        first.close()
         self.job_id = reg.job_id
         self.job = parse_yaml(reg.job_yaml, JobConfig, f"job {reg.job_id}")
         self.values_per_chunk = reg.values_per_chunk
@@ -61,11 +62,15 @@ class ClientAgent:
             self.holder = fetch_secret_key(config, self.job_id)
             if self.holder.fingerprint != bytes(reg.context_fingerprint):
                 raise KeyMaterialError("server and key authority disagree on the job's context")
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
         p = config.partition
         self.learner = LocalLearner(
-            self.job, p.index, p.count, p.num_samples, config.device, config.progress
+            self.job,
+            p.index,
+            p.count,
+            p.num_samples,
+            config.device,
+            config.progress,
+            config.torch_threads,
         )
         self.export = Path(config.export_dir) if config.export_dir else None
         if self.export:
@@ -104,7 +109,16 @@ class ClientAgent:
         header, chunks = self.conn.download(self.job_id, number)
         t0 = time.perf_counter()
         try:
-            vector = self._decode(header, chunks) / header.weight_sum
+            vector = (
+                decode_aggregate(
+                    header,
+                    chunks,
+                    self.holder,
+                    self.values_per_chunk,
+                    self.learner.manifest.layout_id,
+                )
+                / header.weight_sum
+            )
             check_global(vector, self.job.training.max_update_abs)
         except FedHEError as exc:
             logger.error(
@@ -128,28 +142,6 @@ class ClientAgent:
             metrics["loss"],
             header.contributors,
         )
-
-    def _decode(self, header: pb.AggregateHeader, chunks: list[pb.Chunk]) -> np.ndarray:
-        total = int(header.num_values)
-        if header.layout_id != self.learner.manifest.layout_id:
-            raise FedHEError("aggregate has another model layout")
-        plan = ChunkPlan(total, self.values_per_chunk)
-        vector = np.zeros(total, dtype=np.float64)
-        seen = set()
-        for chunk in chunks:
-            start, stop = plan.bounds(chunk.index)
-            if chunk.stream == pb.STREAM_KIND_CIPHERTEXT:
-                if self.holder is None:
-                    raise FedHEError("ciphertext in a job without encryption")
-                vector[start:stop] = self.holder.decrypt(chunk.payload)[: stop - start]
-            else:
-                if len(chunk.payload) != 8 * (stop - start):
-                    raise FedHEError("plaintext aggregate chunk has the wrong length")
-                vector[start:stop] = np.frombuffer(chunk.payload, dtype="<f8")
-            seen.add((chunk.stream, chunk.index))
-        if len(seen) != plan.count:
-            raise FedHEError(f"aggregate has {len(seen)} chunks, expected {plan.count}")
-        return vector
 
     def _train_and_upload(self, plan: pb.GetRoundPlanResponse) -> None:
         t0 = time.perf_counter()
@@ -183,14 +175,45 @@ class ClientAgent:
                 json.dumps({"sample_count": self.learner.sample_count})
             )
         sent = sum(map(len, ciphertext)) + sum(map(len, plaintext))
+        chunks_before = self.conn.chunks_sent
         self.conn.upload(
             manifest, ciphertext, plaintext, self.values_per_chunk, on_chunk=fault_after_chunks
         )
         logger.info(
-            "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB",
+            "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
+            "(%d chunks sent)",
             plan.round,
             loss,
             t_train,
             t_he,
             sent / 1e6,
+            self.conn.chunks_sent - chunks_before,
         )
+
+
+def decode_aggregate(
+    header: pb.AggregateHeader,
+    chunks: list[pb.Chunk],
+    holder: SecretKeyHolder | None,
+    values_per_chunk: int,
+    layout_id: str,
+) -> np.ndarray:
+    """Decrypt/decode a downloaded aggregate into the weighted-sum vector."""
+    total = int(header.num_values)
+    if header.layout_id != layout_id:
+        raise FedHEError("aggregate has another model layout")
+    plan = ChunkPlan(total, values_per_chunk)
+    vector = np.zeros(total, dtype=np.float64)
+    seen = set()
+    for chunk in chunks:
+        start, stop = plan.bounds(chunk.index)
+        if chunk.stream == pb.STREAM_KIND_CIPHERTEXT:
+            if holder is None:
+                raise FedHEError("ciphertext in a job without encryption")
+            vector[start:stop] = holder.decrypt(chunk.payload)[: stop - start]
+        else:
+            vector[start:stop] = decode_float32(chunk.payload, stop - start)
+        seen.add((chunk.stream, chunk.index))
+    if len(seen) != plan.count:
+        raise FedHEError(f"aggregate has {len(seen)} chunks, expected {plan.count}")
+    return vector

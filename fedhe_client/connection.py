@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 UNARY_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 600.0
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
+UPLOAD_ATTEMPTS = 6
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ServerConnection:
@@ -29,8 +31,15 @@ class ServerConnection:
 
     def __init__(self, peer: PeerSection, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
         self.metadata = call_metadata(read_secret_file(peer.token_file))
-        self.stub = pb_grpc.AggregationServiceStub(create_channel(peer, max_message_bytes))
+        self.channel = create_channel(peer, max_message_bytes)
+        self.stub = pb_grpc.AggregationServiceStub(self.channel)
         self.chunks_sent = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
 
     def _unary(self, name: str, request: object, timeout: float = UNARY_TIMEOUT_S) -> object:
         method = getattr(self.stub, name)
@@ -82,6 +91,7 @@ class ServerConnection:
             )
             header, chunks = None, []
             for item in stream:
+                self.bytes_received += item.ByteSize()
                 if item.HasField("header"):
                     header = item.header
                 else:
@@ -103,54 +113,78 @@ class ServerConnection:
         values_per_chunk: int,
         on_chunk: Callable[[int], None] = lambda n: None,
     ) -> bytes:
-        """Resumable upload: send only missing chunks, then commit; returns the receipt."""
+        """Resumable upload then commit; returns the receipt."""
+        upload_id = self.send(manifest, ciphertext, plaintext, values_per_chunk, on_chunk)
+        return self.commit(upload_id)
+
+    def send(
+        self,
+        manifest: pb.UploadManifest,
+        ciphertext: Sequence[bytes],
+        plaintext: Sequence[bytes],
+        values_per_chunk: int,
+        on_chunk: Callable[[int], None] = lambda n: None,
+    ) -> str:
+        """Announce an upload and stream the chunks the server is missing; return its id.
+
+        After an interruption the server is asked what it has, and only the missing
+        chunks are sent again (a fresh request iterator each attempt).
+        """
         begin = self._unary("BeginUpload", pb.BeginUploadRequest(manifest=manifest))
-        upload_id = begin.upload_id  # type: ignore[attr-defined]
-        total = manifest.num_values
-        if not begin.committed:  # type: ignore[attr-defined]
-            for _attempt in range(5):
-                status = self._unary(
-                    "GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id)
+        self.bytes_sent += manifest.ByteSize()
+        upload_id = str(begin.upload_id)  # type: ignore[attr-defined]
+        if begin.committed:  # type: ignore[attr-defined]
+            return upload_id
+        for _attempt in range(UPLOAD_ATTEMPTS):
+            status = self._unary("GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id))
+            missing = [
+                (pb.STREAM_KIND_CIPHERTEXT, k, ciphertext[k]) for k in status.missing_ciphertext
+            ]  # type: ignore[attr-defined]
+            missing += [
+                (pb.STREAM_KIND_PLAINTEXT, k, plaintext[k]) for k in status.missing_plaintext
+            ]  # type: ignore[attr-defined]
+            if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
+                return upload_id
+            requests = self._chunk_requests(
+                upload_id, missing, manifest.num_values, values_per_chunk, on_chunk
+            )
+            try:
+                with rpc_errors():
+                    self.stub.UploadChunks(
+                        requests, timeout=STREAM_TIMEOUT_S, metadata=self.metadata
+                    )
+            except Exception as exc:
+                if getattr(exc, "status", None) not in TRANSIENT:
+                    raise
+                logger.info("upload interrupted (%s); resuming", exc)
+        raise IncompleteUploadError(f"upload incomplete after {UPLOAD_ATTEMPTS} attempts")
+
+    def _chunk_requests(
+        self,
+        upload_id: str,
+        items: list[tuple[int, int, bytes]],
+        total: int,
+        values_per_chunk: int,
+        on_chunk: Callable[[int], None],
+    ) -> Iterator[pb.UploadChunksRequest]:
+        for stream, k, payload in items:
+            request = pb.UploadChunksRequest(
+                chunk=pb.Chunk(
+                    upload_id=upload_id,
+                    stream=stream,
+                    index=k,
+                    num_values=min(values_per_chunk, total - k * values_per_chunk),
+                    payload=payload,
+                    sha256=hashlib.sha256(payload).digest(),
                 )
-                missing = [
-                    (pb.STREAM_KIND_CIPHERTEXT, k, ciphertext[k]) for k in status.missing_ciphertext
-                ]  # type: ignore[attr-defined]
-                missing += [
-                    (pb.STREAM_KIND_PLAINTEXT, k, plaintext[k]) for k in status.missing_plaintext
-                ]  # type: ignore[attr-defined]
-                if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
-                    break
+            )
+            self.bytes_sent += request.ByteSize()
+            yield request
+            self.chunks_sent += 1
+            on_chunk(self.chunks_sent)
 
-                def requests(items=missing) -> Iterator[pb.UploadChunksRequest]:  # type: ignore[no-untyped-def]
-                    for stream, k, payload in items:
-                        start = k * values_per_chunk
-                        yield pb.UploadChunksRequest(
-                            chunk=pb.Chunk(
-                                upload_id=upload_id,
-                                stream=stream,
-                                index=k,
-                                num_values=min(values_per_chunk, total - start),
-                                payload=payload,
-                                sha256=hashlib.sha256(payload).digest(),
-                            )
-                        )
-                        self.chunks_sent += 1
-                        on_chunk(self.chunks_sent)
-
-                try:
-                    with rpc_errors():
-                        self.stub.UploadChunks(
-                            requests(), timeout=STREAM_TIMEOUT_S, metadata=self.metadata
-                        )
-                except Exception as exc:
-                    if getattr(exc, "status", None) not in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ):
-                        raise
-                    logger.info("upload interrupted (%s); resuming", exc)
-            else:
-                raise IncompleteUploadError("upload did not complete after 5 attempts")
+    def commit(self, upload_id: str) -> bytes:
+        """Commit a complete upload (idempotent); returns the receipt."""
         reply = self._unary("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
         return bytes(reply.receipt_sha256)  # type: ignore[attr-defined]
 

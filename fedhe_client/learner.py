@@ -24,11 +24,14 @@ class LocalLearner:
         num_samples: int | None = None,
         device: str = "auto",
         progress: bool = False,
+        torch_threads: int | None = None,
     ) -> None:
         self.job = job
         self.index = index
         self.device = pick_device(device)
         self.progress = progress
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         data = load_dataset(job.data, job.job.seed)
         self.x, self.y = partition(data, job.data, index, count, job.job.seed, num_samples)
         self.x_test, self.y_test = data.x_test, data.y_test

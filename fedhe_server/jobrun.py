@@ -403,7 +403,7 @@ class JobRun:
                 chunks[(CT, k)] = acc.encrypted.chunk_blob(k)
         if acc.plain is not None:
             for k, part in enumerate(acc.plain.plan.split(acc.plain.sum)):
-                chunks[(PT, k)] = part.astype("<f8").tobytes()
+                chunks[(PT, k)] = part.astype("<f4").tobytes()  # like uploads: float32
         upload_bytes = sum(
             int(r[0] or 0)
             for r in self.db.query(

@@ -20,7 +20,12 @@ class KeyAuthClient:
 
     def __init__(self, peer: PeerSection) -> None:
         self._metadata = call_metadata(read_secret_file(peer.token_file))
-        self._stub = pb_grpc.KeyAuthorityServiceStub(create_channel(peer, 4 * 1024 * 1024))
+        self._channel = create_channel(peer, 4 * 1024 * 1024)
+        self._stub = pb_grpc.KeyAuthorityServiceStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
 
     def public_params(
         self, job_id: str, preset: str, clip_bound: float | None

@@ -151,3 +151,4 @@ class AggregationServer:
         """Stop the round keeper."""
         self._stop.set()
         self._keeper.join(timeout=5)
+        self.keyauth.close()

@@ -98,6 +98,7 @@ def test_server_sigkill_after_two_commits_then_restart(tmp_path: Path) -> None:
         assert len(committed) == 3 and set(committed_before) <= set(committed)
         assert db.execute("SELECT weight_sum, contributors FROM rounds").fetchone() == (1438, 3)
         # The committed clients did not upload again: one upload line each.
-        for upload_id, client in committed_before:
+        for _upload_id, client in committed_before:
             log = (cluster.logs / f"{client}.log").read_text()
             assert log.count("round 1: trained") == 1, client
+            assert "(2 chunks sent)" in log, client
