@@ -131,3 +131,27 @@ def status(job_id: str, server: str, token_file: str, ca_file: str | None, insec
             for r in reply.history
         ],
     )
+
+
+@click.group("certs")
+def certs_group() -> None:
+    """Development TLS certificates."""
+
+
+@certs_group.command("init")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--hosts",
+    default="127.0.0.1,localhost",
+    show_default=True,
+    help="comma-separated DNS names / IPs the services are reached at",
+)
+@click.option("--services", default="keyauth,server", show_default=True)
+def certs_init(out: Path, hosts: str, services: str) -> None:
+    """Create a CA and certificates for the listening services (keys mode 0600)."""
+    from fedhe_common.pki import init_pki
+
+    for path in init_pki(
+        out, [s for s in services.split(",") if s], [h for h in hosts.split(",") if h]
+    ):
+        console.print(f"wrote {path}")

@@ -12,8 +12,9 @@ from fedhe_cli.app import cli
 
 def test_bench_round_contract(tmp_path: Path) -> None:
     out = tmp_path / "round.json"
-    result = CliRunner().invoke(cli, ["bench", "round", "--model", "lenet", "--dataset",
-                                      "digits", "--json", str(out)])
+    result = CliRunner().invoke(
+        cli, ["bench", "round", "--model", "lenet", "--dataset", "digits", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["clients"] == 3 and doc["n_params"] > 0
