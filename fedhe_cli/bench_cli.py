@@ -37,7 +37,7 @@ def bench() -> None:
 )
 @click.option(
     "--configs",
-    default="single-key,paper-default,nvflare-default",
+    default="single-key,single-key-8k,paper-default,nvflare-default",
     show_default=True,
     help="comma-separated configs",
 )

@@ -39,12 +39,13 @@ PATH_FACTORIES: dict[str, Callable[[], AggregationPath]] = {
         symmetric=True,
         summary="TenSEAL CKKSVector, N=8192 [60,40,40], scale 2^40, symmetric (NVFlare 2.x)",
     ),
+    "single-key-8k": lambda: SealPath("single-key-8k", get_preset("single-key-8k")),
     "single-key-real-weights": lambda: SealPath(
         "single-key-real-weights", get_preset("single-key-real-weights")
     ),
     "threshold-strict-pk": lambda: SealPath("threshold-strict-pk", get_preset("threshold-strict")),
 }
-DEFAULT_CONFIGS = ("single-key", "paper-default", "nvflare-default")
+DEFAULT_CONFIGS = ("single-key", "single-key-8k", "paper-default", "nvflare-default")
 
 
 @dataclass

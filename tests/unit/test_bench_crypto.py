@@ -15,7 +15,7 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["bench", "crypto", "--sizes", "20000", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = {r["config"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"single-key", "paper-default", "nvflare-default"}
+    assert set(rows) == {"single-key", "single-key-8k", "paper-default", "nvflare-default"}
     keys = {
         "config",
         "n_params",

@@ -17,6 +17,7 @@ from tests.conftest import holder_for
 # Max abs error of the weighted *mean* each preset must meet for |x| <= its clip bound.
 PRECISION = {
     "single-key": 1e-6,
+    "single-key-8k": 1e-6,
     "single-key-real-weights": 1e-5,
     "threshold-strict": 1e-9,
     "threshold-practical": 1e-9,

@@ -28,8 +28,12 @@ def test_compose_commands_exist() -> None:
     doc = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
     for name, service in doc["services"].items():
         command = service["command"]
-        help_run = subprocess.run([str(BIN / command[0]), command[1], "--help"],
-                                  capture_output=True, text=True, check=False)
+        help_run = subprocess.run(
+            [str(BIN / command[0]), command[1], "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert help_run.returncode == 0, f"{name}: {help_run.stderr}"
         for flag in (c for c in command if c.startswith("--")):
             assert flag in help_run.stdout, f"{name}: {flag} not an option"

@@ -111,6 +111,22 @@ PRESETS: dict[str, Preset] = {
             "symmetric uploads, integer weights: 8.05 B/value up, 16.03 down",
         ),
         Preset(
+            name="single-key-8k",
+            poly_modulus_degree=8192,
+            coeff_modulus_bits=(60,),
+            scale_bits=32,
+            encryption="seeded-symmetric",
+            weight_mode="integer",
+            weight_scale_bits=0,
+            complex_packing=True,
+            clip_bound=16.0,
+            compression="none",
+            smudging_bits=None,
+            baseline_only=False,
+            summary="single-key at N=8192 (one 60-bit prime): same bytes and value range, "
+            "8192 values per ciphertext, ~10% less client and server CPU per value",
+        ),
+        Preset(
             name="single-key-real-weights",
             poly_modulus_degree=4096,
             coeff_modulus_bits=(60,),
