@@ -11,6 +11,7 @@ import numpy as np
 
 from fedhe_client.connection import ServerConnection, fault_after_chunks
 from fedhe_client.learner import LocalLearner, check_global
+from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.load import parse_yaml
@@ -18,8 +19,7 @@ from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError, KeyMaterialError
-from fedhe_common.mlbridge.accumulate import decode_float32
-from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
 from fedhe_common.rpc.auth import call_metadata, read_secret_file
 from fedhe_common.rpc.errors import rpc_errors
 from fedhe_common.rpc.retry import call_with_retry
@@ -76,6 +76,7 @@ class ClientAgent:
         if self.export:
             self.export.mkdir(parents=True, exist_ok=True)
         self.applied_round = 0
+        self.mask: EncryptionMask | None = None
         self.encrypt_s: dict[int, float] = {}
         logger.info(
             "client %s joined job %s: %d samples, %d values, encryption %s",
@@ -92,6 +93,8 @@ class ClientAgent:
         done_round = 0
         while True:
             plan = self.conn.round_plan(self.job_id, self.config.client_id, done_round)
+            if plan.mask_required and self.mask is None and plan.mask_id:
+                self._agree_mask(plan.mask_id)
             if plan.aggregate_round > self.applied_round:
                 self._apply_aggregate(plan.aggregate_round)
             if plan.phase == pb.ROUND_PHASE_JOB_FINISHED:
@@ -102,21 +105,89 @@ class ClientAgent:
                 raise FedHEError(f"job {self.job_id} failed on the server")
             if plan.retry:
                 continue
+            if plan.phase == pb.ROUND_PHASE_MASK:
+                self._upload_sensitivity(plan)
+                continue
+            if plan.mask_required and self.mask is None:
+                self._agree_mask("")
             self._train_and_upload(plan)
             done_round = plan.round
+
+    # ------------------------------------------------------------ selective mode
+    def _upload_sensitivity(self, plan: pb.GetRoundPlanResponse) -> None:
+        """Round 0: upload this client's sensitivity map (max-normalised), encrypted."""
+        assert self.holder is not None
+        sel = self.job.selective
+        t0 = time.perf_counter()
+        scores = self.learner.sensitivity(sel.sensitivity, sel.samples)
+        peak = float(scores.max()) if scores.size else 0.0
+        scores = scores / peak if peak > 0 else scores
+        ciphertext, _ = encode_update(
+            scores,
+            self.holder,
+            None,
+            self.values_per_chunk,
+            self.holder.preset.clip_bound,
+            self.job.dp,
+        )
+        manifest = self._manifest(plan.round, "", len(ciphertext), 0, scores.size)
+        self.conn.upload(manifest, ciphertext, [], self.values_per_chunk)
+        logger.info(
+            "round 0: %s sensitivity map of %d values uploaded (%.2fs)",
+            sel.sensitivity,
+            scores.size,
+            time.perf_counter() - t0,
+        )
+
+    def _agree_mask(self, expected_id: str) -> None:
+        """Decrypt the summed sensitivity (round 0), take the top-p mask, record it."""
+        assert self.holder is not None
+        header, chunks = self.conn.download(self.job_id, 0)
+        scores = decode_update(header, chunks, self.holder, None, self.values_per_chunk)
+        sel = self.job.selective
+        mask = top_p_mask(
+            scores / max(1, header.weight_sum),
+            sel.ratio,
+            self.learner.manifest,
+            sel.include_first_last,
+            sel.include_layers,
+        )
+        if expected_id and mask.mask_id != expected_id:
+            raise FedHEError("the mask computed here differs from the job's recorded mask")
+        self.conn.submit_mask(self.job_id, self.config.client_id, mask)
+        self.mask = mask
+        logger.info(
+            "mask %s...: %d of %d values encrypted (ratio %.3f)",
+            mask.mask_id[:12],
+            mask.count,
+            mask.total,
+            mask.ratio,
+        )
+
+    def _manifest(
+        self, number: int, mask_id: str, ct_chunks: int, pt_chunks: int, num_values: int
+    ) -> pb.UploadManifest:
+        return pb.UploadManifest(
+            job_id=self.job_id,
+            round=number,
+            client_id=self.config.client_id,
+            layout_id=self.learner.manifest.layout_id,
+            mask_id=mask_id,
+            context_fingerprint=self.holder.fingerprint if self.holder else b"",
+            ciphertext_chunks=ct_chunks,
+            plaintext_chunks=pt_chunks,
+            num_values=num_values,
+            sample_count=self.learner.sample_count,
+        )
 
     def _apply_aggregate(self, number: int) -> None:
         header, chunks = self.conn.download(self.job_id, number)
         t0 = time.perf_counter()
         try:
+            if header.layout_id != self.learner.manifest.layout_id:
+                raise FedHEError("aggregate has another model layout")
             vector = (
-                decode_aggregate(
-                    header,
-                    chunks,
-                    self.holder,
-                    self.values_per_chunk,
-                    self.learner.manifest.layout_id,
-                )
+                decode_update(header, chunks, self.holder, self.mask, self.values_per_chunk)
                 / header.weight_sum
             )
             check_global(vector, self.job.training.max_update_abs)
@@ -147,28 +218,15 @@ class ClientAgent:
         t0 = time.perf_counter()
         vector, loss = self.learner.train_round(plan.round)
         t_train = time.perf_counter() - t0
-        plan_chunks = ChunkPlan(vector.size, self.values_per_chunk)
-        ciphertext: list[bytes] = []
-        plaintext: list[bytes] = []
         t1 = time.perf_counter()
-        if self.holder is not None:
-            ciphertext = [self.holder.encrypt(c) for c in plan_chunks.split(vector)]
-        else:
-            plaintext = [c.astype("<f4").tobytes() for c in plan_chunks.split(vector)]
+        clip = self.holder.preset.clip_bound if self.holder else float("inf")
+        ciphertext, plaintext = encode_update(
+            vector, self.holder, self.mask, self.values_per_chunk, clip, self.job.dp
+        )
         t_he = time.perf_counter() - t1
         self.encrypt_s[plan.round] = t_he if self.holder is not None else 0.0
-        manifest = pb.UploadManifest(
-            job_id=self.job_id,
-            round=plan.round,
-            client_id=self.config.client_id,
-            layout_id=self.learner.manifest.layout_id,
-            mask_id="",
-            context_fingerprint=self.holder.fingerprint if self.holder else b"",
-            ciphertext_chunks=len(ciphertext),
-            plaintext_chunks=len(plaintext),
-            num_values=vector.size,
-            sample_count=self.learner.sample_count,
-        )
+        mask_id = self.mask.mask_id if self.mask is not None else ""
+        manifest = self._manifest(plan.round, mask_id, len(ciphertext), len(plaintext), vector.size)
         if self.export:
             np.save(self.export / f"upload-r{plan.round}.npy", vector, allow_pickle=False)
             (self.export / f"upload-r{plan.round}.json").write_text(
@@ -189,31 +247,3 @@ class ClientAgent:
             sent / 1e6,
             self.conn.chunks_sent - chunks_before,
         )
-
-
-def decode_aggregate(
-    header: pb.AggregateHeader,
-    chunks: list[pb.Chunk],
-    holder: SecretKeyHolder | None,
-    values_per_chunk: int,
-    layout_id: str,
-) -> np.ndarray:
-    """Decrypt/decode a downloaded aggregate into the weighted-sum vector."""
-    total = int(header.num_values)
-    if header.layout_id != layout_id:
-        raise FedHEError("aggregate has another model layout")
-    plan = ChunkPlan(total, values_per_chunk)
-    vector = np.zeros(total, dtype=np.float64)
-    seen = set()
-    for chunk in chunks:
-        start, stop = plan.bounds(chunk.index)
-        if chunk.stream == pb.STREAM_KIND_CIPHERTEXT:
-            if holder is None:
-                raise FedHEError("ciphertext in a job without encryption")
-            vector[start:stop] = holder.decrypt(chunk.payload)[: stop - start]
-        else:
-            vector[start:stop] = decode_float32(chunk.payload, stop - start)
-        seen.add((chunk.stream, chunk.index))
-    if len(seen) != plan.count:
-        raise FedHEError(f"aggregate has {len(seen)} chunks, expected {plan.count}")
-    return vector

@@ -13,6 +13,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.config.models import PeerSection
 from fedhe_common.errors import IncompleteUploadError, ManifestMismatchError
+from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.rpc.auth import call_metadata, read_secret_file
 from fedhe_common.rpc.errors import rpc_errors
 from fedhe_common.rpc.retry import call_with_retry
@@ -70,6 +71,16 @@ class ServerConnection:
             "GetJobStatus",  # type: ignore[return-value]
             pb.GetJobStatusRequest(job_id=job_id),
         )
+
+    def submit_mask(self, job_id: str, client_id: str, mask: EncryptionMask) -> bool:
+        """Record the agreed mask on the server (idempotent); True if this call recorded it."""
+        reply = self._unary(
+            "SubmitMask",
+            pb.SubmitMaskRequest(
+                job_id=job_id, client_id=client_id, mask_id=mask.mask_id, mask=mask.to_bytes()
+            ),
+        )
+        return bool(reply.recorded)  # type: ignore[attr-defined]
 
     def report(self, job_id: str, client_id: str, number: int, metrics: dict[str, float]) -> None:
         """Send evaluation metrics for a round."""

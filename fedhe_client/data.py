@@ -38,7 +38,7 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Dat
 
 def load_dataset(section: DataSection, seed: int) -> Dataset:
     """Load the job's data set and split it deterministically (same on every client)."""
-    if section.dataset in ("digits", "digits28"):
+    if section.dataset in ("digits", "digits28", "digits32"):
         from sklearn.datasets import load_digits
 
         digits = load_digits()

@@ -11,6 +11,7 @@ from fedhe_client.trainer import evaluate, pick_device, train
 from fedhe_common.config.models import JobConfig
 from fedhe_common.errors import InvalidArgumentError
 from fedhe_common.mlbridge.flatten import flatten, unflatten
+from fedhe_common.mlbridge.sensitivity import sensitivity_map
 
 
 class LocalLearner:
@@ -65,6 +66,13 @@ class LocalLearner:
         """Replace the model's float parameters with ``vector`` (a global model)."""
         state = self.model.state_dict()
         self.model.load_state_dict(unflatten(vector, self.manifest, state))
+
+    def sensitivity(self, method: str, samples: int) -> np.ndarray:
+        """Sensitivity map of the current model on (up to) ``samples`` of this client's data."""
+        x = torch.from_numpy(self.x[:samples])
+        y = torch.from_numpy(self.y[:samples])
+        seed = self.job.job.seed * 7919 + self.index
+        return sensitivity_map(self.model, x, y, method, seed)  # type: ignore[arg-type]
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy and loss on the shared test split."""

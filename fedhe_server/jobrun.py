@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -31,6 +32,8 @@ from fedhe_common.errors import (
 )
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator, decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.masks import EncryptionMask
+from fedhe_common.mlbridge.streams import stream_plans
 from fedhe_server.staging import JobFiles
 from fedhe_server.state import StateDB, now
 
@@ -74,6 +77,7 @@ class JobRun:
         self.changed = changed
         self.lock = threading.RLock()
         self._acc: RoundAccumulators | None = None
+        self._mask: EncryptionMask | None = None
         self._commits_in_process = 0
 
     # ------------------------------------------------------------------ layout
@@ -84,19 +88,86 @@ class JobRun:
             return None
         return str(job["layout_id"]), int(job["num_values"])  # type: ignore[call-overload]
 
-    def plans(self, num_values: int) -> tuple[ChunkPlan, ChunkPlan]:
-        """Chunk plans of the ciphertext and plaintext streams."""
-        encrypted = self.config.encryption.mode == "ckks"
-        return (
-            ChunkPlan(num_values if encrypted else 0, self.values_per_chunk),
-            ChunkPlan(0 if encrypted else num_values, self.values_per_chunk),
+    @property
+    def selective(self) -> bool:
+        """True when the job agrees an encryption mask in round 0."""
+        return self.config.encryption.mode == "ckks" and self.config.selective.enabled
+
+    def encrypted_count(self, num_values: int, number: int) -> int:
+        """How many values of an upload in round ``number`` travel encrypted."""
+        if self.config.encryption.mode != "ckks":
+            return 0
+        if not self.selective or number == 0:
+            return num_values
+        mask = self.mask()
+        if mask is None:
+            raise IncompleteUploadError("the job's encryption mask is not agreed yet")
+        return mask.count
+
+    def plans(self, num_values: int, number: int) -> tuple[ChunkPlan, ChunkPlan]:
+        """Chunk plans of the ciphertext and plaintext streams of round ``number``."""
+        return stream_plans(
+            num_values, self.values_per_chunk, self.encrypted_count(num_values, number)
         )
+
+    def mask(self) -> EncryptionMask | None:
+        """The recorded encryption mask (selective jobs, after round 0)."""
+        if self._mask is None:
+            job = self.db.job(self.job_id)
+            assert job is not None
+            if job["mask"] is not None:
+                self._mask = EncryptionMask.from_bytes(bytes(job["mask"]))  # type: ignore[arg-type]
+        return self._mask
+
+    def mask_id(self) -> str:
+        """The recorded mask id, or "" when none applies (yet)."""
+        mask = self.mask()
+        return mask.mask_id if mask is not None else ""
+
+    def submit_mask(self, mask_id: str, mask_bytes: bytes) -> bool:
+        """Record the mask clients agreed on; return True if this call recorded it."""
+        with self.lock:
+            if not self.selective:
+                raise ManifestMismatchError("this job does not use selective encryption")
+            round0 = self.db.round(self.job_id, 0)
+            if round0 is None or round0.state != "PUBLISHED":
+                raise IncompleteUploadError("the sensitivity round is not published yet")
+            mask = EncryptionMask.from_bytes(mask_bytes)
+            if mask.mask_id != mask_id:
+                raise InvalidArgumentError("mask_id is not the sha256 of the mask")
+            layout = self._layout()
+            assert layout is not None
+            minimum = math.ceil(self.config.selective.ratio * layout[1] - 1e-9)
+            if mask.total != layout[1] or mask.count < minimum:
+                raise InvalidArgumentError(
+                    f"mask covers {mask.count} of {mask.total} values; the job needs "
+                    f">= {minimum} of {layout[1]}"
+                )
+            current = self.mask()
+            if current is not None:
+                if current.mask_id != mask_id:
+                    raise ConflictError("a different mask was already recorded for this job")
+                return False
+            with self.db.transaction() as tx:
+                tx.execute(
+                    "UPDATE jobs SET mask_id=?, mask=? WHERE job_id=?",
+                    (mask_id, mask.to_bytes(), self.job_id),
+                )
+            self._mask = mask
+            logger.info(
+                "job %s: mask %s... recorded (%d of %d values encrypted)",
+                self.job_id,
+                mask_id[:12],
+                mask.count,
+                mask.total,
+            )
+            return True
 
     def _accumulators(self, number: int) -> RoundAccumulators:
         if self._acc is None or self._acc.number != number:
             layout = self._layout()
             assert layout is not None
-            ct_plan, pt_plan = self.plans(layout[1])
+            ct_plan, pt_plan = self.plans(layout[1], number)
             enc = (
                 EncryptedAccumulator(self.aggregator, ct_plan)
                 if self.aggregator is not None and ct_plan.count
@@ -126,14 +197,18 @@ class JobRun:
                 raise NotFoundError(f"client {m.client_id!r} is not registered for this job")
             if bytes(m.context_fingerprint) != self.fingerprint:
                 raise ContextMismatchError("upload made under another CKKS context")
-            if m.mask_id:
+            expected_mask = self.mask_id() if number > 0 else ""
+            if self.selective and number > 0 and not expected_mask:
+                raise IncompleteUploadError("the job's encryption mask is not agreed yet")
+            if m.mask_id != expected_mask:
                 raise ManifestMismatchError(
-                    "this job uses no encryption mask (mask_id must be empty)"
+                    f"upload mask_id {m.mask_id[:12] or '(none)'} differs from the job's "
+                    f"{expected_mask[:12] or '(none)'}"
                 )
             if m.sample_count < 1 or m.num_values < 1:
                 raise InvalidArgumentError("sample_count and num_values must be positive")
             self._pin_layout(m.layout_id, int(m.num_values))
-            ct_plan, pt_plan = self.plans(int(m.num_values))
+            ct_plan, pt_plan = self.plans(int(m.num_values), number)
             if m.ciphertext_chunks != ct_plan.count or m.plaintext_chunks != pt_plan.count:
                 raise ManifestMismatchError(
                     f"manifest declares {m.ciphertext_chunks}+{m.plaintext_chunks} chunks; "
@@ -232,7 +307,7 @@ class JobRun:
         if row.round != self.open_round_number():
             raise RoundClosedError(f"round {row.round} is closed")
         m = pb.UploadManifest.FromString(row.manifest)
-        ct_plan, pt_plan = self.plans(int(m.num_values))
+        ct_plan, pt_plan = self.plans(int(m.num_values), row.round)
         plan = {CT: ct_plan, PT: pt_plan}.get(chunk.stream)
         if plan is None:
             raise InvalidArgumentError("unknown chunk stream")
@@ -425,7 +500,7 @@ class JobRun:
         self.files.write_aggregate(number, chunks, header)
         job = self.db.job(self.job_id)
         assert job is not None
-        published = int(job["published"]) + 1  # type: ignore[call-overload]
+        published = int(job["published"]) + (1 if number > 0 else 0)  # type: ignore[call-overload]
         finished = published >= int(job["rounds"])  # type: ignore[call-overload]
         t = now()
         with self.db.transaction() as tx:
@@ -442,7 +517,8 @@ class JobRun:
                 self._insert_round(tx, number + 1, t)
         self._acc = None
         self.files.drop_uploads(number)
-        self.files.drop_round(number - 2)
+        if number - 2 >= 1:  # round 0 (the mask's sensitivity sum) stays for late joiners
+            self.files.drop_round(number - 2)
         logger.info(
             "job %s round %d published: %d clients, weight sum %d%s",
             self.job_id,
@@ -493,7 +569,7 @@ class JobRun:
         with self.lock:
             if not self.db.rounds(self.job_id):
                 with self.db.transaction() as tx:
-                    self._insert_round(tx, 1, now())
+                    self._insert_round(tx, 0 if self.selective else 1, now())
                 return
             row = self.db.open_round(self.job_id)
             if row is not None:

@@ -14,6 +14,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_
 from fedhe_common.errors import AuthenticationError, NotFoundError
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
+from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 
 logger = logging.getLogger(__name__)
@@ -101,36 +102,45 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         run = self.server.run_for(request.job_id)
         deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
         while True:
-            plan = self._plan(run, request.after_round)
+            plan = self._plan(run, request.after_round, who.id)
             if not plan.retry or time.monotonic() >= deadline or not context.is_active():
                 return plan
             self.server.wait_for_change(min(1.0, max(0.0, deadline - time.monotonic())))
 
-    def _plan(self, run: object, after_round: int) -> pb.GetRoundPlanResponse:
+    def _plan(self, run: JobRun, after_round: int, client_id: str) -> pb.GetRoundPlanResponse:
         db = self.server.db
-        job_id = run.job_id  # type: ignore[attr-defined]
-        job = db.job(job_id)
+        job = db.job(run.job_id)
         assert job is not None
-        layout_id = str(job["layout_id"] or "")
         base = {
-            "job_id": job_id,
-            "aggregate_round": db.last_published(job_id),
-            "layout_id": layout_id,
+            "job_id": run.job_id,
+            "aggregate_round": db.last_published(run.job_id),
+            "layout_id": str(job["layout_id"] or ""),
             "context_fingerprint": run.fingerprint,
-        }  # type: ignore[attr-defined]
+            "mask_required": run.selective,
+            "mask_id": run.mask_id(),
+        }
         if job["state"] == "FINISHED":
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
         if job["state"] == "FAILED":
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
-        row = db.open_round(job_id)
-        if row is None or row.round <= after_round:
+        row = db.open_round(run.job_id)
+        if row is None or not self._is_new_for(row.round, after_round, run.job_id, client_id):
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+        phase = pb.ROUND_PHASE_MASK if row.round == 0 else pb.ROUND_PHASE_TRAIN
         return pb.GetRoundPlanResponse(
-            phase=pb.ROUND_PHASE_TRAIN,
-            round=row.round,
-            deadline_unix_ms=int(row.deadline * 1000),
-            **base,
+            phase=phase, round=row.round, deadline_unix_ms=int(row.deadline * 1000), **base
         )
+
+    def _is_new_for(self, number: int, after_round: int, job_id: str, client_id: str) -> bool:
+        if number > after_round:
+            return True
+        if number == 0:  # the mask round: new unless this client already committed it
+            return not self.server.db.query(
+                "SELECT 1 FROM uploads WHERE job_id=? AND round=0 AND client_id=? "
+                "AND state='COMMITTED'",
+                (job_id, client_id),
+            )
+        return False
 
     @translate_stream_errors
     def GetAggregate(
@@ -153,7 +163,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 context_fingerprint=run.fingerprint,
             )
         )
-        ct_plan, pt_plan = run.plans(int(header["num_values"]))
+        ct_plan, pt_plan = run.plans(int(header["num_values"]), request.round)
         for stream, plan in (
             (pb.STREAM_KIND_CIPHERTEXT, ct_plan),
             (pb.STREAM_KIND_PLAINTEXT, pt_plan),
@@ -224,6 +234,16 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             raise NotFoundError("unknown upload")
         receipt = self.server.run_for(row.job_id).commit(request.upload_id, who.id)
         return pb.CommitUploadResponse(upload_id=request.upload_id, receipt_sha256=receipt)
+
+    @translate_errors
+    def SubmitMask(
+        self, request: pb.SubmitMaskRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitMaskResponse:
+        who = self.auth.require(context, "client")
+        if request.client_id != who.id:
+            raise AuthenticationError("client_id does not match the caller's identity")
+        recorded = self.server.run_for(request.job_id).submit_mask(request.mask_id, request.mask)
+        return pb.SubmitMaskResponse(mask_id=request.mask_id, recorded=recorded)
 
     @translate_errors
     def ReportMetrics(

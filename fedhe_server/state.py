@@ -14,6 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   job_id TEXT PRIMARY KEY, config_yaml TEXT NOT NULL, state TEXT NOT NULL,
   params_json TEXT, public_key BLOB, fingerprint BLOB, layout_id TEXT, num_values INTEGER,
+  mask_id TEXT, mask BLOB,
   rounds INTEGER NOT NULL, published INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
   job_id TEXT NOT NULL, client_id TEXT NOT NULL, registered REAL NOT NULL,
@@ -98,7 +99,7 @@ class StateDB:
         """A job row as a dict, or None."""
         rows = self.query(
             "SELECT job_id, config_yaml, state, params_json, public_key, fingerprint, "
-            "layout_id, num_values, rounds, published FROM jobs WHERE job_id=?",
+            "layout_id, num_values, rounds, published, mask_id, mask FROM jobs WHERE job_id=?",
             (job_id,),
         )
         if not rows:
@@ -114,6 +115,8 @@ class StateDB:
             "num_values",
             "rounds",
             "published",
+            "mask_id",
+            "mask",
         )
         return dict(zip(keys, rows[0], strict=True))
 
@@ -138,9 +141,10 @@ class StateDB:
         return [RoundRow(*r) for r in rows]  # type: ignore[arg-type]
 
     def last_published(self, job_id: str) -> int:
-        """Number of the latest published round (0 if none)."""
+        """Latest published training round (0 if none; round 0 is a mask round)."""
         rows = self.query(
-            "SELECT MAX(round) FROM rounds WHERE job_id=? AND state='PUBLISHED'", (job_id,)
+            "SELECT MAX(round) FROM rounds WHERE job_id=? AND state='PUBLISHED' AND round >= 1",
+            (job_id,),
         )
         return int(rows[0][0] or 0)  # type: ignore[arg-type]
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from fedhe_cli.bench.cputime import PhaseTimer
 from fedhe_cli.inprocess import InProcessFederation
-from fedhe_client.agent import decode_aggregate, fetch_secret_key
+from fedhe_client.agent import fetch_secret_key
 from fedhe_client.connection import ServerConnection
 from fedhe_client.learner import LocalLearner
+from fedhe_client.update_codec import decode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
@@ -89,14 +90,11 @@ def run_mode(
                 conn.commit(upload_id)
             fed.server.runs[job_id].tick()
         globals_ = []
-        for conn, learner, holder in zip(conns, learners, holders, strict=True):
+        for conn, holder in zip(conns, holders, strict=True):
             with timer.phase("download"):
                 header, chunks = conn.download(job_id, 1)
             with timer.phase("decrypt"):
-                vector = (
-                    decode_aggregate(header, chunks, holder, vpc, learner.manifest.layout_id)
-                    / header.weight_sum
-                )
+                vector = decode_update(header, chunks, holder, None, vpc) / header.weight_sum
             globals_.append(vector)
         for g in globals_[1:]:
             assert np.array_equal(g, globals_[0])

@@ -60,7 +60,7 @@ class ModelSection(_Model):
 
 
 class DataSection(_Model):
-    dataset: Literal["digits", "digits28", "npz"] = "digits"
+    dataset: Literal["digits", "digits28", "digits32", "npz"] = "digits"
     path: str | None = None
     partition: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(default=0.5, gt=0)
@@ -81,6 +81,34 @@ class TrainingSection(_Model):
     max_update_abs: float = Field(default=1e3, gt=0)
 
 
+class SelectiveSection(_Model):
+    """FedML-HE selective parameter encryption; ratio 1.0 (default) encrypts everything."""
+
+    ratio: float = Field(default=1.0, ge=0, le=1)
+    include_first_last: bool = False
+    include_layers: list[str] = []
+    sensitivity: Literal["exact", "trueclass", "random"] = "exact"
+    samples: int = Field(default=64, ge=1, le=100_000)
+
+    @property
+    def enabled(self) -> bool:
+        """True when some coordinates travel in plaintext."""
+        return self.ratio < 1.0
+
+
+class DPSection(_Model):
+    """Noise on the plaintext (unencrypted) part of updates, after clipping."""
+
+    mechanism: Literal["none", "laplace", "gaussian"] = "none"
+    scale: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _scale_with_mechanism(self) -> DPSection:
+        if self.mechanism != "none" and self.scale <= 0:
+            raise ValueError("dp.scale must be > 0 when a mechanism is set")
+        return self
+
+
 class JobConfig(_Model):
     """A federated job: what to train, how to encrypt, when a round closes."""
 
@@ -88,9 +116,19 @@ class JobConfig(_Model):
     job: JobSection
     participants: ParticipantsSection = ParticipantsSection()
     encryption: EncryptionSection = EncryptionSection()
+    selective: SelectiveSection = SelectiveSection()
+    dp: DPSection = DPSection()
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
+
+    @model_validator(mode="after")
+    def _selective_needs_encryption(self) -> JobConfig:
+        if self.selective.enabled and self.encryption.mode != "ckks":
+            raise ValueError("selective.ratio < 1 needs encryption.mode ckks")
+        if self.dp.mechanism != "none" and not self.selective.enabled:
+            raise ValueError("dp noise applies to the plaintext part: set selective.ratio < 1")
+        return self
 
 
 # ------------------------------------------------------------------------ services

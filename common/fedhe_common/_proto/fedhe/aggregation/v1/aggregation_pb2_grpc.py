@@ -84,6 +84,11 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.FromString,
                 _registered_method=True)
+        self.SubmitMask = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/SubmitMask',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -152,6 +157,13 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitMask(self, request, context):
+        """Selective encryption: record the mask clients computed from the aggregated sensitivity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +216,11 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.SerializeToString,
+            ),
+            'SubmitMask': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMask,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +493,33 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/ReportMetrics',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/SubmitMask',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
