@@ -11,7 +11,7 @@ import numpy as np
 
 from fedhe_client.connection import ServerConnection, fault_after_chunks
 from fedhe_client.learner import LocalLearner, check_global
-from fedhe_client.update_codec import decode_update, encode_update
+from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.load import parse_yaml
@@ -122,7 +122,7 @@ class ClientAgent:
         scores = self.learner.sensitivity(sel.sensitivity, sel.samples)
         peak = float(scores.max()) if scores.size else 0.0
         scores = scores / peak if peak > 0 else scores
-        ciphertext, _ = encode_update(
+        update = encode_update(
             scores,
             self.holder,
             None,
@@ -130,8 +130,7 @@ class ClientAgent:
             self.holder.preset.clip_bound,
             self.job.dp,
         )
-        manifest = self._manifest(plan.round, "", len(ciphertext), 0, scores.size)
-        self.conn.upload(manifest, ciphertext, [], self.values_per_chunk)
+        self.conn.upload(self._manifest(plan.round, "", update, scores.size), update)
         logger.info(
             "round 0: %s sensitivity map of %d values uploaded (%.2fs)",
             sel.sensitivity,
@@ -165,7 +164,7 @@ class ClientAgent:
         )
 
     def _manifest(
-        self, number: int, mask_id: str, ct_chunks: int, pt_chunks: int, num_values: int
+        self, number: int, mask_id: str, update: EncodedUpdate, num_values: int
     ) -> pb.UploadManifest:
         return pb.UploadManifest(
             job_id=self.job_id,
@@ -174,8 +173,8 @@ class ClientAgent:
             layout_id=self.learner.manifest.layout_id,
             mask_id=mask_id,
             context_fingerprint=self.holder.fingerprint if self.holder else b"",
-            ciphertext_chunks=ct_chunks,
-            plaintext_chunks=pt_chunks,
+            ciphertext_chunks=update.ct_plan.count,
+            plaintext_chunks=update.pt_plan.count,
             num_values=num_values,
             sample_count=self.learner.sample_count,
         )
@@ -220,23 +219,20 @@ class ClientAgent:
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
         clip = self.holder.preset.clip_bound if self.holder else float("inf")
-        ciphertext, plaintext = encode_update(
+        update = encode_update(
             vector, self.holder, self.mask, self.values_per_chunk, clip, self.job.dp
         )
         t_he = time.perf_counter() - t1
         self.encrypt_s[plan.round] = t_he if self.holder is not None else 0.0
         mask_id = self.mask.mask_id if self.mask is not None else ""
-        manifest = self._manifest(plan.round, mask_id, len(ciphertext), len(plaintext), vector.size)
+        manifest = self._manifest(plan.round, mask_id, update, vector.size)
         if self.export:
             np.save(self.export / f"upload-r{plan.round}.npy", vector, allow_pickle=False)
             (self.export / f"upload-r{plan.round}.json").write_text(
                 json.dumps({"sample_count": self.learner.sample_count})
             )
-        sent = sum(map(len, ciphertext)) + sum(map(len, plaintext))
         chunks_before = self.conn.chunks_sent
-        self.conn.upload(
-            manifest, ciphertext, plaintext, self.values_per_chunk, on_chunk=fault_after_chunks
-        )
+        self.conn.upload(manifest, update, on_chunk=fault_after_chunks)
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
             "(%d chunks sent)",
@@ -244,6 +240,6 @@ class ClientAgent:
             loss,
             t_train,
             t_he,
-            sent / 1e6,
+            update.num_bytes / 1e6,
             self.conn.chunks_sent - chunks_before,
         )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import grpc
 
+from fedhe_client.update_codec import EncodedUpdate
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.config.models import PeerSection
 from fedhe_common.errors import IncompleteUploadError, ManifestMismatchError
+from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.rpc.auth import call_metadata, read_secret_file
 from fedhe_common.rpc.errors import rpc_errors
@@ -119,21 +121,16 @@ class ServerConnection:
     def upload(
         self,
         manifest: pb.UploadManifest,
-        ciphertext: Sequence[bytes],
-        plaintext: Sequence[bytes],
-        values_per_chunk: int,
+        update: EncodedUpdate,
         on_chunk: Callable[[int], None] = lambda n: None,
     ) -> bytes:
         """Resumable upload then commit; returns the receipt."""
-        upload_id = self.send(manifest, ciphertext, plaintext, values_per_chunk, on_chunk)
-        return self.commit(upload_id)
+        return self.commit(self.send(manifest, update, on_chunk))
 
     def send(
         self,
         manifest: pb.UploadManifest,
-        ciphertext: Sequence[bytes],
-        plaintext: Sequence[bytes],
-        values_per_chunk: int,
+        update: EncodedUpdate,
         on_chunk: Callable[[int], None] = lambda n: None,
     ) -> str:
         """Announce an upload and stream the chunks the server is missing; return its id.
@@ -146,19 +143,17 @@ class ServerConnection:
         upload_id = str(begin.upload_id)  # type: ignore[attr-defined]
         if begin.committed:  # type: ignore[attr-defined]
             return upload_id
+        streams = {
+            pb.STREAM_KIND_CIPHERTEXT: (update.ciphertext, update.ct_plan),
+            pb.STREAM_KIND_PLAINTEXT: (update.plaintext, update.pt_plan),
+        }
         for _attempt in range(UPLOAD_ATTEMPTS):
             status = self._unary("GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id))
-            missing = [
-                (pb.STREAM_KIND_CIPHERTEXT, k, ciphertext[k]) for k in status.missing_ciphertext
-            ]  # type: ignore[attr-defined]
-            missing += [
-                (pb.STREAM_KIND_PLAINTEXT, k, plaintext[k]) for k in status.missing_plaintext
-            ]  # type: ignore[attr-defined]
+            missing = [(pb.STREAM_KIND_CIPHERTEXT, k) for k in status.missing_ciphertext]  # type: ignore[attr-defined]
+            missing += [(pb.STREAM_KIND_PLAINTEXT, k) for k in status.missing_plaintext]  # type: ignore[attr-defined]
             if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
                 return upload_id
-            requests = self._chunk_requests(
-                upload_id, missing, manifest.num_values, values_per_chunk, on_chunk
-            )
+            requests = self._chunk_requests(upload_id, missing, streams, on_chunk)
             try:
                 with rpc_errors():
                     self.stub.UploadChunks(
@@ -173,18 +168,19 @@ class ServerConnection:
     def _chunk_requests(
         self,
         upload_id: str,
-        items: list[tuple[int, int, bytes]],
-        total: int,
-        values_per_chunk: int,
+        missing: list[tuple[int, int]],
+        streams: dict[int, tuple[list[bytes], ChunkPlan]],
         on_chunk: Callable[[int], None],
     ) -> Iterator[pb.UploadChunksRequest]:
-        for stream, k, payload in items:
+        for stream, k in missing:
+            payloads, plan = streams[stream]
+            payload = payloads[k]
             request = pb.UploadChunksRequest(
                 chunk=pb.Chunk(
                     upload_id=upload_id,
                     stream=stream,
                     index=k,
-                    num_values=min(values_per_chunk, total - k * values_per_chunk),
+                    num_values=plan.length(k),
                     payload=payload,
                     sha256=hashlib.sha256(payload).digest(),
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -9,6 +11,7 @@ from fedhe_common.config.models import DPSection
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError
 from fedhe_common.mlbridge.accumulate import decode_float32
+from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import stream_plans
 
@@ -30,6 +33,21 @@ def add_dp_noise(values: np.ndarray, dp: DPSection) -> np.ndarray:
     return values + rng.normal(0.0, dp.scale, values.size)
 
 
+@dataclass(frozen=True)
+class EncodedUpdate:
+    """The two chunk streams of one upload and their chunk plans."""
+
+    ciphertext: list[bytes]
+    plaintext: list[bytes]
+    ct_plan: ChunkPlan
+    pt_plan: ChunkPlan
+
+    @property
+    def num_bytes(self) -> int:
+        """Payload bytes of both streams."""
+        return sum(map(len, self.ciphertext)) + sum(map(len, self.plaintext))
+
+
 def encode_update(
     vector: np.ndarray,
     holder: SecretKeyHolder | None,
@@ -37,8 +55,8 @@ def encode_update(
     values_per_chunk: int,
     clip_bound: float,
     dp: DPSection,
-) -> tuple[list[bytes], list[bytes]]:
-    """Split, clip, noise and encrypt one update into (ciphertext, plaintext) chunks."""
+) -> EncodedUpdate:
+    """Split, clip, noise and encrypt one update into its two chunk streams."""
     if holder is None:  # no encryption: the plaintext baseline
         encrypted, rest = np.empty(0), vector
     elif mask is None:
@@ -49,7 +67,7 @@ def encode_update(
     ct_plan, pt_plan = stream_plans(encrypted.size + rest.size, values_per_chunk, encrypted.size)
     ciphertext = [holder.encrypt(c) for c in ct_plan.split(encrypted)] if holder else []
     plaintext = [c.astype("<f4").tobytes() for c in pt_plan.split(rest)]
-    return ciphertext, plaintext
+    return EncodedUpdate(ciphertext, plaintext, ct_plan, pt_plan)
 
 
 def decode_update(

@@ -20,11 +20,10 @@ from fedhe_cli.inprocess import InProcessFederation
 from fedhe_client.agent import fetch_secret_key
 from fedhe_client.connection import ServerConnection
 from fedhe_client.learner import LocalLearner
-from fedhe_client.update_codec import decode_update
+from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
-from fedhe_common.mlbridge.chunking import ChunkPlan
 
 PHASES = ("train", "encrypt", "upload", "aggregate", "download", "decrypt")
 CLIENTS = 3
@@ -66,25 +65,21 @@ def run_mode(
         for conn, learner, holder, name in zip(conns, learners, holders, names, strict=True):
             with timer.phase("train"):
                 vector, _ = learner.train_round(1)
-            plan = ChunkPlan(vector.size, vpc)
             with timer.phase("encrypt"):
-                if holder is not None:
-                    ct, pt = [holder.encrypt(c) for c in plan.split(vector)], []
-                else:
-                    ct, pt = [], [c.astype("<f4").tobytes() for c in plan.split(vector)]
+                update = encode_update(vector, holder, None, vpc, np.inf, job.dp)
             manifest = pb.UploadManifest(
                 job_id=job_id,
                 round=1,
                 client_id=name,
                 layout_id=learner.manifest.layout_id,
                 context_fingerprint=holder.fingerprint if holder else b"",
-                ciphertext_chunks=len(ct),
-                plaintext_chunks=len(pt),
+                ciphertext_chunks=update.ct_plan.count,
+                plaintext_chunks=update.pt_plan.count,
                 num_values=vector.size,
                 sample_count=learner.sample_count,
             )
             with timer.phase("upload"):
-                upload_ids.append(conn.send(manifest, ct, pt, vpc))
+                upload_ids.append(conn.send(manifest, update))
         with timer.phase("aggregate"):
             for conn, upload_id in zip(conns, upload_ids, strict=True):
                 conn.commit(upload_id)
