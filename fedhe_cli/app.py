@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fedhe_cli.admin_cli import certs_group, config_group, job_group
+from fedhe_cli.audit_cli import audit
 from fedhe_cli.bench_cli import bench
 from fedhe_cli.run_cli import demo, simulate
 
@@ -15,7 +16,7 @@ def cli() -> None:
     """FedHE: federated learning with CKKS homomorphic encryption."""
 
 
-for command in (bench, demo, simulate, config_group, job_group, certs_group):
+for command in (bench, demo, simulate, audit, config_group, job_group, certs_group):
     cli.add_command(command)
 
 

@@ -43,9 +43,10 @@ def load_dataset(section: DataSection, seed: int) -> Dataset:
 
         digits = load_digits()
         x = (digits.images / 16.0).astype(np.float32)[:, None]
-        if section.dataset == "digits28":
+        if section.dataset != "digits":  # digits28 / digits32: bilinear upsampling
+            size = int(section.dataset.removeprefix("digits"))
             x = F.interpolate(
-                torch.from_numpy(x), size=(28, 28), mode="bilinear", align_corners=False
+                torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False
             ).numpy()
         y = digits.target.astype(np.int64)
     else:

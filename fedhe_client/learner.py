@@ -37,7 +37,9 @@ class LocalLearner:
         self.x, self.y = partition(data, job.data, index, count, job.job.seed, num_samples)
         self.x_test, self.y_test = data.x_test, data.y_test
         torch.manual_seed(job.job.seed)  # every client starts from the same model
-        self.model = build_model(job.model.name, data.shape, data.classes, job.model.hidden)
+        self.model = build_model(
+            job.model.name, data.shape, data.classes, job.model.hidden, job.model.init
+        )
         _, self.manifest = flatten(self.model.state_dict())
 
     @property

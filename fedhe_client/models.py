@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 
@@ -16,21 +17,17 @@ def mlp(in_shape: tuple[int, int, int], classes: int, hidden: int) -> nn.Module:
 
 
 def lenet(in_shape: tuple[int, int, int], classes: int, hidden: int) -> nn.Module:
-    """A small LeNet (padded convolutions so 8x8 inputs work)."""
+    """The LeNet of the DLG paper (sigmoid, strided convolutions), for any H, W divisible by 4."""
     c, h, w = in_shape
     return nn.Sequential(
-        nn.Conv2d(c, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+        nn.Conv2d(c, 12, 5, padding=2, stride=2),
+        nn.Sigmoid(),
+        nn.Conv2d(12, 12, 5, padding=2, stride=2),
+        nn.Sigmoid(),
+        nn.Conv2d(12, 12, 5, padding=2, stride=1),
+        nn.Sigmoid(),
         nn.Flatten(),
-        nn.Linear(16 * (h // 4) * (w // 4), 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, classes),
+        nn.Linear(12 * (h // 4) * (w // 4), classes),
     )
 
 
@@ -59,11 +56,20 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int, int], nn.Module]] = {
 
 
 def build_model(
-    name: str, in_shape: tuple[int, int, int], classes: int, hidden: int = 64
+    name: str,
+    in_shape: tuple[int, int, int],
+    classes: int,
+    hidden: int = 64,
+    init: str = "default",
 ) -> nn.Module:
-    """Instantiate a registered model."""
+    """Instantiate a registered model; ``init="dlg"`` draws every weight from U(-0.5, 0.5)."""
     try:
         factory = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    return factory(in_shape, classes, hidden)
+    model = factory(in_shape, classes, hidden)
+    if init == "dlg":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(-0.5, 0.5)
+    return model

@@ -57,6 +57,7 @@ class EncryptionSection(_Model):
 class ModelSection(_Model):
     name: Literal["mlp", "lenet", "cnn"] = "mlp"
     hidden: int = Field(default=64, ge=1)
+    init: Literal["default", "dlg"] = "default"
 
 
 class DataSection(_Model):

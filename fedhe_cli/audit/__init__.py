@@ -1,0 +1,1 @@
+"""``fedhe audit``: what an encryption mask protects against gradient inversion (DLG)."""

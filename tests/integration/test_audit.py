@@ -1,0 +1,53 @@
+"""`fedhe audit`: JSON contract, PNG grid, find-ratio, on a tiny setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+
+from fedhe_cli.app import cli
+
+
+def test_audit_json_png_and_find_ratio(tmp_path: Path) -> None:
+    out, png = tmp_path / "audit.json", tmp_path / "audit.png"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "audit",
+            "--victims",
+            "1",
+            "--steps",
+            "12",
+            "--ratios",
+            "0.1",
+            "--find-ratio",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    keys = {"mask", "ratio", "attacker", "attacks", "success_rate", "ssim_mean", "mse_mean"}
+    seen = set()
+    for row in doc["conditions"]:
+        assert keys <= set(row)
+        assert row["attacker"] in ("mask-aware", "zero-fill")
+        assert 0.0 <= row["success_rate"] <= 1.0
+        seen.add((row["mask"], row["attacker"]))
+    assert {("none", "mask-aware"), ("sensitivity", "mask-aware"), ("random", "zero-fill")} <= seen
+    none = next(r for r in doc["conditions"] if r["mask"] == "none")
+    assert none["ssim_mean"] > 0.5  # an unprotected gradient leaks within 12 steps
+    assert 0.0 < doc["find_ratio"]["ratio"] <= 1.0 and doc["find_ratio"]["probes"]
+    assert "did NOT stop the mask-aware attacker" in result.output
+    width, height = Image.open(png).size
+    assert width > height > 0
+
+
+def test_audit_rejects_bad_ratios() -> None:
+    result = CliRunner().invoke(cli, ["audit", "--ratios", "1.5"])
+    assert result.exit_code != 0 and "ratios" in result.output
