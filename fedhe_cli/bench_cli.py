@@ -165,3 +165,65 @@ def bench_round(json_path: Path | None, model: str, dataset: str, epochs: int) -
     )
     if json_path:
         write_json(json_path, result)
+
+
+@bench.command("selective")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option(
+    "--sizes",
+    default="86389248",
+    show_default=True,
+    help="values per client (86,389,248 = ViT-base)",
+)
+@click.option("--ratios", default="0,0.1,0.3,0.5,0.7,1.0", show_default=True)
+def bench_selective(json_path: Path | None, sizes: str, ratios: str) -> None:
+    """Wire bytes and CPU per client vs the encrypted ratio (3 clients)."""
+    from fedhe_cli.bench.selective_bench import run_selective_bench
+
+    try:
+        ratio_list = tuple(float(r) for r in ratios.split(",") if r.strip())
+    except ValueError:
+        raise click.BadParameter("ratios must be comma-separated numbers") from None
+    if not ratio_list or any(not 0 <= r <= 1 for r in ratio_list):
+        raise click.BadParameter("ratios must be in [0, 1]")
+    results = []
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        for n in _sizes(sizes):
+            task = progress.add_task(f"n={n:,}", total=n * len(ratio_list))
+            results += run_selective_bench(
+                n, ratio_list, on_block=lambda r, k, t=task: progress.advance(t, k)
+            )
+    print_table(
+        "fedhe bench selective (single-key, 3 clients; process CPU s per client)",
+        [
+            "ratio",
+            "n_params",
+            "upload B/client",
+            "x plaintext",
+            "client cpu s",
+            "server cpu s",
+            "max abs err",
+        ],
+        [
+            [
+                r.ratio,
+                r.n_params,
+                r.upload_bytes_per_client,
+                r.upload_bytes_per_client / r.plain_bytes_per_client,
+                r.client_cpu_s,
+                r.server_cpu_s_per_client,
+                r.max_abs_err,
+            ]
+            for r in results
+        ],
+    )
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "suite": "selective",
+                "clients": 3,
+                "preset": "single-key",
+                "results": [dataclasses.asdict(r) for r in results],
+            },
+        )

@@ -32,6 +32,7 @@ class BlobKind(IntEnum):
     CIPHERTEXT_SEEDED = 2
     PUBLIC_KEY = 3
     SECRET_KEY = 4
+    DECRYPTION_SHARE = 5
 
 
 def wrap(kind: BlobKind, fingerprint: bytes, seal_blob: bytes) -> bytes:

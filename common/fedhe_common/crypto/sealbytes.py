@@ -23,6 +23,7 @@ import struct
 import threading
 from typing import Any, Protocol
 
+import numpy as np
 import zstandard
 
 SEAL_MAGIC = 0xA15E
@@ -108,3 +109,51 @@ def ciphertext_lengths(n: int, k: int) -> tuple[int, int]:
     full = CT_DATA_OFFSET + 8 * 2 * k * n
     seeded = CT_DATA_OFFSET + 8 * k * n + PRNG_INFO_BYTES
     return full, seeded
+
+
+# -- arrays <-> blobs (for threshold arithmetic on residues) ------------------------
+PT_META = struct.Struct("<4QQd")
+PT_DATA_OFFSET = 88
+_VERSION = (4, 3)
+
+
+def _dynarray(words: np.ndarray) -> bytes:
+    flat = np.ascontiguousarray(words, dtype="<u8").ravel()
+    head = SEAL_HEADER.pack(SEAL_MAGIC, 16, *_VERSION, COMPR_NONE, 0, 24 + 8 * flat.size)
+    return head + struct.pack("<Q", flat.size) + flat.tobytes()
+
+
+def _wrap(members: bytes) -> bytes:
+    return SEAL_HEADER.pack(SEAL_MAGIC, 16, *_VERSION, COMPR_NONE, 0, 16 + len(members)) + members
+
+
+def build_ciphertext(
+    parms_id: tuple[int, ...], data: np.ndarray, scale: float, ntt: bool = True
+) -> bytes:
+    """Uncompressed SEAL ciphertext bytes from a (size, k, N) residue array."""
+    size, k, n = data.shape
+    meta = CT_META.pack(*parms_id, 1 if ntt else 0, size, n, k, float(scale), 1)
+    return _wrap(meta + _dynarray(data))
+
+
+def ciphertext_array(blob: bytes) -> np.ndarray:
+    """(size, k, N) residues of a full SEAL ciphertext (any compression)."""
+    raw = to_uncompressed(blob)
+    _, _, _, _, _, size, n, k, _, _ = CT_META.unpack_from(raw, 16)
+    (count,) = struct.unpack_from("<Q", raw, 105)
+    if count != size * k * n:
+        raise ValueError("not a full (unseeded) ciphertext")
+    return np.frombuffer(raw, dtype="<u8", count=count, offset=CT_DATA_OFFSET).reshape(size, k, n)
+
+
+def build_plaintext(parms_id: tuple[int, ...], data: np.ndarray, scale: float) -> bytes:
+    """Uncompressed SEAL plaintext bytes (NTT form when ``parms_id`` is non-zero)."""
+    flat = np.ascontiguousarray(data, dtype="<u8").ravel()
+    return _wrap(PT_META.pack(*parms_id, flat.size, float(scale)) + _dynarray(flat))
+
+
+def plaintext_array(blob: bytes) -> np.ndarray:
+    """Flat uint64 residues of a SEAL plaintext or secret key."""
+    raw = to_uncompressed(blob)
+    (count,) = struct.unpack_from("<Q", raw, 80)
+    return np.frombuffer(raw, dtype="<u8", count=count, offset=PT_DATA_OFFSET)

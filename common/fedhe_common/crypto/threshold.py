@@ -1,0 +1,277 @@
+"""Threshold CKKS on SEAL primitives: no single party holds the decryption key.
+
+Protocol (Mouchet et al. multiparty CKKS, t-of-N per Mouchet et al. 2022, as in
+Lattigo's ``multiparty`` package), per job:
+
+1. Key generation. A common uniform polynomial ``a`` comes from a CRS seed. Party i
+   draws its secret ``s_i`` on its own device (SEAL's ternary key) and publishes only
+   ``b_i = -(a * s_i + e_i)``. The collective public key ``(sum b_i, a)`` loads as an
+   ordinary SEAL ``PublicKey``; clients encrypt with it as usual.
+2. t-of-N (t < N). Each party Shamir-shares its ``s_i`` over the residues with a
+   random degree t-1 polynomial, evaluated at alpha_k = k; party k keeps
+   ``S(alpha_k) = sum_i S_i(alpha_k)``. Any t parties A reconstruct *linearly*:
+   party k uses ``s'_k = lambda_k^A * S(alpha_k)``, so ``sum s'_k = sum s_i`` and no
+   one ever sees the whole secret. (Shares travel end-to-end encrypted; see e2e.py.)
+3. Decryption. For an aggregate ``(c0, c1)`` each active party returns
+   ``d_k = c1 * s'_k + E_k`` with fresh smudging noise ``E_k`` uniform in
+   ``[-2^b, 2^b)`` (b from the preset); ``c0 + sum d_k`` decodes to the plaintext.
+   A party produces at most one share per ciphertext, ever (:class:`ShareLedger`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedhe_common.crypto import envelope, packing, sealbytes
+from fedhe_common.crypto.context import CKKSContext, PublicParams
+from fedhe_common.crypto.envelope import BlobKind
+from fedhe_common.crypto.presets import Preset
+from fedhe_common.crypto.ring import RingArithmetic, addmod, submod
+from fedhe_common.crypto.sampling import (
+    crs_polynomial,
+    gaussian,
+    smudging_residues,
+    uniform_mod,
+)
+from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
+from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
+
+SHARE_HEADER = struct.Struct("<4sIII32s")  # magic, alpha, k, N, sha256 of the ciphertext
+SHARE_MAGIC = b"FHDS"
+
+
+def ciphertext_id(blob: bytes) -> bytes:
+    """What a decryption share is bound to: sha256 of the aggregate ciphertext blob."""
+    return hashlib.sha256(blob).digest()
+
+
+def lagrange_at_zero(alpha: int, active: list[int], q: int) -> int:
+    """lambda_alpha^A = prod_{j in A, j != alpha} a_j / (a_j - alpha) mod q."""
+    num, den = 1, 1
+    for a in active:
+        if a != alpha:
+            num = num * a % q
+            den = den * (a - alpha) % q
+    return num * pow(den, -1, q) % q
+
+
+def collective_public_key(
+    ring: RingArithmetic, shares: list[np.ndarray], a: np.ndarray
+) -> tuple[PublicParams, bytes]:
+    """(public params bound to the collective key, PUBLIC_KEY blob) from pk shares."""
+    q = ring.primes("key")
+    b = shares[0]
+    for share in shares[1:]:
+        b = addmod(b, share, q)
+    seal = sealbytes.build_ciphertext(ring.pid_key, np.stack([b, a]), 1.0)
+    pk = sa.PublicKey()
+    sealbytes.load_into(pk, ring.ctx, seal)  # SEAL validates it as a public key
+    params = PublicParams(ring.preset, hashlib.sha256(seal).digest())
+    fingerprint = CKKSContext(params).fingerprint
+    return params, envelope.wrap(BlobKind.PUBLIC_KEY, fingerprint, seal)
+
+
+class ThresholdParty:
+    """One key holder: its secret share never leaves this object (or the device)."""
+
+    def __init__(self, ring: RingArithmetic, alpha: int) -> None:
+        if alpha < 1:
+            raise InvalidArgumentError("party index alpha must be >= 1")
+        self.ring = ring
+        self.alpha = alpha
+        secret = sa.KeyGenerator(ring.ctx).secret_key()
+        raw = sealbytes.plaintext_array(sealbytes.save_bytes(secret))
+        self.secret = raw.reshape(-1, ring.n).copy()  # (k_key, N), NTT, key level
+        self.shamir: np.ndarray | None = None
+
+    def public_key_share(self, a: np.ndarray) -> np.ndarray:
+        """b_i = -(a * s_i + e_i) at the key level."""
+        ring = self.ring
+        e = ring.to_ntt(ring.residues(gaussian(ring.n)[None], "key"), "key")[0]
+        t = addmod(ring.multiply(a, self.secret, "key"), e, ring.primes("key"))
+        return submod(np.zeros_like(t), t, ring.primes("key"))
+
+    def deal(self, threshold: int, alphas: list[int]) -> dict[int, np.ndarray]:
+        """Shamir shares S_i(alpha) of this party's secret for every party's alpha."""
+        ring = self.ring
+        q = ring.primes("key")
+        coefficients = [self.secret] + [
+            uniform_mod(ring.q_key, ring.n) for _ in range(threshold - 1)
+        ]
+        out = {}
+        for alpha in alphas:
+            acc = np.zeros_like(self.secret)
+            x = ring.constant(alpha, "key")
+            for c in reversed(coefficients):  # Horner: acc * alpha + c
+                acc = addmod(ring.multiply(acc, x, "key"), c, q)
+            out[alpha] = acc
+        return out
+
+    def receive_shares(self, parts: list[np.ndarray]) -> None:
+        """Keep S(alpha) = sum of every party's share for this party's alpha."""
+        q = self.ring.primes("key")
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = addmod(acc, part, q)
+        self.shamir = acc
+
+    def effective_secret(self, active: list[int] | None) -> np.ndarray:
+        """s'_k at the data level: s_k (N-of-N) or lambda_k^A * S(alpha_k) (t-of-N)."""
+        ring = self.ring
+        k = len(ring.q_data)
+        if active is None:
+            return self.secret[:k].copy()
+        if self.shamir is None:
+            raise InvalidArgumentError("this party holds no Shamir share")
+        if self.alpha not in active:
+            raise InvalidArgumentError("this party is not in the active set")
+        lam = np.stack(
+            [
+                np.full(ring.n, lagrange_at_zero(self.alpha, active, int(q)), dtype=np.uint64)
+                for q in ring.q_data
+            ]
+        )
+        return ring.multiply(self.shamir[:k], lam, "data")
+
+
+@dataclass(frozen=True)
+class ShareRequest:
+    """What a party is asked to decrypt, and the round facts it checks first."""
+
+    job_id: str
+    round: int
+    chunk: int
+    contributors: int
+    min_clients: int
+    active: tuple[int, ...] | None  # None: N-of-N
+
+
+class ShareLedger:
+    """Persistent record of every ciphertext a party produced a share for (SQLite).
+
+    A second request for the same ciphertext is refused, whatever the active set,
+    also after a restart: two shares of one ciphertext under different noise or
+    different active sets would let an observer cancel the smudging.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS shares (ct_sha256 BLOB PRIMARY KEY, "
+            "job_id TEXT, round INTEGER, chunk INTEGER, active TEXT, created REAL)"
+        )
+
+    def claim(self, ct_sha256: bytes, request: ShareRequest) -> None:
+        """Record the ciphertext before the share is released; refuse a repeat."""
+        try:
+            self._db.execute(
+                "INSERT INTO shares VALUES (?,?,?,?,?,?)",
+                (
+                    ct_sha256,
+                    request.job_id,
+                    request.round,
+                    request.chunk,
+                    repr(request.active),
+                    time.time(),
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise ConflictError(
+                "a decryption share for this ciphertext was already produced "
+                "(a second one is never released)"
+            ) from None
+
+    def count(self) -> int:
+        """Number of shares ever produced."""
+        return int(self._db.execute("SELECT COUNT(*) FROM shares").fetchone()[0])
+
+
+def decryption_share(
+    party: ThresholdParty,
+    ledger: ShareLedger,
+    ctx: CKKSContext,
+    aggregate_blob: bytes,
+    request: ShareRequest,
+) -> bytes:
+    """``d = c1 * s' + E`` for one aggregate ciphertext, once; returns a share blob."""
+    if request.contributors < request.min_clients:
+        raise PermissionDeniedError(
+            f"aggregate has {request.contributors} contributors, fewer than min_clients "
+            f"{request.min_clients}: no share is produced for it"
+        )
+    scale = ctx.preset.scale * ctx.preset.weight_scale
+    _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    c1 = sealbytes.ciphertext_array(seal)[1]
+    ring = party.ring
+    secret = party.effective_secret(list(request.active) if request.active else None)
+    ct_sha = ciphertext_id(aggregate_blob)
+    ledger.claim(ct_sha, request)
+    assert ring.preset.smudging_bits is not None
+    noise = ring.to_ntt(
+        smudging_residues(ring.n, ring.preset.smudging_bits, ring.q_data)[None], "data"
+    )[0]
+    share = addmod(ring.multiply(c1, secret, "data"), noise, ring.primes("data"))
+    header = SHARE_HEADER.pack(SHARE_MAGIC, party.alpha, share.shape[0], ring.n, ct_sha)
+    return envelope.wrap(
+        BlobKind.DECRYPTION_SHARE, ctx.fingerprint, header + share.astype("<u8").tobytes()
+    )
+
+
+def parse_share(
+    ctx: CKKSContext, ring: RingArithmetic, blob: bytes, aggregate_blob: bytes
+) -> tuple[int, np.ndarray]:
+    """Validate an untrusted share for ``aggregate_blob``; return (alpha, residues)."""
+    _, body = envelope.unwrap(blob, frozenset({BlobKind.DECRYPTION_SHARE}), ctx.fingerprint)
+    k, n = len(ring.q_data), ring.n
+    if len(body) != SHARE_HEADER.size + 8 * k * n:
+        raise InvalidArgumentError("decryption share has the wrong length")
+    magic, alpha, kk, nn, ct_sha = SHARE_HEADER.unpack_from(body, 0)
+    if magic != SHARE_MAGIC or (kk, nn) != (k, n):
+        raise InvalidArgumentError("malformed decryption share header")
+    if ct_sha != ciphertext_id(aggregate_blob):
+        raise InvalidArgumentError("decryption share is for another ciphertext")
+    data = np.frombuffer(body, dtype="<u8", offset=SHARE_HEADER.size).reshape(k, n)
+    if not (data < ring.primes("data")).all():
+        raise InvalidArgumentError("decryption share value not reduced modulo its prime")
+    return int(alpha), data
+
+
+def fuse(
+    ctx: CKKSContext, ring: RingArithmetic, aggregate_blob: bytes, shares: list[bytes]
+) -> np.ndarray:
+    """c0 + sum of the shares, decoded (one share per active party)."""
+    scale = ctx.preset.scale * ctx.preset.weight_scale
+    _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    m = sealbytes.ciphertext_array(seal)[0].copy()
+    seen = set()
+    for blob in shares:
+        alpha, data = parse_share(ctx, ring, blob, aggregate_blob)
+        if alpha in seen:
+            raise InvalidArgumentError(f"two shares from party {alpha}")
+        seen.add(alpha)
+        m = addmod(m, data, ring.primes("data"))
+    pt = sa.Plaintext()
+    sealbytes.load_into(pt, ctx.seal, sealbytes.build_plaintext(ring.pid_data, m, scale))
+    return packing.decode(ctx.encoder, ctx.preset, pt)
+
+
+def crs_for(seed: bytes, ring: RingArithmetic) -> np.ndarray:
+    """The job's common polynomial ``a`` at the key level."""
+    return crs_polynomial(seed, b"fedhe-crs-a", ring.q_key, ring.n)
+
+
+def ring_for(preset: Preset) -> RingArithmetic:
+    """Ring arithmetic for a threshold preset (refuses presets without smudging)."""
+    if preset.smudging_bits is None:
+        raise InvalidArgumentError(f"preset {preset.name!r} is not a threshold preset")
+    return RingArithmetic(preset)
