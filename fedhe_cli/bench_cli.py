@@ -227,3 +227,56 @@ def bench_selective(json_path: Path | None, sizes: str, ratios: str) -> None:
                 "results": [dataclasses.asdict(r) for r in results],
             },
         )
+
+
+@bench.command("threshold")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option(
+    "--values",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="values per client (results are scaled to 1M)",
+)
+def bench_threshold(json_path: Path | None, values: int) -> None:
+    """Threshold CKKS (3 parties, N-of-N) vs single-key: bytes and CPU per 1M values."""
+    import tempfile
+
+    from fedhe_cli.bench.threshold_bench import run_threshold_bench
+
+    with tempfile.TemporaryDirectory(prefix="fedhe-threshold-") as tmp:
+        results = run_threshold_bench(values, tmp, on_config=lambda c: console.log(c))
+    print_table(
+        "fedhe bench threshold (3 clients, 3 parties; process CPU s per 1M values)",
+        [
+            "config",
+            "upload B/value",
+            "share B/value",
+            "encrypt s",
+            "share s/party",
+            "fusion s",
+            "max abs err",
+        ],
+        [
+            [
+                r.config,
+                r.upload_bytes_per_value,
+                r.share_bytes_per_value,
+                r.encrypt_cpu_s_per_1m,
+                r.share_cpu_s_per_party_per_1m,
+                r.fusion_cpu_s_per_1m,
+                r.max_abs_err,
+            ]
+            for r in results
+        ],
+    )
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "suite": "threshold",
+                "parties": 3,
+                "clients": 3,
+                "results": [dataclasses.asdict(r) for r in results],
+            },
+        )

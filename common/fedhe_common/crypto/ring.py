@@ -93,6 +93,8 @@ class RingArithmetic:
     def multiply(self, x: np.ndarray, y: np.ndarray, level: str) -> np.ndarray:
         """Dyadic product x * y mod q of two NTT (k, N) arrays."""
         ctx, ev, pid, _ = self._level(level)
+        if not x.any() or not y.any():  # SEAL refuses to produce a transparent result
+            return np.zeros_like(x)
         ct = self._load_ct(ctx, sealbytes.build_ciphertext(pid, np.stack([x, x]), 1.0))
         pt = sa.Plaintext()
         sealbytes.load_into(pt, ctx, sealbytes.build_plaintext(pid, y, 1.0))
