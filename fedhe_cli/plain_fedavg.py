@@ -21,7 +21,7 @@ def run_plain_fedavg(
     sizes = num_samples or [None] * clients
     learners = [LocalLearner(job, i, clients, sizes[i]) for i in range(clients)]
     bound = (
-        (job.encryption.clip_bound or get_preset(job.encryption.preset).clip_bound)
+        (job.encryption.clip_bound or get_preset(job.preset_name).clip_bound)
         if job.encryption.mode == "ckks"
         else np.inf
     )

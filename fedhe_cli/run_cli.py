@@ -81,7 +81,7 @@ def run_federation(
     console.print(
         f"[bold]FedHE[/bold]: key authority, server and {clients} clients on loopback "
         f"(job {job.job.name}, {job.job.rounds} rounds, encryption "
-        f"{job.encryption.mode}/{job.encryption.preset}); logs in {base / 'logs'}"
+        f"{job.encryption.mode}/{job.preset_name}); logs in {base / 'logs'}"
     )
     with LocalCluster(base, specs) as cluster:
         cluster.start_keyauth()

@@ -8,6 +8,7 @@ import grpc
 
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
+from fedhe_common.errors import PermissionDeniedError
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.errors import translate_errors
 from fedhe_keyauth.store import KeyStore
@@ -28,7 +29,12 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
     ) -> pb.CreateJobKeysResponse:
         who = self.auth.require(context, "server")
         fingerprint, created = self.store.create(
-            request.job_id, request.preset, request.clip_bound or None
+            request.job_id,
+            request.preset,
+            request.clip_bound or None,
+            request.mode or "single",
+            request.parties,
+            request.threshold,
         )
         if created:
             logger.info(
@@ -54,10 +60,84 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
     ) -> pb.FetchClientKeyResponse:
         who = self.auth.require(context, "client")
         keys = self.store.load(request.job_id)
+        secret = self.store.secret_key(request.job_id)
         logger.info("handed job %s secret key to client %s", request.job_id, who.id)
         return pb.FetchClientKeyResponse(
             public_params_json=keys.params.to_json(),
             public_key=keys.public_key,
-            secret_key=keys.secret_key,
+            secret_key=secret,
             context_fingerprint=self.store.fingerprint(request.job_id),
         )
+
+    # ------------------------------------------------------- threshold key generation
+    @translate_errors
+    def JoinKeyGeneration(
+        self, request: pb.JoinKeyGenerationRequest, context: grpc.ServicerContext
+    ) -> pb.JoinKeyGenerationResponse:
+        who = self.auth.require(context, "client")
+        session = self.store.dkg(request.job_id)
+        alpha = session.join(who.id, bytes(request.e2e_public_key))
+        meta = session.meta()
+        return pb.JoinKeyGenerationResponse(
+            alpha=alpha,
+            parties=int(meta["parties"]),
+            threshold=int(meta["threshold"]),
+            preset=str(meta["preset"]),
+            crs_seed=bytes.fromhex(str(meta["crs_seed"])),
+        )
+
+    @translate_errors
+    def SubmitKeyShares(
+        self, request: pb.SubmitKeySharesRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitKeySharesResponse:
+        who = self.auth.require(context, "client")
+        session = self.store.dkg(request.job_id)
+        alpha = session.alpha_of(who.id)
+        if request.alpha != alpha:
+            raise PermissionDeniedError("a party may only submit its own shares")
+        for s in [*request.secret_shares, *request.group_keys]:
+            if s.from_alpha != alpha:
+                raise PermissionDeniedError("sealed shares must come from the caller")
+        session.submit(
+            alpha,
+            bytes(request.public_key_share),
+            {s.to_alpha: bytes(s.blob) for s in request.secret_shares},
+            {s.to_alpha: bytes(s.blob) for s in request.group_keys},
+        )
+        if self.store.finalize(request.job_id):
+            logger.info("job %s: collective public key published", request.job_id)
+        return pb.SubmitKeySharesResponse()
+
+    @translate_errors
+    def GetKeyGeneration(
+        self, request: pb.GetKeyGenerationRequest, context: grpc.ServicerContext
+    ) -> pb.GetKeyGenerationResponse:
+        who = self.auth.require(context, "client", "server")
+        session = self.store.dkg(request.job_id)
+        meta = session.meta()
+        reply = pb.GetKeyGenerationResponse(
+            parties=[
+                pb.Party(alpha=m.alpha, client_id=m.client_id, e2e_public_key=m.e2e_public_key)
+                for m in session.members()
+            ],
+            expected_parties=int(meta["parties"]),
+            submitted=len(session.submitted()),
+        )
+        if who.role == "client":
+            alpha = session.alpha_of(who.id)
+            shares, group_key = session.sealed_for(alpha)
+            reply.secret_shares.extend(
+                pb.SealedShare(from_alpha=f, to_alpha=alpha, blob=b)
+                for f, b in sorted(shares.items())
+            )
+            if group_key is not None:
+                reply.group_key.CopyFrom(
+                    pb.SealedShare(from_alpha=1, to_alpha=alpha, blob=group_key)
+                )
+        if self.store.finalize(request.job_id):
+            keys = self.store.load(request.job_id)
+            reply.complete = True
+            reply.public_params_json = keys.params.to_json()
+            reply.public_key = keys.public_key
+            reply.context_fingerprint = self.store.fingerprint(request.job_id)
+        return reply

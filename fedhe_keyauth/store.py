@@ -1,4 +1,9 @@
-"""Per-job key files on disk (mode 0600), written atomically, read back on restart."""
+"""Per-job key files on disk (mode 0600), written atomically, read back on restart.
+
+Single-key jobs: ``params.json``, ``public_key.bin``, ``secret_key.bin``. Threshold
+jobs: a ``dkg/`` session; ``params.json`` and ``public_key.bin`` appear once the
+parties' public-key shares are combined, and no secret key ever exists here.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedhe_common.config.models import _check_id
-from fedhe_common.crypto.context import PublicParams
+from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.presets import get_preset
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.errors import ConflictError, InvalidArgumentError, NotFoundError
+from fedhe_common.errors import (
+    ConflictError,
+    IncompleteUploadError,
+    InvalidArgumentError,
+    KeyMaterialError,
+    NotFoundError,
+)
 from fedhe_common.storage.atomic import atomic_write
+from fedhe_keyauth.dkg import DKGSession
 
 
 @dataclass(frozen=True)
@@ -21,16 +33,11 @@ class JobKeys:
 
     params: PublicParams
     public_key: bytes
-    secret_key: bytes
-
-    @property
-    def fingerprint(self) -> bytes:
-        """Context fingerprint (recomputed from the parameters)."""
-        return SecretKeyHolder.from_blobs(self.params, self.secret_key, self.public_key).fingerprint
+    secret_key: bytes | None  # None for threshold jobs
 
 
 class KeyStore:
-    """``<state_dir>/jobs/<job_id>/{params.json,public_key.bin,secret_key.bin}``."""
+    """``<state_dir>/jobs/<job_id>/...``"""
 
     def __init__(self, state_dir: str | Path) -> None:
         self.root = Path(state_dir) / "jobs"
@@ -45,19 +52,34 @@ class KeyStore:
             raise InvalidArgumentError(f"job_id: {exc}") from None
         return self.root / job_id
 
-    def create(self, job_id: str, preset_name: str, clip_bound: float | None) -> tuple[bytes, bool]:
-        """Generate keys for a job once; return (fingerprint, created)."""
+    def create(
+        self,
+        job_id: str,
+        preset_name: str,
+        clip_bound: float | None,
+        mode: str = "single",
+        parties: int = 0,
+        threshold: int = 0,
+    ) -> tuple[bytes, bool]:
+        """Generate keys (or open a key generation) for a job once; (fingerprint, created)."""
         preset = get_preset(preset_name)
         if clip_bound:
             preset = preset.with_clip_bound(clip_bound)
+        folder = self._dir(job_id)
         with self._lock:
-            if (self._dir(job_id) / "params.json").exists():
+            if mode == "threshold":
+                existed = (folder / "dkg" / "session.json").exists()
+                folder.mkdir(mode=0o700, exist_ok=True)
+                DKGSession.create(folder / "dkg", preset_name, parties, threshold)
+                return self._fingerprint_or_empty(job_id), not existed
+            if mode not in ("", "single"):
+                raise InvalidArgumentError(f"unknown key mode {mode!r}")
+            if (folder / "params.json").exists():
                 keys = self.load(job_id)
-                if keys.params.preset != preset:
+                if keys.params.preset != preset or keys.secret_key is None:
                     raise ConflictError(f"job {job_id!r} already has keys for other parameters")
                 return self.fingerprint(job_id), False
             holder = SecretKeyHolder.generate(preset)
-            folder = self._dir(job_id)
             folder.mkdir(mode=0o700, exist_ok=True)
             atomic_write(folder / "secret_key.bin", holder.export_secret_key(), 0o600)
             atomic_write(folder / "public_key.bin", holder.export_public_key(), 0o600)
@@ -66,24 +88,59 @@ class KeyStore:
             self._fingerprints[job_id] = holder.fingerprint
             return holder.fingerprint, True
 
+    def dkg(self, job_id: str) -> DKGSession:
+        """The job's key generation session."""
+        session = DKGSession(self._dir(job_id) / "dkg")
+        if not session.exists():
+            raise NotFoundError(f"job {job_id!r} has no threshold key generation")
+        return session
+
+    def finalize(self, job_id: str) -> bool:
+        """Write the collective public key once every party's share is in."""
+        folder = self._dir(job_id)
+        if (folder / "params.json").exists():
+            return True
+        combined = self.dkg(job_id).collective_key()
+        if combined is None:
+            return False
+        params_json, pk_blob, fingerprint = combined
+        with self._lock:
+            atomic_write(folder / "public_key.bin", pk_blob, 0o600)
+            atomic_write(folder / "params.json", params_json.encode(), 0o600)
+            self._fingerprints[job_id] = fingerprint
+        return True
+
     def load(self, job_id: str) -> JobKeys:
         """Read a job's keys or raise :class:`NotFoundError`."""
         folder = self._dir(job_id)
+        if (folder / "dkg" / "session.json").exists() and not self.finalize(job_id):
+            raise IncompleteUploadError(f"job {job_id!r}: threshold key generation not complete")
         try:
             params = PublicParams.from_json((folder / "params.json").read_text())
-            return JobKeys(
-                params,
-                (folder / "public_key.bin").read_bytes(),
-                (folder / "secret_key.bin").read_bytes(),
-            )
+            public = (folder / "public_key.bin").read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"no keys for job {job_id!r}") from None
+        sk_path = folder / "secret_key.bin"
+        return JobKeys(params, public, sk_path.read_bytes() if sk_path.exists() else None)
+
+    def secret_key(self, job_id: str) -> bytes:
+        """The single-key secret, or a clear error for threshold jobs."""
+        keys = self.load(job_id)
+        if keys.secret_key is None:
+            raise KeyMaterialError(f"job {job_id!r} uses threshold keys: no secret key exists")
+        return keys.secret_key
 
     def fingerprint(self, job_id: str) -> bytes:
         """The job's context fingerprint (cached)."""
         if job_id not in self._fingerprints:
-            self._fingerprints[job_id] = self.load(job_id).fingerprint
+            self._fingerprints[job_id] = CKKSContext(self.load(job_id).params).fingerprint
         return self._fingerprints[job_id]
+
+    def _fingerprint_or_empty(self, job_id: str) -> bytes:
+        try:
+            return self.fingerprint(job_id)
+        except (NotFoundError, IncompleteUploadError):
+            return b""
 
     def jobs(self) -> list[str]:
         """Job ids with complete keys."""

@@ -35,7 +35,7 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import stream_plans
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import StateDB, now
+from fedhe_server.state import RoundRow, StateDB, now
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT
@@ -447,6 +447,10 @@ class JobRun:
     def tick(self) -> None:
         """Close, publish or abort the open round when its rule says so."""
         with self.lock:
+            decrypting = self.decrypting_round()
+            if decrypting is not None and now() >= decrypting.deadline:
+                self._abort(decrypting.round, decrypting.contributors or 0, "decryption shares")
+                decrypting = None
             row = self.db.open_round(self.job_id)
             if row is None:
                 return
@@ -498,16 +502,52 @@ class JobRun:
             "plaintext_chunks": sum(1 for s, _ in chunks if s == PT),
         }
         self.files.write_aggregate(number, chunks, header)
+        t = now()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE rounds SET state=?, closed=?, weight_sum=?, contributors=?, "
+                "upload_bytes=?, deadline=? WHERE job_id=? AND round=?",
+                (
+                    "DECRYPTING" if self.config.threshold_keys else "PUBLISHED",
+                    t,
+                    acc.weight_sum,
+                    len(uploads),
+                    upload_bytes,
+                    t + self.config.participants.round_timeout_s,
+                    self.job_id,
+                    number,
+                ),
+            )
+        self._acc = None
+        self.files.drop_uploads(number)
+        if self.config.threshold_keys:
+            logger.info(
+                "job %s round %d closed with %d clients; waiting for %d decryption shares",
+                self.job_id,
+                number,
+                len(uploads),
+                self.config.keys.threshold,
+            )
+            return
+        self.mark_published(number)
+
+    def decrypting_round(self) -> RoundRow | None:
+        """The round whose aggregate waits for threshold decryption shares, if any."""
+        rows = [r for r in self.db.rounds(self.job_id) if r.state == "DECRYPTING"]
+        return rows[0] if rows else None
+
+    def mark_published(self, number: int) -> None:
+        """The round's model is available to clients: count it, open the next round."""
         job = self.db.job(self.job_id)
-        assert job is not None
+        row = self.db.round(self.job_id, number)
+        assert job is not None and row is not None
         published = int(job["published"]) + (1 if number > 0 else 0)  # type: ignore[call-overload]
         finished = published >= int(job["rounds"])  # type: ignore[call-overload]
         t = now()
         with self.db.transaction() as tx:
             tx.execute(
-                "UPDATE rounds SET state='PUBLISHED', closed=?, weight_sum=?, "
-                "contributors=?, upload_bytes=? WHERE job_id=? AND round=?",
-                (t, acc.weight_sum, len(uploads), upload_bytes, self.job_id, number),
+                "UPDATE rounds SET state='PUBLISHED' WHERE job_id=? AND round=?",
+                (self.job_id, number),
             )
             tx.execute(
                 "UPDATE jobs SET published=?, state=? WHERE job_id=?",
@@ -515,20 +555,18 @@ class JobRun:
             )
             if not finished:
                 self._insert_round(tx, number + 1, t)
-        self._acc = None
-        self.files.drop_uploads(number)
         if number - 2 >= 1:  # round 0 (the mask's sensitivity sum) stays for late joiners
             self.files.drop_round(number - 2)
         logger.info(
             "job %s round %d published: %d clients, weight sum %d%s",
             self.job_id,
             number,
-            len(uploads),
-            acc.weight_sum,
+            row.contributors or 0,
+            row.weight_sum or 0,
             " (job finished)" if finished else "",
         )
 
-    def _abort(self, number: int, committed: int) -> None:
+    def _abort(self, number: int, committed: int, missing: str = "commits") -> None:
         aborts = 1
         for r in reversed(self.db.rounds(self.job_id)[:-1]):
             if r.state != "ABORTED":
@@ -549,11 +587,11 @@ class JobRun:
         self._acc = None
         self.files.drop_uploads(number)
         logger.warning(
-            "job %s round %d aborted: %d of %d required commits by the deadline%s",
+            "job %s round %d aborted: not enough %s by the deadline (%d commits)%s",
             self.job_id,
             number,
+            missing,
             committed,
-            self.config.participants.min_clients,
             "; job failed" if failed else "",
         )
 

@@ -54,3 +54,40 @@ class KeyAuthClient:
         if params.preset.name != preset:
             raise KeyMaterialError("key authority returned keys for another preset")
         return params, bytes(reply.context_fingerprint)
+
+    def create_threshold(
+        self, job_id: str, preset: str, clip_bound: float | None, parties: int, threshold: int
+    ) -> None:
+        """Open the job's distributed key generation (the parties run it)."""
+        request = pb.CreateJobKeysRequest(
+            job_id=job_id,
+            preset=preset,
+            clip_bound=clip_bound or 0,
+            mode="threshold",
+            parties=parties,
+            threshold=threshold,
+        )
+        with rpc_errors():
+            call_with_retry(
+                lambda: self._stub.CreateJobKeys(
+                    request, timeout=TIMEOUT_S, metadata=self._metadata
+                ),
+                what="CreateJobKeys",
+            )
+
+    def threshold_keys(self, job_id: str) -> tuple[PublicParams, bytes, dict[str, int]] | None:
+        """(params, fingerprint, client_id -> alpha) once key generation completed."""
+        with rpc_errors():
+            reply = self._stub.GetKeyGeneration(
+                pb.GetKeyGenerationRequest(job_id=job_id),
+                timeout=TIMEOUT_S,
+                metadata=self._metadata,
+            )
+        if not reply.complete:
+            return None
+        params = PublicParams.from_json(reply.public_params_json)
+        return (
+            params,
+            bytes(reply.context_fingerprint),
+            {p.client_id: p.alpha for p in reply.parties},
+        )

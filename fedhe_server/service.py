@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 from fedhe_common.config.load import parse_yaml
@@ -11,7 +13,7 @@ from fedhe_common.config.models import JobConfig, ServerConfig
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
-from fedhe_common.errors import ConflictError, KeyMaterialError, NotFoundError
+from fedhe_common.errors import ConflictError, FedHEError, KeyMaterialError, NotFoundError
 from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
 from fedhe_server.jobrun import JobRun
 from fedhe_server.keyauth_client import KeyAuthClient
@@ -20,6 +22,7 @@ from fedhe_server.state import StateDB, now
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.2
+KEYGEN_POLL_S = 1.0
 
 
 def max_message_bytes() -> int:
@@ -61,10 +64,20 @@ class AggregationServer:
                 if parse_yaml(str(existing["config_yaml"]), JobConfig) != config:
                     raise ConflictError(f"job {job_id!r} exists with another configuration")
                 return job_id, False
-            params_json, fingerprint = None, b""
-            if config.encryption.mode == "ckks":
+            params_json, fingerprint, state = None, b"", "RUNNING"
+            if config.threshold_keys:
+                assert config.keys.parties and config.keys.threshold
+                self.keyauth.create_threshold(
+                    job_id,
+                    config.preset_name,
+                    config.encryption.clip_bound,
+                    config.keys.parties,
+                    config.keys.threshold,
+                )
+                state = "KEYGEN"
+            elif config.encryption.mode == "ckks":
                 params, fingerprint = self.keyauth.public_params(
-                    job_id, config.encryption.preset, config.encryption.clip_bound
+                    job_id, config.preset_name, config.encryption.clip_bound
                 )
                 params_json = params.to_json()
             with self.db.transaction() as tx:
@@ -74,14 +87,15 @@ class AggregationServer:
                     (
                         job_id,
                         job_yaml,
-                        "RUNNING",
+                        state,
                         params_json,
                         fingerprint,
                         config.job.rounds,
                         now(),
                     ),
                 )
-            self._start_run(job_id)
+            if state == "RUNNING":
+                self._start_run(job_id)
         logger.info(
             "job %s submitted: %d rounds, encryption %s",
             job_id,
@@ -102,7 +116,7 @@ class AggregationServer:
                 raise KeyMaterialError(f"job {job_id}: stored fingerprint does not match params")
             values_per_chunk = params.preset.values_per_ciphertext
         else:
-            values_per_chunk = get_preset(config.encryption.preset).values_per_ciphertext
+            values_per_chunk = get_preset(config.preset_name).values_per_ciphertext
         run = JobRun(
             self.db,
             JobFiles(self.state_dir, job_id),
@@ -135,12 +149,38 @@ class AggregationServer:
 
     # ------------------------------------------------------------------- rounds
     def _keep_rounds(self) -> None:
+        last_keygen_check = 0.0
         while not self._stop.wait(TICK_S):
+            if time.monotonic() - last_keygen_check > KEYGEN_POLL_S:
+                last_keygen_check = time.monotonic()
+                self._finish_key_generations()
             for run in list(self.runs.values()):
                 try:
                     run.tick()
                 except Exception:
                     logger.exception("job %s: round keeper failed", run.job_id)
+
+    def _finish_key_generations(self) -> None:
+        """Start threshold jobs whose parties have published the collective key."""
+        for (job_id,) in self.db.query("SELECT job_id FROM jobs WHERE state='KEYGEN'"):
+            try:
+                result = self.keyauth.threshold_keys(str(job_id))
+            except FedHEError as exc:
+                logger.info("job %s: key generation status unavailable (%s)", job_id, exc)
+                continue
+            if result is None:
+                continue
+            params, fingerprint, parties = result
+            with self.db.transaction() as tx:
+                tx.execute(
+                    "UPDATE jobs SET params_json=?, fingerprint=?, parties_json=?, "
+                    "state='RUNNING' WHERE job_id=?",
+                    (params.to_json(), fingerprint, json.dumps(parties), job_id),
+                )
+            self._start_run(str(job_id))
+            logger.info("job %s: collective public key in; %d parties", job_id, len(parties))
+            with self.changed:
+                self.changed.notify_all()
 
     def wait_for_change(self, timeout_s: float) -> None:
         """Block until a round changes or ``timeout_s`` passes (long-poll)."""

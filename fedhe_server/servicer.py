@@ -14,6 +14,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_
 from fedhe_common.errors import AuthenticationError, NotFoundError
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
+from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 
@@ -76,7 +77,10 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         if request.client_id != who.id:
             raise AuthenticationError("client_id does not match the caller's identity")
         job_id = request.job_id or self.server.active_job()
-        run = self.server.run_for(job_id)
+        job = self.server.db.job(job_id)
+        if job is None:
+            raise NotFoundError(f"unknown job {job_id!r}")
+        run = self.server.run_for(job_id) if job["state"] != "KEYGEN" else None
         with self.server.db.transaction() as tx:
             tx.execute(
                 "INSERT OR IGNORE INTO clients VALUES (?,?,?)", (job_id, who.id, time.time())
@@ -87,8 +91,8 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         return pb.RegisterClientResponse(
             job_id=job_id,
             job_yaml=str(job["config_yaml"]),
-            context_fingerprint=run.fingerprint,
-            values_per_chunk=run.values_per_chunk,
+            context_fingerprint=run.fingerprint if run else b"",
+            values_per_chunk=run.values_per_chunk if run else 0,
             max_message_bytes=max_message_bytes(),
         )
 
@@ -99,10 +103,16 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         who = self.auth.require(context, "client")
         if request.client_id != who.id:
             raise AuthenticationError("client_id does not match the caller's identity")
-        run = self.server.run_for(request.job_id)
         deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
         while True:
-            plan = self._plan(run, request.after_round, who.id)
+            job = self.server.db.job(request.job_id)
+            if job is None:
+                raise NotFoundError(f"unknown job {request.job_id!r}")
+            if job["state"] == "KEYGEN":  # threshold keys not generated yet
+                plan = pb.GetRoundPlanResponse(job_id=request.job_id, retry=True)
+            else:
+                run = self.server.run_for(request.job_id)
+                plan = self._plan(run, request.after_round, who.id)
             if not plan.retry or time.monotonic() >= deadline or not context.is_active():
                 return plan
             self.server.wait_for_change(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -123,6 +133,13 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
         if job["state"] == "FAILED":
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
+        decrypting = run.decrypting_round()
+        if decrypting is not None:
+            if ThresholdDecryption(run).pending_for(client_id, decrypting.round):
+                return pb.GetRoundPlanResponse(
+                    phase=pb.ROUND_PHASE_DECRYPT, round=decrypting.round, **base
+                )
+            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
         row = db.open_round(run.job_id)
         if row is None or not self._is_new_for(row.round, after_round, run.job_id, client_id):
             return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
@@ -160,6 +177,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 plaintext_chunks=int(header["plaintext_chunks"]),
                 num_values=int(header["num_values"]),
                 layout_id=str(header["layout_id"]),
+                active_parties=[int(a) for a in header.get("active_parties", [])],  # type: ignore[attr-defined]
                 context_fingerprint=run.fingerprint,
             )
         )
@@ -179,6 +197,46 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                         sha256=hashlib.sha256(payload).digest(),
                     )
                 )
+        for alpha in header.get("active_parties", []):  # type: ignore[attr-defined]
+            for k in range(ct_plan.count):
+                payload = run.files.share_path(request.round, int(alpha), k).read_bytes()
+                yield pb.GetAggregateResponse(
+                    chunk=pb.Chunk(
+                        stream=pb.STREAM_KIND_DECRYPTION_SHARE,
+                        index=k,
+                        party=int(alpha),
+                        payload=payload,
+                        sha256=hashlib.sha256(payload).digest(),
+                    )
+                )
+
+    @translate_errors
+    def VolunteerDecryption(
+        self, request: pb.VolunteerDecryptionRequest, context: grpc.ServicerContext
+    ) -> pb.VolunteerDecryptionResponse:
+        who = self.auth.require(context, "client")
+        if request.client_id != who.id:
+            raise AuthenticationError("client_id does not match the caller's identity")
+        run = self.server.run_for(request.job_id)
+        return ThresholdDecryption(run).volunteer(who.id, request.round)
+
+    def SubmitDecryptionShares(
+        self,
+        request_iterator: Iterator[pb.SubmitDecryptionSharesRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.SubmitDecryptionSharesResponse:
+        accepted = 0
+        try:
+            who = self.auth.require(context, "client")
+            for message in request_iterator:
+                run = self.server.run_for(message.job_id)
+                if not ThresholdDecryption(run).put_share(who.id, message.round, message.chunk):
+                    accepted += 1
+        except grpc.RpcError:
+            raise
+        except Exception as exc:
+            abort(context, exc)
+        return pb.SubmitDecryptionSharesResponse(accepted=accepted)
 
     @translate_errors
     def BeginUpload(

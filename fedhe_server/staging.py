@@ -57,6 +57,17 @@ class JobFiles:
             json.dumps(header, sort_keys=True).encode(),
         )
 
+    def share_path(self, number: int, alpha: int, index: int) -> Path:
+        """Where a relayed (sealed) decryption share lives."""
+        return self.round_dir(number) / "aggregate" / f"share-{alpha}-{index}.bin"
+
+    def write_header(self, number: int, header: dict[str, object]) -> None:
+        """Rewrite an aggregate's header (e.g. to add the active parties)."""
+        atomic_write(
+            self.round_dir(number) / "aggregate" / "header.json",
+            json.dumps(header, sort_keys=True).encode(),
+        )
+
     def read_aggregate_header(self, number: int) -> dict[str, object] | None:
         """The header of a published aggregate, or None."""
         path = self.round_dir(number) / "aggregate" / "header.json"

@@ -14,7 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   job_id TEXT PRIMARY KEY, config_yaml TEXT NOT NULL, state TEXT NOT NULL,
   params_json TEXT, public_key BLOB, fingerprint BLOB, layout_id TEXT, num_values INTEGER,
-  mask_id TEXT, mask BLOB,
+  mask_id TEXT, mask BLOB, parties_json TEXT,
   rounds INTEGER NOT NULL, published INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
   job_id TEXT NOT NULL, client_id TEXT NOT NULL, registered REAL NOT NULL,
@@ -31,6 +31,13 @@ CREATE INDEX IF NOT EXISTS uploads_round ON uploads (job_id, round, state);
 CREATE TABLE IF NOT EXISTS chunks (
   upload_id TEXT NOT NULL, stream INTEGER NOT NULL, idx INTEGER NOT NULL,
   sha256 BLOB NOT NULL, nbytes INTEGER NOT NULL, PRIMARY KEY (upload_id, stream, idx));
+CREATE TABLE IF NOT EXISTS decryptions (
+  job_id TEXT NOT NULL, round INTEGER NOT NULL, alpha INTEGER NOT NULL, client_id TEXT NOT NULL,
+  volunteered REAL NOT NULL, active INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, round, alpha));
+CREATE TABLE IF NOT EXISTS shares (
+  job_id TEXT NOT NULL, round INTEGER NOT NULL, alpha INTEGER NOT NULL, idx INTEGER NOT NULL,
+  sha256 BLOB NOT NULL, PRIMARY KEY (job_id, round, alpha, idx));
 CREATE TABLE IF NOT EXISTS metrics (
   job_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, name TEXT NOT NULL,
   value REAL NOT NULL, PRIMARY KEY (job_id, round, client_id, name));
@@ -99,7 +106,8 @@ class StateDB:
         """A job row as a dict, or None."""
         rows = self.query(
             "SELECT job_id, config_yaml, state, params_json, public_key, fingerprint, "
-            "layout_id, num_values, rounds, published, mask_id, mask FROM jobs WHERE job_id=?",
+            "layout_id, num_values, rounds, published, mask_id, mask, parties_json "
+            "FROM jobs WHERE job_id=?",
             (job_id,),
         )
         if not rows:
@@ -117,6 +125,7 @@ class StateDB:
             "published",
             "mask_id",
             "mask",
+            "parties_json",
         )
         return dict(zip(keys, rows[0], strict=True))
 

@@ -54,6 +54,24 @@ class EncryptionSection(_Model):
         return value
 
 
+class KeysSection(_Model):
+    """Who can decrypt: one shared key (default) or t of n clients together."""
+
+    mode: Literal["single", "threshold"] = "single"
+    parties: int | None = Field(default=None, ge=2, le=64)
+    threshold: int | None = Field(default=None, ge=1)
+    preset: Literal["threshold-strict", "threshold-practical"] = "threshold-strict"
+
+    @model_validator(mode="after")
+    def _threshold_fields(self) -> KeysSection:
+        if self.mode == "threshold":
+            if self.parties is None:
+                raise ValueError("threshold mode needs keys.parties")
+            if self.threshold is None or self.threshold > self.parties:
+                raise ValueError("keys.threshold must be set and <= keys.parties")
+        return self
+
+
 class ModelSection(_Model):
     name: Literal["mlp", "lenet", "cnn"] = "mlp"
     hidden: int = Field(default=64, ge=1)
@@ -117,16 +135,36 @@ class JobConfig(_Model):
     job: JobSection
     participants: ParticipantsSection = ParticipantsSection()
     encryption: EncryptionSection = EncryptionSection()
+    keys: KeysSection = KeysSection()
     selective: SelectiveSection = SelectiveSection()
     dp: DPSection = DPSection()
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
 
+    @property
+    def threshold_keys(self) -> bool:
+        """True when no single party can decrypt (keys.mode threshold)."""
+        return self.keys.mode == "threshold"
+
+    @property
+    def preset_name(self) -> str:
+        """The CKKS preset in effect (keys.preset under threshold keys)."""
+        return self.keys.preset if self.threshold_keys else self.encryption.preset
+
     @model_validator(mode="after")
     def _selective_needs_encryption(self) -> JobConfig:
         if self.selective.enabled and self.encryption.mode != "ckks":
             raise ValueError("selective.ratio < 1 needs encryption.mode ckks")
+        if self.threshold_keys:
+            if self.encryption.mode != "ckks":
+                raise ValueError("keys.mode threshold needs encryption.mode ckks")
+            if self.selective.enabled:
+                raise ValueError("selective encryption with threshold keys is not supported yet")
+            if self.encryption.preset not in ("single-key", self.keys.preset):
+                raise ValueError("with threshold keys the preset is keys.preset")
+            if self.participants.min_clients > (self.keys.parties or 0):
+                raise ValueError("participants.min_clients exceeds keys.parties")
         if self.dp.mechanism != "none" and not self.selective.enabled:
             raise ValueError("dp noise applies to the plaintext part: set selective.ratio < 1")
         return self
@@ -224,6 +262,9 @@ class ClientConfig(_Model):
     job_id: str | None = None
     partition: PartitionSection
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    state_dir: str | None = Field(
+        default=None, description="where a threshold party keeps its key share and ledger"
+    )
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
     export_dir: str | None = None
     progress: bool = True

@@ -89,6 +89,16 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.FromString,
                 _registered_method=True)
+        self.VolunteerDecryption = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/VolunteerDecryption',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionResponse.FromString,
+                _registered_method=True)
+        self.SubmitDecryptionShares = channel.stream_unary(
+                '/fedhe.aggregation.v1.AggregationService/SubmitDecryptionShares',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -164,6 +174,22 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VolunteerDecryption(self, request, context):
+        """Threshold keys: a party offers to decrypt a round's aggregate; the reply names
+        the active set once `threshold` parties have offered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitDecryptionShares(self, request_iterator, context):
+        """Threshold keys: an active party's decryption shares, sealed to the clients'
+        group key (the server relays them and cannot read them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +247,16 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.SubmitMask,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.SerializeToString,
+            ),
+            'VolunteerDecryption': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolunteerDecryption,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionResponse.SerializeToString,
+            ),
+            'SubmitDecryptionShares': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitDecryptionShares,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +556,60 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/SubmitMask',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolunteerDecryption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/VolunteerDecryption',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.VolunteerDecryptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitDecryptionShares(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/SubmitDecryptionShares',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,21 @@ class KeyAuthorityServiceStub:
                 request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyRequest.SerializeToString,
                 response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyResponse.FromString,
                 _registered_method=True)
+        self.JoinKeyGeneration = channel.unary_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/JoinKeyGeneration',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.FromString,
+                _registered_method=True)
+        self.SubmitKeyShares = channel.unary_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/SubmitKeyShares',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesResponse.FromString,
+                _registered_method=True)
+        self.GetKeyGeneration = channel.unary_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/GetKeyGeneration',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAuthorityServiceServicer:
@@ -75,6 +90,26 @@ class KeyAuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinKeyGeneration(self, request, context):
+        """Threshold jobs (client identities): distributed key generation, relayed here.
+        The key authority stores public-key shares and end-to-end encrypted blobs only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitKeyShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyGeneration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +127,21 @@ def add_KeyAuthorityServiceServicer_to_server(servicer, server):
                     servicer.FetchClientKey,
                     request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyRequest.FromString,
                     response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyResponse.SerializeToString,
+            ),
+            'JoinKeyGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinKeyGeneration,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.SerializeToString,
+            ),
+            'SubmitKeyShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitKeyShares,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesResponse.SerializeToString,
+            ),
+            'GetKeyGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyGeneration,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +225,87 @@ class KeyAuthorityService:
             '/fedhe.keyauth.v1.KeyAuthorityService/FetchClientKey',
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyRequest.SerializeToString,
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.FetchClientKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinKeyGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/JoinKeyGeneration',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitKeyShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/SubmitKeyShares',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/GetKeyGeneration',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,
