@@ -159,6 +159,7 @@ class LocalCluster:
             "partition": partition,
             "progress": False,
             "torch_threads": 1,  # many clients share this machine's cores
+            "state_dir": str(self.workdir / "client-state" / client_id),
         }
         if self.export:
             doc["export_dir"] = str(self.workdir / "export" / client_id)

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhe_client.connection import ServerConnection, fault_after_chunks
+from fedhe_client.connection import ServerConnection, fault_after_chunks, fault_after_commit
 from fedhe_client.learner import LocalLearner, check_global
-from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_update
+from fedhe_client.threshold_member import ThresholdMember
+from fedhe_client.update_codec import EncodedUpdate, Encrypts, decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.crypto.context import PublicParams
+from fedhe_common.crypto.presets import get_preset
+from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError, KeyMaterialError
 from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
@@ -55,11 +58,22 @@ class ClientAgent:
         first.close()
         self.job_id = reg.job_id
         self.job = parse_yaml(reg.job_yaml, JobConfig, f"job {reg.job_id}")
-        self.values_per_chunk = reg.values_per_chunk
+        self.values_per_chunk = (
+            reg.values_per_chunk or get_preset(self.job.preset_name).values_per_ciphertext
+        )
         self.conn = ServerConnection(config.server, reg.max_message_bytes)
         self.holder: SecretKeyHolder | None = None
-        if self.job.encryption.mode == "ckks":
+        self.member: ThresholdMember | None = None
+        self.encryptor: Encrypts | None = None
+        self.fingerprint = b""
+        if self.job.threshold_keys:
+            self.member = ThresholdMember(config, self.job_id, self.job)
+            params, public_key = self.member.generate_keys()
+            public = PublicKeyEncryptor(params, public_key)
+            self.encryptor, self.fingerprint = public, public.fingerprint
+        elif self.job.encryption.mode == "ckks":
             self.holder = fetch_secret_key(config, self.job_id)
+            self.encryptor, self.fingerprint = self.holder, self.holder.fingerprint
             if self.holder.fingerprint != bytes(reg.context_fingerprint):
                 raise KeyMaterialError("server and key authority disagree on the job's context")
         p = config.partition
@@ -93,6 +107,11 @@ class ClientAgent:
         done_round = 0
         while True:
             plan = self.conn.round_plan(self.job_id, self.config.client_id, done_round)
+            if plan.context_fingerprint and bytes(plan.context_fingerprint) != self.fingerprint:
+                raise KeyMaterialError("the server's job context differs from this client's keys")
+            if plan.phase == pb.ROUND_PHASE_DECRYPT and self.member is not None:
+                self.member.decrypt_duty(self.conn, self.config.client_id, plan.round)
+                continue
             if plan.mask_required and self.mask is None and plan.mask_id:
                 self._agree_mask(plan.mask_id)
             if plan.aggregate_round > self.applied_round:
@@ -172,7 +191,7 @@ class ClientAgent:
             client_id=self.config.client_id,
             layout_id=self.learner.manifest.layout_id,
             mask_id=mask_id,
-            context_fingerprint=self.holder.fingerprint if self.holder else b"",
+            context_fingerprint=self.fingerprint,
             ciphertext_chunks=update.ct_plan.count,
             plaintext_chunks=update.pt_plan.count,
             num_values=num_values,
@@ -185,10 +204,13 @@ class ClientAgent:
         try:
             if header.layout_id != self.learner.manifest.layout_id:
                 raise FedHEError("aggregate has another model layout")
-            vector = (
-                decode_update(header, chunks, self.holder, self.mask, self.values_per_chunk)
-                / header.weight_sum
-            )
+            if self.member is not None:
+                vector = self.member.decode(header, chunks) / header.weight_sum
+            else:
+                vector = (
+                    decode_update(header, chunks, self.holder, self.mask, self.values_per_chunk)
+                    / header.weight_sum
+                )
             check_global(vector, self.job.training.max_update_abs)
         except FedHEError as exc:
             logger.error(
@@ -218,12 +240,12 @@ class ClientAgent:
         vector, loss = self.learner.train_round(plan.round)
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
-        clip = self.holder.preset.clip_bound if self.holder else float("inf")
+        clip = get_preset(self.job.preset_name).clip_bound if self.encryptor else float("inf")
         update = encode_update(
-            vector, self.holder, self.mask, self.values_per_chunk, clip, self.job.dp
+            vector, self.encryptor, self.mask, self.values_per_chunk, clip, self.job.dp
         )
         t_he = time.perf_counter() - t1
-        self.encrypt_s[plan.round] = t_he if self.holder is not None else 0.0
+        self.encrypt_s[plan.round] = t_he if self.encryptor is not None else 0.0
         mask_id = self.mask.mask_id if self.mask is not None else ""
         manifest = self._manifest(plan.round, mask_id, update, vector.size)
         if self.export:
@@ -233,6 +255,7 @@ class ClientAgent:
             )
         chunks_before = self.conn.chunks_sent
         self.conn.upload(manifest, update, on_chunk=fault_after_chunks)
+        fault_after_commit(plan.round)
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
             "(%d chunks sent)",

@@ -84,6 +84,40 @@ class ServerConnection:
         )
         return bool(reply.recorded)  # type: ignore[attr-defined]
 
+    def volunteer(self, job_id: str, client_id: str, number: int) -> pb.VolunteerDecryptionResponse:
+        """Offer to decrypt a round's aggregate (threshold keys)."""
+        return self._unary(
+            "VolunteerDecryption",
+            pb.VolunteerDecryptionRequest(  # type: ignore[return-value]
+                job_id=job_id, client_id=client_id, round=number
+            ),
+        )
+
+    def submit_shares(self, job_id: str, number: int, chunks: list[pb.Chunk]) -> None:
+        """Send sealed decryption shares (idempotent on retry)."""
+
+        def send() -> object:
+            requests = (
+                pb.SubmitDecryptionSharesRequest(
+                    job_id=job_id,
+                    round=number,
+                    chunk=pb.Chunk(
+                        stream=c.stream,
+                        index=c.index,
+                        party=c.party,
+                        payload=c.payload,
+                        sha256=hashlib.sha256(c.payload).digest(),
+                    ),
+                )
+                for c in chunks
+            )
+            return self.stub.SubmitDecryptionShares(
+                requests, timeout=STREAM_TIMEOUT_S, metadata=self.metadata
+            )
+
+        with rpc_errors():
+            call_with_retry(send, what="SubmitDecryptionShares")
+
     def report(self, job_id: str, client_id: str, number: int, metrics: dict[str, float]) -> None:
         """Send evaluation metrics for a round."""
         self._unary(
@@ -201,4 +235,12 @@ def fault_after_chunks(count: int) -> None:
     fault = os.environ.get("FEDHE_FAULT", "")
     if fault.startswith("client_exit_after_chunks:") and count >= int(fault.split(":")[1]):
         logger.warning("fault injection: client exits after %d chunks", count)
+        os._exit(137)
+
+
+def fault_after_commit(number: int) -> None:
+    """Test hook: ``FEDHE_FAULT=client_exit_after_commit:N`` exits after committing round N."""
+    fault = os.environ.get("FEDHE_FAULT", "")
+    if fault.startswith("client_exit_after_commit:") and number >= int(fault.split(":")[1]):
+        logger.warning("fault injection: client exits after committing round %d", number)
         os._exit(137)

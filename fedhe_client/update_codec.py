@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -48,9 +49,15 @@ class EncodedUpdate:
         return sum(map(len, self.ciphertext)) + sum(map(len, self.plaintext))
 
 
+class Encrypts(Protocol):
+    """Anything that encrypts one ciphertext's worth of values (secret or public key)."""
+
+    def encrypt(self, values: np.ndarray) -> bytes: ...
+
+
 def encode_update(
     vector: np.ndarray,
-    holder: SecretKeyHolder | None,
+    holder: Encrypts | None,
     mask: EncryptionMask | None,
     values_per_chunk: int,
     clip_bound: float,

@@ -82,15 +82,28 @@ def collective_public_key(
 class ThresholdParty:
     """One key holder: its secret share never leaves this object (or the device)."""
 
-    def __init__(self, ring: RingArithmetic, alpha: int) -> None:
+    def __init__(
+        self,
+        ring: RingArithmetic,
+        alpha: int,
+        secret: np.ndarray | None = None,
+        shamir: np.ndarray | None = None,
+    ) -> None:
         if alpha < 1:
             raise InvalidArgumentError("party index alpha must be >= 1")
         self.ring = ring
         self.alpha = alpha
-        secret = sa.KeyGenerator(ring.ctx).secret_key()
-        raw = sealbytes.plaintext_array(sealbytes.save_bytes(secret))
-        self.secret = raw.reshape(-1, ring.n).copy()  # (k_key, N), NTT, key level
-        self.shamir: np.ndarray | None = None
+        shape = (len(ring.q_key), ring.n)
+        if secret is None:
+            key = sa.KeyGenerator(ring.ctx).secret_key()
+            secret = sealbytes.plaintext_array(sealbytes.save_bytes(key)).reshape(shape).copy()
+        for name, array in (("secret", secret), ("shamir", shamir)):
+            if array is not None and (
+                array.shape != shape or not (array < ring.primes("key")).all()
+            ):
+                raise InvalidArgumentError(f"stored {name} share does not fit this preset")
+        self.secret = secret  # (k_key, N), NTT, key level; never leaves the device
+        self.shamir = shamir
 
     def public_key_share(self, a: np.ndarray) -> np.ndarray:
         """b_i = -(a * s_i + e_i) at the key level."""

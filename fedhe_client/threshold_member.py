@@ -1,0 +1,277 @@
+"""A client's part in a threshold job: key generation, decryption duty, fusion.
+
+Everything secret stays in the client's ``state_dir`` (mode 0600 files): its X25519
+key, its secret key share, its Shamir share, the clients' group key, the ledger of
+ciphertexts it produced decryption shares for, and the sealed shares it sent (so a
+retry re-sends the identical share instead of making a second one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedhe_client.connection import ServerConnection
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as apb
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as kpb
+from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as kpb_grpc
+from fedhe_common.config.models import ClientConfig, JobConfig
+from fedhe_common.crypto import e2e
+from fedhe_common.crypto.context import CKKSContext, PublicParams
+from fedhe_common.crypto.presets import get_preset
+from fedhe_common.crypto.threshold import (
+    ShareLedger,
+    ShareRequest,
+    ThresholdParty,
+    crs_for,
+    decryption_share,
+    fuse,
+    ring_for,
+)
+from fedhe_common.errors import ConfigError, FedHEError, KeyMaterialError, WrongRoundError
+from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.rpc.auth import call_metadata, read_secret_file, write_secret_file
+from fedhe_common.rpc.errors import rpc_errors
+from fedhe_common.rpc.retry import call_with_retry
+from fedhe_common.rpc.transport import create_channel
+from fedhe_common.storage.atomic import atomic_write
+
+logger = logging.getLogger(__name__)
+POLL_S = 0.5
+KEYGEN_TIMEOUT_S = 600.0
+
+
+def _aad(*parts: object) -> bytes:
+    return "|".join(str(p) for p in ("fedhe-threshold-v1", *parts)).encode()
+
+
+class ThresholdMember:
+    """Key generation with the other parties, decryption shares, and fusion."""
+
+    def __init__(self, config: ClientConfig, job_id: str, job: JobConfig) -> None:
+        if not config.state_dir:
+            raise ConfigError("a threshold job needs state_dir in the client config")
+        self.job_id = job_id
+        self.job = job
+        self.folder = Path(config.state_dir) / job_id
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._channel = create_channel(config.keyauth, 8 * 1024 * 1024)
+        self._stub = kpb_grpc.KeyAuthorityServiceStub(self._channel)
+        self._metadata = call_metadata(read_secret_file(config.keyauth.token_file))
+        self.e2e_private = self._load_or_create_e2e_key()
+        join = self._call(
+            "JoinKeyGeneration",
+            kpb.JoinKeyGenerationRequest(
+                job_id=job_id, e2e_public_key=e2e.public_key(self.e2e_private)
+            ),
+        )
+        self.alpha, self.parties, self.threshold = join.alpha, join.parties, join.threshold
+        self.crs_seed = bytes(join.crs_seed)
+        self.ring = ring_for(get_preset(join.preset))
+        self.party = ThresholdParty(
+            self.ring, self.alpha, self._load("secret"), self._load("shamir")
+        )
+        self._save("secret", self.party.secret)
+        self.ledger = ShareLedger(self.folder / "ledger.sqlite")
+        self.group_key = self._read_secret("group.key")
+        self.params: PublicParams | None = None
+        self.public_key = b""
+        self.ctx: CKKSContext | None = None
+        logger.info(
+            "threshold party %d of %d (t=%d) for job %s",
+            self.alpha,
+            self.parties,
+            self.threshold,
+            job_id,
+        )
+
+    # ------------------------------------------------------------ local state
+    def _call(self, name: str, request: object) -> object:
+        method = getattr(self._stub, name)
+        with rpc_errors():
+            return call_with_retry(
+                lambda: method(request, timeout=30, metadata=self._metadata), what=name
+            )
+
+    def _read_secret(self, name: str) -> bytes | None:
+        path = self.folder / name
+        return bytes.fromhex(read_secret_file(path)) if path.exists() else None
+
+    def _load_or_create_e2e_key(self) -> bytes:
+        key = self._read_secret("e2e.key")
+        if key is None:
+            key = e2e.new_private_key()
+            write_secret_file(self.folder / "e2e.key", key.hex())
+        return key
+
+    def _load(self, name: str) -> np.ndarray | None:
+        path = self.folder / f"{name}.npy"
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
+    def _save(self, name: str, array: np.ndarray) -> None:
+        path = self.folder / f"{name}.npy"
+        if not path.exists():
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                np.save(f, array, allow_pickle=False)
+
+    # ---------------------------------------------------------- key generation
+    def generate_keys(self) -> tuple[PublicParams, bytes]:
+        """Run the distributed key generation; return the collective public key."""
+        deadline = time.monotonic() + KEYGEN_TIMEOUT_S
+        status = self._wait(
+            lambda s: len(s.parties) == s.expected_parties, deadline, "all parties to join"
+        )
+        if not (self.folder / "submitted").exists():
+            self._submit_shares(status)
+            (self.folder / "submitted").write_text("yes")
+
+        def ready(s: kpb.GetKeyGenerationResponse) -> bool:
+            shares_in = self.threshold == self.parties or len(s.secret_shares) == self.parties
+            return bool(s.complete and shares_in and s.HasField("group_key"))
+
+        status = self._wait(ready, deadline, "the other parties' shares")
+        if self.group_key is None:
+            self.group_key = e2e.open_sealed(
+                self.e2e_private, status.group_key.blob, _aad(self.job_id, "group-key", self.alpha)
+            )
+            write_secret_file(self.folder / "group.key", self.group_key.hex())
+        if self.threshold < self.parties and self.party.shamir is None:
+            parts = [
+                np.frombuffer(
+                    e2e.open_sealed(
+                        self.e2e_private,
+                        s.blob,
+                        _aad(self.job_id, "shamir", s.from_alpha, self.alpha),
+                    ),
+                    dtype="<u8",
+                ).reshape(-1, self.ring.n)
+                for s in status.secret_shares
+            ]
+            self.party.receive_shares(parts)
+            self._save("shamir", self.party.shamir)  # type: ignore[arg-type]
+        self.params = PublicParams.from_json(status.public_params_json)
+        self.public_key = bytes(status.public_key)
+        self.ctx = CKKSContext(self.params)
+        return self.params, self.public_key
+
+    def _wait(self, done, deadline: float, what: str) -> kpb.GetKeyGenerationResponse:  # type: ignore[no-untyped-def]
+        while True:
+            status = self._call("GetKeyGeneration", kpb.GetKeyGenerationRequest(job_id=self.job_id))
+            if done(status):
+                return status  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                raise KeyMaterialError(f"timed out waiting for {what}")
+            time.sleep(POLL_S)
+
+    def _submit_shares(self, status: kpb.GetKeyGenerationResponse) -> None:
+        a = crs_for(self.crs_seed, self.ring)
+        request = kpb.SubmitKeySharesRequest(
+            job_id=self.job_id,
+            alpha=self.alpha,
+            public_key_share=self.party.public_key_share(a).astype("<u8").tobytes(),
+        )
+        peers = {p.alpha: bytes(p.e2e_public_key) for p in status.parties}
+        if self.threshold < self.parties:
+            for to, share in self.party.deal(self.threshold, sorted(peers)).items():
+                blob = e2e.seal_to(
+                    peers[to],
+                    share.astype("<u8").tobytes(),
+                    _aad(self.job_id, "shamir", self.alpha, to),
+                )
+                request.secret_shares.add(from_alpha=self.alpha, to_alpha=to, blob=blob)
+        if self.alpha == 1:
+            group_key = os.urandom(32)
+            for to, pub in peers.items():
+                blob = e2e.seal_to(pub, group_key, _aad(self.job_id, "group-key", to))
+                request.group_keys.add(from_alpha=1, to_alpha=to, blob=blob)
+        self._call("SubmitKeyShares", request)
+        logger.info("party %d: public-key share and sealed shares submitted", self.alpha)
+
+    # ------------------------------------------------------------- decryption
+    def decrypt_duty(self, conn: ServerConnection, client_id: str, number: int) -> None:
+        """Volunteer for a round's decryption and, if active, send sealed shares."""
+        assert self.ctx is not None and self.group_key is not None
+        deadline = time.monotonic() + self.job.participants.round_timeout_s
+        try:
+            while True:
+                offer = conn.volunteer(self.job_id, client_id, number)
+                if offer.active_parties or time.monotonic() > deadline:
+                    break
+                time.sleep(POLL_S)
+        except WrongRoundError as exc:  # aborted (too few parties) or already complete
+            logger.warning("round %d decryption ended without this party: %s", number, exc)
+            return
+        active = list(offer.active_parties)
+        if self.alpha not in active:
+            logger.info("round %d: not in the active set %s", number, active)
+            return
+        header, chunks = conn.download(self.job_id, number)
+        request_active = tuple(active) if self.threshold < self.parties else None
+        sealed: list[apb.Chunk] = []
+        for chunk in chunks:
+            if chunk.stream != apb.STREAM_KIND_CIPHERTEXT:
+                continue
+            path = self.folder / f"share-{number}-{chunk.index}.bin"
+            if not path.exists():  # produced once; a retry re-sends the same bytes
+                share = decryption_share(
+                    self.party,
+                    self.ledger,
+                    self.ctx,
+                    chunk.payload,
+                    ShareRequest(
+                        self.job_id,
+                        number,
+                        chunk.index,
+                        header.contributors,
+                        self.job.participants.min_clients,
+                        request_active,
+                    ),
+                )
+                blob = e2e.group_encrypt(
+                    self.group_key, share, _aad(self.job_id, number, chunk.index, self.alpha)
+                )
+                atomic_write(path, blob, 0o600)
+            sealed.append(
+                apb.Chunk(
+                    stream=apb.STREAM_KIND_DECRYPTION_SHARE,
+                    index=chunk.index,
+                    party=self.alpha,
+                    payload=path.read_bytes(),
+                )
+            )
+        conn.submit_shares(self.job_id, number, sealed)
+        logger.info(
+            "round %d: %d decryption shares sent (active set %s)", number, len(sealed), active
+        )
+
+    def decode(self, header: apb.AggregateHeader, chunks: list[apb.Chunk]) -> np.ndarray:
+        """Fuse the active parties' shares with each aggregate chunk (the weighted sum)."""
+        assert self.ctx is not None and self.group_key is not None
+        total = int(header.num_values)
+        plan = ChunkPlan(total, self.ctx.preset.values_per_ciphertext)
+        cts = {c.index: c.payload for c in chunks if c.stream == apb.STREAM_KIND_CIPHERTEXT}
+        shares: dict[int, list[bytes]] = {}
+        for c in chunks:
+            if c.stream == apb.STREAM_KIND_DECRYPTION_SHARE:
+                shares.setdefault(c.index, []).append(
+                    e2e.group_decrypt(
+                        self.group_key, c.payload, _aad(self.job_id, header.round, c.index, c.party)
+                    )
+                )
+        if len(cts) != plan.count or any(
+            len(shares.get(k, [])) != len(header.active_parties) for k in range(plan.count)
+        ):
+            raise FedHEError("aggregate or decryption shares incomplete")
+        out = np.empty(total)
+        for k in range(plan.count):
+            start, stop = plan.bounds(k)
+            out[start:stop] = fuse(self.ctx, self.ring, cts[k], shares[k])[: stop - start]
+        return out
+
+    def close(self) -> None:
+        """Close the key authority channel."""
+        self._channel.close()
