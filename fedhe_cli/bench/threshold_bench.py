@@ -53,6 +53,41 @@ def _values(n: int, seed: int) -> list[np.ndarray]:
     return [np.random.default_rng([seed, i]).uniform(-10, 10, n) for i in range(len(WEIGHTS))]
 
 
+@dataclass
+class _Totals:
+    upload_bytes: int = 0
+    share_bytes: int = 0
+    max_err: float = 0.0
+
+
+def _rounds(
+    n: int,
+    seed: int,
+    values_per_ct: int,
+    encrypt: Callable[[np.ndarray], bytes],
+    aggregator: CiphertextAggregator,
+    decrypt: Callable[[int, bytes], tuple[np.ndarray, int]],
+    timer: PhaseTimer,
+) -> _Totals:
+    """Encrypt, aggregate and decrypt every chunk; ``decrypt`` returns (values, share bytes)."""
+    plan = ChunkPlan(n, values_per_ct)
+    xs = _values(n, seed)
+    totals = _Totals()
+    for k in range(plan.count):
+        start, stop = plan.bounds(k)
+        acc = None
+        for w, x in zip(WEIGHTS, xs, strict=True):
+            with timer.phase("encrypt"):
+                blob = encrypt(x[start:stop])
+            totals.upload_bytes += len(blob)
+            acc = aggregator.add_weighted(acc, aggregator.load_upload(blob), w)
+        got, share_bytes = decrypt(k, aggregator.to_blob(acc))
+        totals.share_bytes += share_bytes
+        exact = sum(w * x[start:stop] for w, x in zip(WEIGHTS, xs, strict=True))
+        totals.max_err = max(totals.max_err, float(np.abs(got[: stop - start] - exact).max()))
+    return totals
+
+
 def run_threshold(preset_name: str, n: int, workdir: str, seed: int = 0) -> ThresholdResult:
     """N-of-N threshold round for one preset."""
     ring = ring_for(get_preset(preset_name))
@@ -60,79 +95,66 @@ def run_threshold(preset_name: str, n: int, workdir: str, seed: int = 0) -> Thre
     parties = [ThresholdParty(ring, alpha) for alpha in range(1, PARTIES + 1)]
     params, pk = collective_public_key(ring, [p.public_key_share(a) for p in parties], a)
     ctx = CKKSContext(params)
-    encryptor = PublicKeyEncryptor(params, pk)
-    aggregator = CiphertextAggregator(params)
     ledgers = [
         ShareLedger(os.path.join(workdir, f"{preset_name}-{p.alpha}.sqlite")) for p in parties
     ]
-    plan = ChunkPlan(n, ctx.preset.values_per_ciphertext)
     timer = PhaseTimer()
-    xs = _values(n, seed)
-    up = share_bytes = 0
-    err = 0.0
-    for k in range(plan.count):
-        start, stop = plan.bounds(k)
-        acc = None
-        for w, x in zip(WEIGHTS, xs, strict=True):
-            with timer.phase("encrypt"):
-                blob = encryptor.encrypt(x[start:stop])
-            up += len(blob)
-            acc = aggregator.add_weighted(acc, aggregator.load_upload(blob), w)
-        aggregate = aggregator.to_blob(acc)
+
+    def decrypt(k: int, aggregate: bytes) -> tuple[np.ndarray, int]:
         shares = []
         for party, ledger in zip(parties, ledgers, strict=True):
             request = ShareRequest("bench", 1, k, len(WEIGHTS), len(WEIGHTS), None)
             with timer.phase("share"):
                 shares.append(decryption_share(party, ledger, ctx, aggregate, request))
-            share_bytes += len(shares[-1])
         with timer.phase("fuse"):
-            got = fuse(ctx, ring, aggregate, shares)[: stop - start]
-        exact = sum(w * x[start:stop] for w, x in zip(WEIGHTS, xs, strict=True))
-        err = max(err, float(np.abs(got - exact).max()))
-    per_1m = 1e6 / n
-    return ThresholdResult(
-        config=preset_name,
-        n_values=n,
-        upload_bytes_per_value=up / len(WEIGHTS) / n,
-        share_bytes_per_value=share_bytes / PARTIES / n,
-        encrypt_cpu_s_per_1m=timer.cpu_s["encrypt"] / len(WEIGHTS) * per_1m,
-        share_cpu_s_per_party_per_1m=timer.cpu_s["share"] / PARTIES * per_1m,
-        fusion_cpu_s_per_1m=timer.cpu_s["fuse"] * per_1m,
-        max_abs_err=err,
+            return fuse(ctx, ring, aggregate, shares), sum(map(len, shares))
+
+    totals = _rounds(
+        n,
+        seed,
+        ctx.preset.values_per_ciphertext,
+        PublicKeyEncryptor(params, pk).encrypt,
+        CiphertextAggregator(params),
+        decrypt,
+        timer,
     )
+    return _result(preset_name, n, totals, timer, PARTIES)
 
 
 def run_single_key(n: int, seed: int = 0) -> ThresholdResult:
     """The single-key preset on the same values: no shares; fusion = decryption."""
     holder = SecretKeyHolder.generate(get_preset("single-key"))
-    aggregator = CiphertextAggregator(holder.params)
-    plan = ChunkPlan(n, holder.preset.values_per_ciphertext)
     timer = PhaseTimer()
-    xs = _values(n, seed)
-    up, err = 0, 0.0
-    for k in range(plan.count):
-        start, stop = plan.bounds(k)
-        acc = None
-        for w, x in zip(WEIGHTS, xs, strict=True):
-            with timer.phase("encrypt"):
-                blob = holder.encrypt(x[start:stop])
-            up += len(blob)
-            acc = aggregator.add_weighted(acc, aggregator.load_upload(blob), w)
-        aggregate = aggregator.to_blob(acc)
+
+    def decrypt(k: int, aggregate: bytes) -> tuple[np.ndarray, int]:
         with timer.phase("fuse"):
-            got = holder.decrypt(aggregate)[: stop - start]
-        exact = sum(w * x[start:stop] for w, x in zip(WEIGHTS, xs, strict=True))
-        err = max(err, float(np.abs(got - exact).max()))
+            return holder.decrypt(aggregate), 0
+
+    totals = _rounds(
+        n,
+        seed,
+        holder.preset.values_per_ciphertext,
+        holder.encrypt,
+        CiphertextAggregator(holder.params),
+        decrypt,
+        timer,
+    )
+    return _result("single-key", n, totals, timer, 1)
+
+
+def _result(
+    config: str, n: int, totals: _Totals, timer: PhaseTimer, parties: int
+) -> ThresholdResult:
     per_1m = 1e6 / n
     return ThresholdResult(
-        "single-key",
-        n,
-        up / len(WEIGHTS) / n,
-        0.0,
-        timer.cpu_s["encrypt"] / len(WEIGHTS) * per_1m,
-        0.0,
-        timer.cpu_s["fuse"] * per_1m,
-        err,
+        config=config,
+        n_values=n,
+        upload_bytes_per_value=totals.upload_bytes / len(WEIGHTS) / n,
+        share_bytes_per_value=totals.share_bytes / parties / n,
+        encrypt_cpu_s_per_1m=timer.cpu_s["encrypt"] / len(WEIGHTS) * per_1m,
+        share_cpu_s_per_party_per_1m=timer.cpu_s["share"] / parties * per_1m,
+        fusion_cpu_s_per_1m=timer.cpu_s["fuse"] * per_1m,
+        max_abs_err=totals.max_err,
     )
 
 

@@ -73,11 +73,27 @@ def check_raw_members(ctx: CKKSContext, seal: bytes, kind: BlobKind, expected_sc
         raise _fail(f"scale {scale!r} differs from the expected {expected_scale!r}")
     if corr != 1:
         raise _fail("correction factor must be 1 for CKKS")
-    magic, hsize, major, minor, compr, reserved, dsize = sealbytes.read_header(
-        seal[_DYNARRAY_HEADER_OFFSET : _DYNARRAY_HEADER_OFFSET + 16]
+    dsize = _inner_header_size(
+        seal[_DYNARRAY_HEADER_OFFSET : _DYNARRAY_HEADER_OFFSET + 16], "bad inner data header"
     )
     (count,) = struct.unpack_from("<Q", seal, _COUNT_OFFSET)
     polys = 1 if kind == BlobKind.CIPHERTEXT_SEEDED else 2
+    if count != polys * k * n or dsize != 24 + 8 * count:
+        raise _fail("coefficient count does not match the ciphertext shape")
+    data = np.frombuffer(seal, dtype="<u8", count=count, offset=sealbytes.CT_DATA_OFFSET)
+    if not (data.reshape(polys, k, n) < ctx.data_primes[None, :, None]).all():
+        raise _fail("coefficient not reduced modulo its prime")
+    if kind == BlobKind.CIPHERTEXT_SEEDED:
+        tail = seal[sealbytes.CT_DATA_OFFSET + 8 * count :]
+        if _inner_header_size(tail, "bad seed header") != len(tail):
+            raise _fail("bad seed header")
+        if tail[16] not in (1, 2):
+            raise _fail("unknown PRNG type for the seed")
+
+
+def _inner_header_size(header: bytes, reason: str) -> int:
+    """Check an uncompressed inner SEALHeader; return the size it declares."""
+    magic, hsize, major, minor, compr, reserved, size = sealbytes.read_header(header)
     if (
         magic != sealbytes.SEAL_MAGIC
         or hsize != 16
@@ -86,27 +102,8 @@ def check_raw_members(ctx: CKKSContext, seal: bytes, kind: BlobKind, expected_sc
         or major != SEAL_MAJOR
         or minor > SEAL_MAX_MINOR
     ):
-        raise _fail("bad inner data header")
-    if count != polys * k * n or dsize != 24 + 8 * count:
-        raise _fail("coefficient count does not match the ciphertext shape")
-    data = np.frombuffer(seal, dtype="<u8", count=count, offset=sealbytes.CT_DATA_OFFSET)
-    if not (data.reshape(polys, k, n) < ctx.data_primes[None, :, None]).all():
-        raise _fail("coefficient not reduced modulo its prime")
-    if kind == BlobKind.CIPHERTEXT_SEEDED:
-        tail = seal[sealbytes.CT_DATA_OFFSET + 8 * count :]
-        magic, hsize, major, minor, compr, reserved, tsize = sealbytes.read_header(tail)
-        if (
-            magic != sealbytes.SEAL_MAGIC
-            or hsize != 16
-            or compr != 0
-            or reserved != 0
-            or major != SEAL_MAJOR
-            or minor > SEAL_MAX_MINOR
-            or tsize != len(tail)
-        ):
-            raise _fail("bad seed header")
-        if tail[16] not in (1, 2):
-            raise _fail("unknown PRNG type for the seed")
+        raise _fail(reason)
+    return int(size)
 
 
 def check_loaded(ctx: CKKSContext, ct: sa.Ciphertext, expected_scale: float) -> None:
