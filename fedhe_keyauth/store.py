@@ -42,8 +42,9 @@ class KeyStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.root = Path(state_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._fingerprints: dict[str, bytes] = {}
+        self._sessions: dict[str, DKGSession] = {}  # one object (and lock) per job
 
     def _dir(self, job_id: str) -> Path:
         try:
@@ -70,7 +71,9 @@ class KeyStore:
             if mode == "threshold":
                 existed = (folder / "dkg" / "session.json").exists()
                 folder.mkdir(mode=0o700, exist_ok=True)
-                DKGSession.create(folder / "dkg", preset_name, parties, threshold)
+                self._sessions[job_id] = DKGSession.create(
+                    folder / "dkg", preset_name, parties, threshold
+                )
                 return self._fingerprint_or_empty(job_id), not existed
             if mode not in ("", "single"):
                 raise InvalidArgumentError(f"unknown key mode {mode!r}")
@@ -89,11 +92,15 @@ class KeyStore:
             return holder.fingerprint, True
 
     def dkg(self, job_id: str) -> DKGSession:
-        """The job's key generation session."""
-        session = DKGSession(self._dir(job_id) / "dkg")
-        if not session.exists():
-            raise NotFoundError(f"job {job_id!r} has no threshold key generation")
-        return session
+        """The job's key generation session (shared, so its lock serialises joins)."""
+        with self._lock:
+            session = self._sessions.get(job_id)
+            if session is None:
+                session = DKGSession(self._dir(job_id) / "dkg")
+                if not session.exists():
+                    raise NotFoundError(f"job {job_id!r} has no threshold key generation")
+                self._sessions[job_id] = session
+            return session
 
     def finalize(self, job_id: str) -> bool:
         """Write the collective public key once every party's share is in."""
