@@ -8,9 +8,20 @@ from fedhe_cli.admin_cli import certs_group, config_group, job_group
 from fedhe_cli.audit_cli import audit
 from fedhe_cli.bench_cli import bench
 from fedhe_cli.run_cli import demo, simulate
+from fedhe_common.errors import FedHEError
 
 
-@click.group()
+class _FedHEGroup(click.Group):
+    """Turns FedHE errors (bad config, refused requests) into one-line CLI errors."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FedHEError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+@click.group(cls=_FedHEGroup)
 @click.version_option(package_name="fedhe")
 def cli() -> None:
     """FedHE: federated learning with CKKS homomorphic encryption."""

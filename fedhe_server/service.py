@@ -142,8 +142,10 @@ class AggregationServer:
 
     def active_job(self) -> str:
         """The only running job (clients that name no job join it)."""
-        running = [str(r[0]) for r in self.db.query(
-            "SELECT job_id FROM jobs WHERE state IN ('RUNNING', 'KEYGEN')")]
+        running = [
+            str(r[0])
+            for r in self.db.query("SELECT job_id FROM jobs WHERE state IN ('RUNNING', 'KEYGEN')")
+        ]
         if len(running) != 1:
             raise NotFoundError(f"{len(running)} running jobs; name one with job_id")
         return running[0]
