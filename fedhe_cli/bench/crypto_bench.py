@@ -8,7 +8,7 @@ done block by block so memory stays bounded even for 109M-value models.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,44 +69,50 @@ def client_block(seed: int, client: int, block: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, client, block]).uniform(-VALUE_RANGE, VALUE_RANGE, size)
 
 
-def run_one(
-    path: AggregationPath, n_params: int, seed: int, on_block: Callable[[int], None]
-) -> CryptoResult:
-    """Measure one path on ``n_params`` values per client."""
-    timer = PhaseTimer()
-    up_bytes = down_bytes = 0
-    max_err = 0.0
+@dataclass
+class _Tally:
+    """Running totals of one path on one size."""
+
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    up_bytes: int = 0
+    down_bytes: int = 0
+    max_err: float = 0.0
+
+
+def run_block(path: AggregationPath, values: list[np.ndarray], tally: _Tally) -> None:
+    """Encrypt, aggregate, serialize and decrypt one block of every client's values."""
+    timer = tally.timer
+    uploads = []
+    for x in values:
+        with timer.phase("client"):
+            blobs = path.encrypt(x)
+        tally.up_bytes += sum(len(blob) for blob in blobs)
+        uploads.append(blobs)
+    with timer.phase("server"):
+        sums = path.aggregate(uploads, list(WEIGHTS))
+    with timer.phase("serialize"):
+        result = path.serialize(sums)
+    tally.down_bytes += sum(len(blob) for blob in result)
+    with timer.phase("decrypt"):
+        decrypted = path.decrypt(result, values[0].size)
     weight_sum = float(sum(WEIGHTS))
-    for b, start in enumerate(range(0, n_params, BLOCK_VALUES)):
-        size = min(BLOCK_VALUES, n_params - start)
-        values = [client_block(seed, i, b, size) for i in range(len(WEIGHTS))]
-        uploads = []
-        for x in values:
-            with timer.phase("client"):
-                blobs = path.encrypt(x)
-            up_bytes += sum(len(blob) for blob in blobs)
-            uploads.append(blobs)
-        with timer.phase("server"):
-            sums = path.aggregate(uploads, list(WEIGHTS))
-        with timer.phase("serialize"):
-            result = path.serialize(sums)
-        down_bytes += sum(len(blob) for blob in result)
-        with timer.phase("decrypt"):
-            decrypted = path.decrypt(result, size)
-        exact = sum(w * x for w, x in zip(WEIGHTS, values, strict=True)) / weight_sum
-        max_err = max(max_err, float(np.abs(decrypted / weight_sum - exact).max()))
-        on_block(size)
+    exact = sum(w * x for w, x in zip(WEIGHTS, values, strict=True)) / weight_sum
+    tally.max_err = max(tally.max_err, float(np.abs(decrypted / weight_sum - exact).max()))
+
+
+def _result(path: AggregationPath, n_params: int, tally: _Tally) -> CryptoResult:
     clients = len(WEIGHTS)
+    cpu = tally.timer.cpu_s
     return CryptoResult(
         config=path.name,
         n_params=n_params,
-        upload_bytes_per_value=up_bytes / clients / n_params,
-        download_bytes_per_value=down_bytes / n_params,
-        client_cpu_s=timer.cpu_s["client"] / clients,
-        server_cpu_s_per_client=timer.cpu_s["server"] / clients,
-        server_serialize_cpu_s=timer.cpu_s["serialize"],
-        decrypt_cpu_s=timer.cpu_s["decrypt"],
-        max_abs_err=max_err,
+        upload_bytes_per_value=tally.up_bytes / clients / n_params,
+        download_bytes_per_value=tally.down_bytes / n_params,
+        client_cpu_s=cpu["client"] / clients,
+        server_cpu_s_per_client=cpu["server"] / clients,
+        server_serialize_cpu_s=cpu["serialize"],
+        decrypt_cpu_s=cpu["decrypt"],
+        max_abs_err=tally.max_err,
         summary=path.summary,
     )
 
@@ -117,12 +123,23 @@ def run_crypto_bench(
     seed: int = 0,
     on_block: Callable[[str, int, int], None] = lambda config, size, done: None,
 ) -> list[CryptoResult]:
-    """Run every config on every size in one process; keys are made once per config."""
+    """Every config on every size in one process, interleaved block by block.
+
+    Each block of values goes through every config before the next block, so a
+    change in the machine's load during the run hits all configs alike (the
+    machines are shared). Keys are made once per config.
+    """
+    paths = [PATH_FACTORIES[config]() for config in configs]
     results = []
-    for config in configs:
-        path = PATH_FACTORIES[config]()
-        for n in sizes:
-            results.append(run_one(path, n, seed, lambda done, c=config, n=n: on_block(c, n, done)))
+    for n in sizes:
+        tallies = [_Tally() for _ in paths]
+        for b, start in enumerate(range(0, n, BLOCK_VALUES)):
+            size = min(BLOCK_VALUES, n - start)
+            values = [client_block(seed, i, b, size) for i in range(len(WEIGHTS))]
+            for path, tally in zip(paths, tallies, strict=True):
+                run_block(path, values, tally)
+                on_block(path.name, n, size)
+        results += [_result(p, n, t) for p, t in zip(paths, tallies, strict=True)]
     return results
 
 

@@ -138,3 +138,24 @@ def test_too_few_contributors_or_bad_shares_are_refused(tmp_path: Path) -> None:
         fuse(ctx, ring, aggregate, [share[:-8]])
     with pytest.raises(InvalidArgumentError, match="two shares"):
         fuse(ctx, ring, aggregate, [share, share])
+
+
+def test_practical_shares_are_compressed_and_bombs_refused(tmp_path: Path) -> None:
+    import zstandard
+
+    from fedhe_common.crypto import envelope
+    from fedhe_common.crypto.envelope import BlobKind
+    from fedhe_common.crypto.threshold import SHARE_HEADER, SHARE_MAGIC_ZSTD, ciphertext_id
+
+    ring, members, params, pk, ledgers = _setup("threshold-practical", 3, None, tmp_path)
+    ctx = CKKSContext(params)
+    aggregate, _, _, _ = _round(params, pk)
+    share = decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))
+    raw_size = 8 * len(ring.q_data) * ring.n
+    assert len(share) < 0.8 * raw_size  # 40-bit residues compress
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))
+    header = SHARE_HEADER.pack(SHARE_MAGIC_ZSTD, 1, len(ring.q_data), ring.n,
+                               ciphertext_id(aggregate))
+    forged = envelope.wrap(BlobKind.DECRYPTION_SHARE, ctx.fingerprint, header + bomb)
+    with pytest.raises(InvalidArgumentError):
+        fuse(ctx, ring, aggregate, [forged])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import tenseal.sealapi as sa
+import zstandard
 
 from fedhe_common.crypto import envelope, packing, sealbytes
 from fedhe_common.crypto.context import CKKSContext, PublicParams
@@ -45,7 +46,8 @@ from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
 from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
 
 SHARE_HEADER = struct.Struct("<4sIII32s")  # magic, alpha, k, N, sha256 of the ciphertext
-SHARE_MAGIC = b"FHDS"
+SHARE_MAGIC = b"FHDS"  # raw residues
+SHARE_MAGIC_ZSTD = b"FHDZ"  # zstd residues (presets whose wire format is zstd)
 
 
 def ciphertext_id(blob: bytes) -> bytes:
@@ -234,10 +236,12 @@ def decryption_share(
         smudging_residues(ring.n, ring.preset.smudging_bits, ring.q_data)[None], "data"
     )[0]
     share = addmod(ring.multiply(c1, secret, "data"), noise, ring.primes("data"))
-    header = SHARE_HEADER.pack(SHARE_MAGIC, party.alpha, share.shape[0], ring.n, ct_sha)
-    return envelope.wrap(
-        BlobKind.DECRYPTION_SHARE, ctx.fingerprint, header + share.astype("<u8").tobytes()
-    )
+    data = share.astype("<u8").tobytes()
+    magic = SHARE_MAGIC
+    if ctx.preset.compression == "zstd":  # 40-bit residues: ~25% smaller
+        data, magic = zstandard.ZstdCompressor(level=1).compress(data), SHARE_MAGIC_ZSTD
+    header = SHARE_HEADER.pack(magic, party.alpha, share.shape[0], ring.n, ct_sha)
+    return envelope.wrap(BlobKind.DECRYPTION_SHARE, ctx.fingerprint, header + data)
 
 
 def parse_share(
@@ -246,14 +250,23 @@ def parse_share(
     """Validate an untrusted share for ``aggregate_blob``; return (alpha, residues)."""
     _, body = envelope.unwrap(blob, frozenset({BlobKind.DECRYPTION_SHARE}), ctx.fingerprint)
     k, n = len(ring.q_data), ring.n
-    if len(body) != SHARE_HEADER.size + 8 * k * n:
+    size = 8 * k * n
+    if len(body) < SHARE_HEADER.size or len(body) > SHARE_HEADER.size + size + 1024:
         raise InvalidArgumentError("decryption share has the wrong length")
     magic, alpha, kk, nn, ct_sha = SHARE_HEADER.unpack_from(body, 0)
-    if magic != SHARE_MAGIC or (kk, nn) != (k, n):
+    if magic not in (SHARE_MAGIC, SHARE_MAGIC_ZSTD) or (kk, nn) != (k, n):
         raise InvalidArgumentError("malformed decryption share header")
     if ct_sha != ciphertext_id(aggregate_blob):
         raise InvalidArgumentError("decryption share is for another ciphertext")
-    data = np.frombuffer(body, dtype="<u8", offset=SHARE_HEADER.size).reshape(k, n)
+    raw = body[SHARE_HEADER.size :]
+    if magic == SHARE_MAGIC_ZSTD:
+        try:  # bounded: a bomb cannot inflate past one share
+            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
+        except zstandard.ZstdError:
+            raise InvalidArgumentError("decryption share is not valid zstd") from None
+    if len(raw) != size:
+        raise InvalidArgumentError("decryption share has the wrong length")
+    data = np.frombuffer(raw, dtype="<u8").reshape(k, n)
     if not (data < ring.primes("data")).all():
         raise InvalidArgumentError("decryption share value not reduced modulo its prime")
     return int(alpha), data
