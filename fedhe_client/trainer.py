@@ -61,7 +61,7 @@ def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy on a labelled set."""
-    model.to(device).eval()
+    model.to(device).train(False)  # evaluation mode
     logits = model(torch.from_numpy(x).to(device))
     labels = torch.from_numpy(y).to(device)
     return {

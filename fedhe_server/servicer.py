@@ -12,7 +12,7 @@ import grpc
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.errors import AuthenticationError, NotFoundError
-from fedhe_common.rpc.auth import TokenAuthority
+from fedhe_common.rpc.auth import Identity, TokenAuthority
 from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
 from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.jobrun import JobRun
@@ -28,6 +28,13 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def __init__(self, server: AggregationServer, auth: TokenAuthority) -> None:
         self.server = server
         self.auth = auth
+
+    def _client(self, context: grpc.ServicerContext, claimed_id: str) -> Identity:
+        """The calling client, which must be the client the request names."""
+        who = self.auth.require(context, "client")
+        if claimed_id != who.id:
+            raise AuthenticationError("client_id does not match the caller's identity")
+        return who
 
     @translate_errors
     def SubmitJob(
@@ -73,9 +80,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def RegisterClient(
         self, request: pb.RegisterClientRequest, context: grpc.ServicerContext
     ) -> pb.RegisterClientResponse:
-        who = self.auth.require(context, "client")
-        if request.client_id != who.id:
-            raise AuthenticationError("client_id does not match the caller's identity")
+        who = self._client(context, request.client_id)
         job_id = request.job_id or self.server.active_job()
         job = self.server.db.job(job_id)
         if job is None:
@@ -100,9 +105,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def GetRoundPlan(
         self, request: pb.GetRoundPlanRequest, context: grpc.ServicerContext
     ) -> pb.GetRoundPlanResponse:
-        who = self.auth.require(context, "client")
-        if request.client_id != who.id:
-            raise AuthenticationError("client_id does not match the caller's identity")
+        who = self._client(context, request.client_id)
         deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
         while True:
             job = self.server.db.job(request.job_id)
@@ -214,9 +217,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def VolunteerDecryption(
         self, request: pb.VolunteerDecryptionRequest, context: grpc.ServicerContext
     ) -> pb.VolunteerDecryptionResponse:
-        who = self.auth.require(context, "client")
-        if request.client_id != who.id:
-            raise AuthenticationError("client_id does not match the caller's identity")
+        who = self._client(context, request.client_id)
         run = self.server.run_for(request.job_id)
         return ThresholdDecryption(run).volunteer(who.id, request.round)
 
@@ -242,9 +243,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def BeginUpload(
         self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
     ) -> pb.BeginUploadResponse:
-        who = self.auth.require(context, "client")
-        if request.manifest.client_id != who.id:
-            raise AuthenticationError("manifest client_id does not match the caller's identity")
+        self._client(context, request.manifest.client_id)
         return self.server.run_for(request.manifest.job_id).begin_upload(request.manifest)
 
     def UploadChunks(
@@ -297,9 +296,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def SubmitMask(
         self, request: pb.SubmitMaskRequest, context: grpc.ServicerContext
     ) -> pb.SubmitMaskResponse:
-        who = self.auth.require(context, "client")
-        if request.client_id != who.id:
-            raise AuthenticationError("client_id does not match the caller's identity")
+        self._client(context, request.client_id)
         recorded = self.server.run_for(request.job_id).submit_mask(request.mask_id, request.mask)
         return pb.SubmitMaskResponse(mask_id=request.mask_id, recorded=recorded)
 

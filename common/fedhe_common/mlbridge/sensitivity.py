@@ -53,7 +53,7 @@ def sensitivity_map(
     manifest = build_manifest(model.state_dict())
     if method == "random":
         return np.random.default_rng(seed).random(manifest.total)
-    model = model.eval()
+    model = model.train(False)  # evaluation mode
     params = {k: v.detach() for k, v in model.named_parameters()}
     if method == "trueclass":
         if y is None:
