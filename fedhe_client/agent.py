@@ -21,7 +21,7 @@ from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.errors import FedHEError, KeyMaterialError
+from fedhe_common.errors import FedHEError, KeyMaterialError, WrongRoundError
 from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
 from fedhe_common.rpc.auth import call_metadata, read_secret_file
 from fedhe_common.rpc.errors import rpc_errors
@@ -254,7 +254,15 @@ class ClientAgent:
                 json.dumps({"sample_count": self.learner.sample_count})
             )
         chunks_before = self.conn.chunks_sent
-        self.conn.upload(manifest, update, on_chunk=fault_after_chunks)
+        try:
+            self.conn.upload(manifest, update, on_chunk=fault_after_chunks)
+        except WrongRoundError as exc:  # closed or aborted while we trained: re-sync
+            logger.warning(
+                "round %d closed before this upload (%s); waiting for the next",
+                plan.round,
+                exc.message,
+            )
+            return
         fault_after_commit(plan.round)
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
