@@ -99,7 +99,7 @@ def submit(
     try:
         load_yaml(job_file, JobConfig)
         conn = _admin(server, token_file, ca_file, insecure)
-        reply = conn._unary("SubmitJob", pb.SubmitJobRequest(job_yaml=job_file.read_text()))
+        reply = conn.call("SubmitJob", pb.SubmitJobRequest(job_yaml=job_file.read_text()))
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
     verb = "created" if reply.created else "already exists (identical)"  # type: ignore[attr-defined]

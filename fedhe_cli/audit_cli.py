@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fedhe_cli.output import console, write_json
+from fedhe_cli.output import console, parse_list, write_json
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import JobConfig
 
@@ -15,13 +15,7 @@ from fedhe_common.config.models import JobConfig
 def _ratios(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter("ratios must be comma-separated numbers") from None
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise click.BadParameter("ratios must be in (0, 1]")
-    return values
+    return tuple(parse_list(text, float, "ratios", lambda v: 0 < v <= 1, "in (0, 1]"))
 
 
 @click.command("audit")

@@ -9,17 +9,11 @@ from pathlib import Path
 import click
 from rich.progress import Progress
 
-from fedhe_cli.output import console, print_table, write_json
+from fedhe_cli.output import console, parse_list, print_table, write_json
 
 
 def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter("sizes must be comma-separated integers") from None
-    if not sizes or any(s <= 0 for s in sizes):
-        raise click.BadParameter("sizes must be positive")
-    return sizes
+    return parse_list(text, int, "sizes", lambda v: v > 0, "positive")
 
 
 @click.group("bench")
@@ -180,12 +174,7 @@ def bench_selective(json_path: Path | None, sizes: str, ratios: str) -> None:
     """Wire bytes and CPU per client vs the encrypted ratio (3 clients)."""
     from fedhe_cli.bench.selective_bench import run_selective_bench
 
-    try:
-        ratio_list = tuple(float(r) for r in ratios.split(",") if r.strip())
-    except ValueError:
-        raise click.BadParameter("ratios must be comma-separated numbers") from None
-    if not ratio_list or any(not 0 <= r <= 1 for r in ratio_list):
-        raise click.BadParameter("ratios must be in [0, 1]")
+    ratio_list = tuple(parse_list(ratios, float, "ratios", lambda v: 0 <= v <= 1, "in [0, 1]"))
     results = []
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         for n in _sizes(sizes):

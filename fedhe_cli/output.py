@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
@@ -30,3 +31,18 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     console.print(f"wrote {path}")
+
+
+def parse_list(
+    text: str, convert: type, name: str, valid: Callable[[Any], bool], rule: str
+) -> list[Any]:
+    """A comma-separated option value: every item converted and checked, else BadParameter."""
+    try:
+        values = [convert(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{name} must be comma-separated {convert.__name__} values"
+        ) from None
+    if not values or not all(valid(v) for v in values):
+        raise click.BadParameter(f"{name} must be {rule}")
+    return values

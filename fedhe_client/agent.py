@@ -23,27 +23,18 @@ from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError, KeyMaterialError, WrongRoundError
 from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
-from fedhe_common.rpc.auth import call_metadata, read_secret_file
-from fedhe_common.rpc.errors import rpc_errors
-from fedhe_common.rpc.retry import call_with_retry
-from fedhe_common.rpc.transport import create_channel
+from fedhe_common.rpc.connection import PeerConnection
 
 logger = logging.getLogger(__name__)
 
 
 def fetch_secret_key(config: ClientConfig, job_id: str) -> SecretKeyHolder:
     """Get the job's keys from the key authority (client identities only)."""
-    channel = create_channel(config.keyauth, 4 * 1024 * 1024)
-    stub = keyauth_pb2_grpc.KeyAuthorityServiceStub(channel)
-    metadata = call_metadata(read_secret_file(config.keyauth.token_file))
-    with rpc_errors():
-        reply = call_with_retry(
-            lambda: stub.FetchClientKey(
-                keyauth_pb2.FetchClientKeyRequest(job_id=job_id), timeout=30, metadata=metadata
-            ),
-            what="FetchClientKey",
-        )
-    channel.close()
+    conn = PeerConnection(config.keyauth, keyauth_pb2_grpc.KeyAuthorityServiceStub, 4 << 20)
+    try:
+        reply = conn.call("FetchClientKey", keyauth_pb2.FetchClientKeyRequest(job_id=job_id))
+    finally:
+        conn.close()
     params = PublicParams.from_json(reply.public_params_json)
     return SecretKeyHolder.from_blobs(params, reply.secret_key, reply.public_key)
 

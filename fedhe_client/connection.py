@@ -16,10 +16,9 @@ from fedhe_common.config.models import PeerSection
 from fedhe_common.errors import IncompleteUploadError, ManifestMismatchError
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
-from fedhe_common.rpc.auth import call_metadata, read_secret_file
+from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.errors import rpc_errors
 from fedhe_common.rpc.retry import call_with_retry
-from fedhe_common.rpc.transport import create_channel
 
 logger = logging.getLogger(__name__)
 UNARY_TIMEOUT_S = 30.0
@@ -29,31 +28,18 @@ UPLOAD_ATTEMPTS = 6
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class ServerConnection:
+class ServerConnection(PeerConnection):
     """Typed calls to AggregationService with deadlines and retries on transient errors."""
 
     def __init__(self, peer: PeerSection, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
-        self.metadata = call_metadata(read_secret_file(peer.token_file))
-        self.channel = create_channel(peer, max_message_bytes)
-        self.stub = pb_grpc.AggregationServiceStub(self.channel)
+        super().__init__(peer, pb_grpc.AggregationServiceStub, max_message_bytes)
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
-
-    def _unary(self, name: str, request: object, timeout: float = UNARY_TIMEOUT_S) -> object:
-        method = getattr(self.stub, name)
-        with rpc_errors():
-            return call_with_retry(
-                lambda: method(request, timeout=timeout, metadata=self.metadata), what=name
-            )
-
     def register(self, client_id: str, job_id: str | None) -> pb.RegisterClientResponse:
         """Register for a job (or the server's only running job)."""
-        return self._unary(
+        return self.call(
             "RegisterClient",  # type: ignore[return-value]
             pb.RegisterClientRequest(client_id=client_id, job_id=job_id or ""),
         )
@@ -65,18 +51,18 @@ class ServerConnection:
         request = pb.GetRoundPlanRequest(
             job_id=job_id, client_id=client_id, after_round=after_round, wait_s=wait_s
         )
-        return self._unary("GetRoundPlan", request, timeout=wait_s + 15)  # type: ignore[return-value]
+        return self.call("GetRoundPlan", request, timeout=wait_s + 15)  # type: ignore[return-value]
 
     def job_status(self, job_id: str) -> pb.GetJobStatusResponse:
         """The job's state and round history."""
-        return self._unary(
+        return self.call(
             "GetJobStatus",  # type: ignore[return-value]
             pb.GetJobStatusRequest(job_id=job_id),
         )
 
     def submit_mask(self, job_id: str, client_id: str, mask: EncryptionMask) -> bool:
         """Record the agreed mask on the server (idempotent); True if this call recorded it."""
-        reply = self._unary(
+        reply = self.call(
             "SubmitMask",
             pb.SubmitMaskRequest(
                 job_id=job_id, client_id=client_id, mask_id=mask.mask_id, mask=mask.to_bytes()
@@ -86,7 +72,7 @@ class ServerConnection:
 
     def volunteer(self, job_id: str, client_id: str, number: int) -> pb.VolunteerDecryptionResponse:
         """Offer to decrypt a round's aggregate (threshold keys)."""
-        return self._unary(
+        return self.call(
             "VolunteerDecryption",
             pb.VolunteerDecryptionRequest(  # type: ignore[return-value]
                 job_id=job_id, client_id=client_id, round=number
@@ -120,7 +106,7 @@ class ServerConnection:
 
     def report(self, job_id: str, client_id: str, number: int, metrics: dict[str, float]) -> None:
         """Send evaluation metrics for a round."""
-        self._unary(
+        self.call(
             "ReportMetrics",
             pb.ReportMetricsRequest(
                 job_id=job_id, client_id=client_id, round=number, metrics=metrics
@@ -172,7 +158,7 @@ class ServerConnection:
         After an interruption the server is asked what it has, and only the missing
         chunks are sent again (a fresh request iterator each attempt).
         """
-        begin = self._unary("BeginUpload", pb.BeginUploadRequest(manifest=manifest))
+        begin = self.call("BeginUpload", pb.BeginUploadRequest(manifest=manifest))
         self.bytes_sent += manifest.ByteSize()
         upload_id = str(begin.upload_id)  # type: ignore[attr-defined]
         if begin.committed:  # type: ignore[attr-defined]
@@ -182,7 +168,7 @@ class ServerConnection:
             pb.STREAM_KIND_PLAINTEXT: (update.plaintext, update.pt_plan),
         }
         for _attempt in range(UPLOAD_ATTEMPTS):
-            status = self._unary("GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id))
+            status = self.call("GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id))
             missing = [(pb.STREAM_KIND_CIPHERTEXT, k) for k in status.missing_ciphertext]  # type: ignore[attr-defined]
             missing += [(pb.STREAM_KIND_PLAINTEXT, k) for k in status.missing_plaintext]  # type: ignore[attr-defined]
             if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
@@ -226,7 +212,7 @@ class ServerConnection:
 
     def commit(self, upload_id: str) -> bytes:
         """Commit a complete upload (idempotent); returns the receipt."""
-        reply = self._unary("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
+        reply = self.call("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
         return bytes(reply.receipt_sha256)  # type: ignore[attr-defined]
 
 

@@ -34,10 +34,8 @@ from fedhe_common.crypto.threshold import (
 )
 from fedhe_common.errors import ConfigError, FedHEError, KeyMaterialError, WrongRoundError
 from fedhe_common.mlbridge.chunking import ChunkPlan
-from fedhe_common.rpc.auth import call_metadata, read_secret_file, write_secret_file
-from fedhe_common.rpc.errors import rpc_errors
-from fedhe_common.rpc.retry import call_with_retry
-from fedhe_common.rpc.transport import create_channel
+from fedhe_common.rpc.auth import read_secret_file, write_secret_file
+from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.storage.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -59,11 +57,9 @@ class ThresholdMember:
         self.job = job
         self.folder = Path(config.state_dir) / job_id
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._channel = create_channel(config.keyauth, 8 * 1024 * 1024)
-        self._stub = kpb_grpc.KeyAuthorityServiceStub(self._channel)
-        self._metadata = call_metadata(read_secret_file(config.keyauth.token_file))
+        self._keyauth = PeerConnection(config.keyauth, kpb_grpc.KeyAuthorityServiceStub, 8 << 20)
         self.e2e_private = self._load_or_create_e2e_key()
-        join = self._call(
+        join = self._keyauth.call(
             "JoinKeyGeneration",
             kpb.JoinKeyGenerationRequest(
                 job_id=job_id, e2e_public_key=e2e.public_key(self.e2e_private)
@@ -90,13 +86,6 @@ class ThresholdMember:
         )
 
     # ------------------------------------------------------------ local state
-    def _call(self, name: str, request: object) -> object:
-        method = getattr(self._stub, name)
-        with rpc_errors():
-            return call_with_retry(
-                lambda: method(request, timeout=30, metadata=self._metadata), what=name
-            )
-
     def _read_secret(self, name: str) -> bytes | None:
         path = self.folder / name
         return bytes.fromhex(read_secret_file(path)) if path.exists() else None
@@ -160,7 +149,9 @@ class ThresholdMember:
 
     def _wait(self, done, deadline: float, what: str) -> kpb.GetKeyGenerationResponse:  # type: ignore[no-untyped-def]
         while True:
-            status = self._call("GetKeyGeneration", kpb.GetKeyGenerationRequest(job_id=self.job_id))
+            status = self._keyauth.call(
+                "GetKeyGeneration", kpb.GetKeyGenerationRequest(job_id=self.job_id)
+            )
             if done(status):
                 return status  # type: ignore[return-value]
             if time.monotonic() > deadline:
@@ -188,7 +179,7 @@ class ThresholdMember:
             for to, pub in peers.items():
                 blob = e2e.seal_to(pub, group_key, _aad(self.job_id, "group-key", to))
                 request.group_keys.add(from_alpha=1, to_alpha=to, blob=blob)
-        self._call("SubmitKeyShares", request)
+        self._keyauth.call("SubmitKeyShares", request)
         logger.info("party %d: public-key share and sealed shares submitted", self.alpha)
 
     # ------------------------------------------------------------- decryption
@@ -274,4 +265,4 @@ class ThresholdMember:
 
     def close(self) -> None:
         """Close the key authority channel."""
-        self._channel.close()
+        self._keyauth.close()

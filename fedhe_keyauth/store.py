@@ -7,7 +7,6 @@ parties' public-key shares are combined, and no secret key ever exists here.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,10 +151,3 @@ class KeyStore:
     def jobs(self) -> list[str]:
         """Job ids with complete keys."""
         return sorted(p.parent.name for p in self.root.glob("*/params.json"))
-
-
-def describe(keys: JobKeys) -> str:
-    """A log-safe one-line description (no key bytes)."""
-    return json.dumps(
-        {"preset": keys.params.preset.name, "clip_bound": keys.params.preset.clip_bound}
-    )

@@ -10,19 +10,18 @@ aborted (no model published) by :meth:`JobRun.tick`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import (
-    ConflictError,
     InvalidArgumentError,
     ManifestMismatchError,
     PermissionDeniedError,
     RoundClosedError,
 )
 from fedhe_common.storage.atomic import atomic_write
+from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.jobrun import JobRun
 from fedhe_server.state import RoundRow, now
 
@@ -122,16 +121,12 @@ class ThresholdDecryption:
             assert ctx is not None
             if len(chunk.payload) > 8 * ctx.k * ctx.n + SHARE_OVERHEAD_BYTES:
                 raise InvalidArgumentError("decryption share too large")
-            digest = hashlib.sha256(chunk.payload).digest()
-            if digest != bytes(chunk.sha256):
-                raise InvalidArgumentError("share sha256 does not match its payload")
+            digest = verified_digest(chunk.payload, chunk.sha256, "share")
             have = self.db.query(
                 "SELECT sha256 FROM shares WHERE job_id=? AND round=? AND alpha=? AND idx=?",
                 (self.run.job_id, number, alpha, chunk.index),
             )
-            if have:
-                if bytes(have[0][0]) != digest:  # type: ignore[arg-type]
-                    raise ConflictError("another share for this chunk was already received")
+            if is_repeat(have, digest, f"the share for chunk {chunk.index}"):
                 return True
             atomic_write(self.run.files.share_path(number, alpha, chunk.index), chunk.payload)
             with self.db.transaction() as tx:

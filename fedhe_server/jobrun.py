@@ -34,6 +34,7 @@ from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumula
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import stream_plans
+from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.rounds import RoundStateMachine
 from fedhe_server.staging import JobFiles
 from fedhe_server.state import StateDB, now
@@ -317,16 +318,12 @@ class JobRun(RoundStateMachine):
             )
         if chunk.num_values != plan.length(chunk.index):
             raise ManifestMismatchError("chunk value count differs from the layout")
-        digest = hashlib.sha256(chunk.payload).digest()
-        if digest != bytes(chunk.sha256):
-            raise InvalidArgumentError("chunk sha256 does not match its payload")
+        digest = verified_digest(chunk.payload, chunk.sha256, "chunk")
         have = self.db.query(
             "SELECT sha256 FROM chunks WHERE upload_id=? AND stream=? AND idx=?",
             (chunk.upload_id, chunk.stream, chunk.index),
         )
-        if have:
-            if bytes(have[0][0]) != digest:  # type: ignore[arg-type]
-                raise ConflictError(f"chunk {chunk.index} was already received with another hash")
+        if is_repeat(have, digest, f"chunk {chunk.index}"):
             return True
         if chunk.stream == CT:
             assert self.aggregator is not None

@@ -7,10 +7,8 @@ from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
 from fedhe_common.config.models import PeerSection
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.errors import KeyMaterialError
-from fedhe_common.rpc.auth import call_metadata, read_secret_file
+from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.errors import rpc_errors
-from fedhe_common.rpc.retry import call_with_retry
-from fedhe_common.rpc.transport import create_channel
 
 TIMEOUT_S = 30.0
 
@@ -19,37 +17,21 @@ class KeyAuthClient:
     """Public-only access: this client never asks for or receives a secret key."""
 
     def __init__(self, peer: PeerSection) -> None:
-        self._metadata = call_metadata(read_secret_file(peer.token_file))
-        self._channel = create_channel(peer, 4 * 1024 * 1024)
-        self._stub = pb_grpc.KeyAuthorityServiceStub(self._channel)
+        self._conn = PeerConnection(peer, pb_grpc.KeyAuthorityServiceStub, 4 * 1024 * 1024)
 
     def close(self) -> None:
         """Close the channel."""
-        self._channel.close()
+        self._conn.close()
 
     def public_params(
         self, job_id: str, preset: str, clip_bound: float | None
     ) -> tuple[PublicParams, bytes]:
         """Create the job's keys if needed; return (public params, fingerprint)."""
-        with rpc_errors():
-            call_with_retry(
-                lambda: self._stub.CreateJobKeys(
-                    pb.CreateJobKeysRequest(
-                        job_id=job_id, preset=preset, clip_bound=clip_bound or 0
-                    ),
-                    timeout=TIMEOUT_S,
-                    metadata=self._metadata,
-                ),
-                what="CreateJobKeys",
-            )
-            reply = call_with_retry(
-                lambda: self._stub.GetPublicContext(
-                    pb.GetPublicContextRequest(job_id=job_id),
-                    timeout=TIMEOUT_S,
-                    metadata=self._metadata,
-                ),
-                what="GetPublicContext",
-            )
+        self._conn.call(
+            "CreateJobKeys",
+            pb.CreateJobKeysRequest(job_id=job_id, preset=preset, clip_bound=clip_bound or 0),
+        )
+        reply = self._conn.call("GetPublicContext", pb.GetPublicContextRequest(job_id=job_id))
         params = PublicParams.from_json(reply.public_params_json)
         if params.preset.name != preset:
             raise KeyMaterialError("key authority returned keys for another preset")
@@ -59,29 +41,27 @@ class KeyAuthClient:
         self, job_id: str, preset: str, clip_bound: float | None, parties: int, threshold: int
     ) -> None:
         """Open the job's distributed key generation (the parties run it)."""
-        request = pb.CreateJobKeysRequest(
-            job_id=job_id,
-            preset=preset,
-            clip_bound=clip_bound or 0,
-            mode="threshold",
-            parties=parties,
-            threshold=threshold,
+        self._conn.call(
+            "CreateJobKeys",
+            pb.CreateJobKeysRequest(
+                job_id=job_id,
+                preset=preset,
+                clip_bound=clip_bound or 0,
+                mode="threshold",
+                parties=parties,
+                threshold=threshold,
+            ),
         )
-        with rpc_errors():
-            call_with_retry(
-                lambda: self._stub.CreateJobKeys(
-                    request, timeout=TIMEOUT_S, metadata=self._metadata
-                ),
-                what="CreateJobKeys",
-            )
 
     def threshold_keys(self, job_id: str) -> tuple[PublicParams, bytes, dict[str, int]] | None:
-        """(params, fingerprint, client_id -> alpha) once key generation completed."""
+        """(params, fingerprint, client_id -> alpha) once key generation completed.
+
+        Polled by the round keeper, so a single attempt (no retry loop)."""
         with rpc_errors():
-            reply = self._stub.GetKeyGeneration(
+            reply = self._conn.stub.GetKeyGeneration(
                 pb.GetKeyGenerationRequest(job_id=job_id),
                 timeout=TIMEOUT_S,
-                metadata=self._metadata,
+                metadata=self._conn.metadata,
             )
         if not reply.complete:
             return None

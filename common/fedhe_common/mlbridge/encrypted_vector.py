@@ -11,21 +11,16 @@ from fedhe_common.errors import ManifestMismatchError
 from fedhe_common.mlbridge.chunking import ChunkPlan
 
 
-def plan_for(values_per_ciphertext: int, total: int) -> ChunkPlan:
-    """The chunk plan of a ``total``-value vector for a preset."""
-    return ChunkPlan(total=total, values_per_chunk=values_per_ciphertext)
-
-
 def encrypt_chunks(holder: SecretKeyHolder, vector: np.ndarray) -> Iterator[bytes]:
     """Yield one ciphertext blob per chunk of ``vector`` (lazy: one chunk in memory)."""
-    plan = plan_for(holder.preset.values_per_ciphertext, vector.size)
+    plan = ChunkPlan(vector.size, holder.preset.values_per_ciphertext)
     for chunk in plan.split(vector):
         yield holder.encrypt(chunk)
 
 
 def decrypt_chunks(holder: SecretKeyHolder, blobs: Iterable[bytes], total: int) -> np.ndarray:
     """Decrypt aggregate chunks into a ``total``-value vector (still the weighted sum)."""
-    plan = plan_for(holder.preset.values_per_ciphertext, total)
+    plan = ChunkPlan(total, holder.preset.values_per_ciphertext)
     out = np.empty(total, dtype=np.float64)
     count = 0
     for k, blob in enumerate(blobs):

@@ -86,11 +86,6 @@ class EncryptionMask:
         return out
 
 
-def full_mask(total: int) -> EncryptionMask:
-    """Everything encrypted."""
-    return EncryptionMask(total, np.arange(total, dtype=np.int64))
-
-
 def top_p_mask(
     scores: np.ndarray,
     ratio: float,
