@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,9 +51,9 @@ class EncodedUpdate:
 
 
 class Encrypts(Protocol):
-    """Anything that encrypts one ciphertext's worth of values (secret or public key)."""
+    """Anything that encrypts a vector chunk by chunk (secret or public key)."""
 
-    def encrypt(self, values: np.ndarray) -> bytes: ...
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]: ...
 
 
 def encode_update(
@@ -72,7 +73,7 @@ def encode_update(
         encrypted, rest = mask.split(vector)
         rest = add_dp_noise(np.clip(rest, -clip_bound, clip_bound), dp)
     ct_plan, pt_plan = stream_plans(encrypted.size + rest.size, values_per_chunk, encrypted.size)
-    ciphertext = [holder.encrypt(c) for c in ct_plan.split(encrypted)] if holder else []
+    ciphertext = list(holder.encrypt_vector(encrypted)) if holder else []
     plaintext = [c.astype("<f4").tobytes() for c in pt_plan.split(rest)]
     return EncodedUpdate(ciphertext, plaintext, ct_plan, pt_plan)
 

@@ -46,8 +46,7 @@ class SealPath:
         self.values_per_ciphertext = preset.values_per_ciphertext
 
     def encrypt(self, values: np.ndarray) -> list[bytes]:
-        plan = ChunkPlan(values.size, self.values_per_ciphertext)
-        return [self.holder.encrypt(chunk) for chunk in plan.split(values)]
+        return list(self.holder.encrypt_vector(values))
 
     def aggregate(self, uploads: list[list[bytes]], weights: list[int]) -> list[object]:
         sums: list[object] = []

@@ -11,7 +11,7 @@ from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import InvalidArgumentError, ValueRangeError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
-from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks, encrypt_chunks
+from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
 from tests.conftest import holder_for
 
 # Max abs error of the weighted *mean* each preset must meet for |x| <= its clip bound.
@@ -45,7 +45,7 @@ def test_weighted_mean_matches_numpy(preset_name: str, reserialize: bool) -> Non
     weights = _weights(preset_name)
     acc = EncryptedAccumulator(aggregator, ChunkPlan(total, preset.values_per_ciphertext))
     for x, w in zip(xs, weights, strict=True):
-        blobs = list(encrypt_chunks(holder, x))
+        blobs = list(holder.encrypt_vector(x))
         if reserialize:
             blobs = [bytes(bytearray(b)) for b in blobs]
         acc.add_upload(blobs, w)
@@ -70,6 +70,29 @@ def test_inputs_are_clipped_to_the_bound() -> None:
     x = np.array([100.0, -100.0, 1.5])
     got = holder.decrypt(holder.encrypt(x), aggregate=False)[:3]
     assert np.allclose(got, [16.0, -16.0, 1.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["single-key", "single-key-real-weights", "threshold-strict"])
+@pytest.mark.parametrize("total", [0, 1, 4095, 4096, 8193])
+def test_encrypt_vector_is_encrypt_per_chunk(name: str, total: int) -> None:
+    holder = holder_for(name)
+    per_ct = holder.preset.values_per_ciphertext
+    x = np.random.default_rng(total).uniform(-20, 20, total)  # some values get clipped
+    blobs = list(holder.encrypt_vector(x))
+    plan = ChunkPlan(total, per_ct)
+    assert len(blobs) == plan.count
+    assert [len(b) for b in blobs] == [len(holder.encrypt(c)) for c in plan.split(x)]
+    for blob, chunk in zip(blobs, plan.split(x), strict=True):
+        got = holder.decrypt(blob, aggregate=False)
+        expected = np.zeros(per_ct)
+        expected[: chunk.size] = np.clip(chunk, -holder.preset.clip_bound, holder.preset.clip_bound)
+        assert np.abs(got - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", [np.array([1.0, np.inf]), np.ones((2, 2))])
+def test_encrypt_vector_refuses_bad_input_before_any_blob(bad: np.ndarray) -> None:
+    with pytest.raises(InvalidArgumentError):
+        next(holder_for("single-key").encrypt_vector(bad))
 
 
 def test_nan_input_is_refused() -> None:

@@ -11,7 +11,7 @@ from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.errors import InvalidArgumentError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
-from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks, encrypt_chunks
+from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
 from fedhe_common.mlbridge.flatten import build_manifest, flatten, unflatten
 from fedhe_common.mlbridge.layout import LayoutManifest
 from tests.conftest import holder_for
@@ -75,7 +75,7 @@ def test_streaming_accumulator_equals_weighted_sum_over_many_clients() -> None:
         x = rng.uniform(-10, 10, total)
         w = client + 1
         expected += w * x
-        acc.add_upload(list(encrypt_chunks(holder, x)), w)
+        acc.add_upload(list(holder.encrypt_vector(x)), w)
         for k, chunk in enumerate(plan.split(x.astype(np.float32))):
             plain.add(k, chunk.tobytes(), w)
     got = decrypt_chunks(holder, [acc.chunk_blob(k) for k in range(plan.count)], total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -45,7 +46,14 @@ class PublicKeyEncryptor:
 
     def encrypt(self, values: np.ndarray) -> bytes:
         """Clip, encode and encrypt up to one ciphertext's worth of values."""
-        pt = packing.encode(self.ctx.encoder, self.preset, values)
+        return self._encrypt_plaintext(packing.encode(self.ctx.encoder, self.preset, values))
+
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        """Encrypt a whole vector lazily, one blob per ``values_per_ciphertext`` values."""
+        for pt in packing.encode_vector(self.ctx.encoder, self.preset, values):
+            yield self._encrypt_plaintext(pt)
+
+    def _encrypt_plaintext(self, pt: sa.Plaintext) -> bytes:
         ct = sa.Ciphertext()
         self._encryptor.encrypt(pt, ct)
         return to_blob(self.ctx, ct, BlobKind.CIPHERTEXT)

@@ -69,6 +69,14 @@ def _memfile() -> _MemFile:
     return mf
 
 
+def _decompressor() -> zstandard.ZstdDecompressor:
+    # Building a decompressor costs ~8 us, five times the work on a 32 KiB blob.
+    dctx = getattr(_local, "zstd", None)
+    if dctx is None:
+        dctx = _local.zstd = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def save_bytes(obj: _Saveable) -> bytes:
     """Serialize a SEAL object with its own ``save`` (SEAL default compression)."""
     mf = _memfile()
@@ -98,7 +106,7 @@ def to_uncompressed(blob: bytes) -> bytes:
         return blob
     if compr != COMPR_ZSTD or magic != SEAL_MAGIC or hsize != 16:
         raise ValueError("unexpected SEAL header in locally produced blob")
-    members = zstandard.ZstdDecompressor().decompressobj().decompress(blob[16:size])
+    members = _decompressor().decompressobj().decompress(memoryview(blob)[16:size])
     return (
         SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 16 + len(members)) + members
     )

@@ -7,6 +7,7 @@ no import path to it (a test checks this).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -108,7 +109,18 @@ class SecretKeyHolder:
         Seeded symmetric encryption sends only c0 plus a 64-byte seed (half the
         bytes of a public-key ciphertext) and is only possible with the secret key.
         """
-        pt = packing.encode(self.ctx.encoder, self.preset, values)
+        return self._encrypt_plaintext(packing.encode(self.ctx.encoder, self.preset, values))
+
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        """Encrypt a whole vector lazily, one blob per ``values_per_ciphertext`` values.
+
+        The same blobs as :meth:`encrypt` on each chunk, with the checks,
+        clipping and packing done once for the vector.
+        """
+        for pt in packing.encode_vector(self.ctx.encoder, self.preset, values):
+            yield self._encrypt_plaintext(pt)
+
+    def _encrypt_plaintext(self, pt: sa.Plaintext) -> bytes:
         if self.preset.encryption == "seeded-symmetric":
             return to_blob(self.ctx, self._sym.encrypt_symmetric(pt), BlobKind.CIPHERTEXT_SEEDED)
         ct = sa.Ciphertext()

@@ -1,21 +1,14 @@
-"""Encrypt a whole flat vector chunk by chunk, and decrypt an aggregate back."""
+"""Decrypt an aggregate's chunks back into one flat vector (encrypt: ``encrypt_vector``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import ManifestMismatchError
 from fedhe_common.mlbridge.chunking import ChunkPlan
-
-
-def encrypt_chunks(holder: SecretKeyHolder, vector: np.ndarray) -> Iterator[bytes]:
-    """Yield one ciphertext blob per chunk of ``vector`` (lazy: one chunk in memory)."""
-    plan = ChunkPlan(vector.size, holder.preset.values_per_ciphertext)
-    for chunk in plan.split(vector):
-        yield holder.encrypt(chunk)
 
 
 def decrypt_chunks(holder: SecretKeyHolder, blobs: Iterable[bytes], total: int) -> np.ndarray:
