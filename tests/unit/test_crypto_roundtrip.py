@@ -73,7 +73,7 @@ def test_inputs_are_clipped_to_the_bound() -> None:
 
 
 @pytest.mark.parametrize("name", ["single-key", "single-key-real-weights", "threshold-strict"])
-@pytest.mark.parametrize("total", [0, 1, 4095, 4096, 8193])
+@pytest.mark.parametrize("total", [0, 1, 4095, 4096, 8193, 64 * 4096 + 4097])
 def test_encrypt_vector_is_encrypt_per_chunk(name: str, total: int) -> None:
     holder = holder_for(name)
     per_ct = holder.preset.values_per_ciphertext

@@ -31,6 +31,9 @@ def clip_values(values: np.ndarray, preset: Preset) -> np.ndarray:
     return np.clip(arr, -bound, bound)
 
 
+_CIPHERTEXTS_PER_BLOCK = 64
+
+
 def _slot_view(padded: np.ndarray, preset: Preset) -> np.ndarray:
     """Slot values of an even-length float64 buffer: pairs viewed as complex, or the reals."""
     return padded.view(np.complex128) if preset.complex_packing else padded
@@ -52,20 +55,24 @@ def encode_vector(
 ) -> Iterator[sa.Plaintext]:
     """Encode a whole vector, one plaintext per ``values_per_ciphertext`` values.
 
-    Checks and clips the vector once, then encodes chunk by chunk into one
-    reused plaintext: consume each before asking for the next. Chunk k holds
-    values ``[k*S, (k+1)*S)``, like :class:`~fedhe_common.mlbridge.chunking.ChunkPlan`.
+    Checks the vector once, clips and packs it block by block (memory stays at
+    one block, not a copy of the vector), and encodes into one reused
+    plaintext: consume each before asking for the next. Chunk k holds values
+    ``[k*S, (k+1)*S)``, like :class:`~fedhe_common.mlbridge.chunking.ChunkPlan`.
     """
     arr = _checked(values)
     per_ct = preset.values_per_ciphertext
-    padded = np.zeros(-(-arr.size // per_ct) * per_ct)
-    np.clip(arr, -preset.clip_bound, preset.clip_bound, out=padded[: arr.size])
-    slots = _slot_view(padded, preset)
     per_pt = per_ct // 2 if preset.complex_packing else per_ct
-    pt, scale = sa.Plaintext(), preset.scale
-    for start in range(0, slots.size, per_pt):
-        encoder.encode(slots[start : start + per_pt].tolist(), scale, pt)
-        yield pt
+    block = per_ct * _CIPHERTEXTS_PER_BLOCK
+    pt, scale, bound = sa.Plaintext(), preset.scale, preset.clip_bound
+    for start in range(0, arr.size, block):
+        part = arr[start : start + block]
+        padded = np.zeros(-(-part.size // per_ct) * per_ct)
+        np.clip(part, -bound, bound, out=padded[: part.size])
+        slots = _slot_view(padded, preset)
+        for first in range(0, slots.size, per_pt):
+            encoder.encode(slots[first : first + per_pt].tolist(), scale, pt)
+            yield pt
 
 
 def decode(encoder: sa.CKKSEncoder, preset: Preset, plaintext: sa.Plaintext) -> np.ndarray:
