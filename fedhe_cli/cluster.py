@@ -119,7 +119,11 @@ class LocalCluster:
         return self.keyauth_port
 
     def start_server(
-        self, job_yaml: str | None = None, env: dict[str, str] | None = None, port: int = 0
+        self,
+        job_yaml: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+        metrics_port: int = 0,
     ) -> int:
         """Start (or restart on the same state folder) the aggregation server."""
         cfg = self._write(
@@ -133,6 +137,7 @@ class LocalCluster:
                     self._identity("admin", "admin"),
                     *(self._identity(c, "client") for c in self.clients),
                 ],
+                "metrics_port": metrics_port,
             },
         )
         args = [str(BIN / "fedhe-server"), "serve", "--config", str(cfg)]

@@ -49,6 +49,10 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
     if port_file:
         atomic_write(port_file, str(port).encode())
     logger.info("server listening on port %d", port)
+    if config.metrics_port:
+        host = config.listen.rsplit(":", 1)[0].strip("[]")
+        service.metrics.serve(host, config.metrics_port)
+        logger.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

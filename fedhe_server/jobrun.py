@@ -35,6 +35,7 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import stream_plans
 from fedhe_server.idempotency import is_repeat, verified_digest
+from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import RoundStateMachine
 from fedhe_server.staging import JobFiles
 from fedhe_server.state import StateDB, now
@@ -67,6 +68,7 @@ class JobRun(RoundStateMachine):
         fingerprint: bytes,
         values_per_chunk: int,
         changed: threading.Condition,
+        metrics: ServerMetrics,
     ) -> None:
         self.db = db
         self.files = files
@@ -76,6 +78,7 @@ class JobRun(RoundStateMachine):
         self.fingerprint = fingerprint
         self.values_per_chunk = values_per_chunk
         self.changed = changed
+        self.metrics = metrics
         self.lock = threading.RLock()
         self._acc: RoundAccumulators | None = None
         self._mask: EncryptionMask | None = None
@@ -361,7 +364,8 @@ class JobRun(RoundStateMachine):
                 )
             acc = self._accumulators(row.round)
             try:
-                self._add_upload(acc, row)
+                with self.metrics.aggregate_seconds.time():
+                    self._add_upload(acc, row)
             except FedHEError:
                 with self.db.transaction() as tx:
                     tx.execute(

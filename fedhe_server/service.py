@@ -17,6 +17,7 @@ from fedhe_common.errors import ConflictError, FedHEError, KeyMaterialError, Not
 from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
 from fedhe_server.jobrun import JobRun
 from fedhe_server.keyauth_client import KeyAuthClient
+from fedhe_server.metrics import ServerMetrics
 from fedhe_server.staging import JobFiles
 from fedhe_server.state import StateDB, now
 
@@ -43,6 +44,7 @@ class AggregationServer:
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db = StateDB(self.state_dir / "state.sqlite")
+        self.metrics = ServerMetrics(self.db)
         self.keyauth = keyauth or KeyAuthClient(config.keyauth)
         self.changed = threading.Condition()
         self.runs: dict[str, JobRun] = {}
@@ -126,6 +128,7 @@ class AggregationServer:
             bytes(job["fingerprint"] or b""),
             values_per_chunk,  # type: ignore[arg-type]
             self.changed,
+            self.metrics,
         )
         run.start()
         self.runs[job_id] = run

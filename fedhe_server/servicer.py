@@ -268,6 +268,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             logger.info("upload stream ended early after %d chunks", accepted)
             raise
         except Exception as exc:
+            self.server.metrics.chunk_rejected(exc)
             abort(context, exc)
         return pb.UploadChunksResponse(accepted=accepted, duplicates=duplicates)
 

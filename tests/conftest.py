@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.presets import PRESETS, get_preset
@@ -27,3 +30,17 @@ def preset_name(request: pytest.FixtureRequest) -> str:
 def single_key() -> tuple[SecretKeyHolder, CiphertextAggregator]:
     holder = holder_for("single-key")
     return holder, CiphertextAggregator(holder.params)
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_metrics(port: int) -> MetricSamples:
+    """GET /metrics on loopback: {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
+from tests.conftest import scrape_metrics
 from tests.e2e.helpers import (
     exported_global,
     files_containing,
+    free_port,
     job_yaml,
     plain_fedavg,
     secret_key_probe,
@@ -54,8 +56,10 @@ def test_client_killed_mid_upload_is_excluded(tmp_path: Path) -> None:
     specs[3].env = {"FEDHE_FAULT": "client_exit_after_chunks:5"}
     with LocalCluster(tmp_path, specs, export=True) as cluster:
         cluster.start_keyauth()
+        metrics_port = free_port()
         cluster.start_server(
-            job_yaml("drop", rounds=1, min_clients=3, hidden=512, wait_after_min_s=2.0)
+            job_yaml("drop", rounds=1, min_clients=3, hidden=512, wait_after_min_s=2.0),
+            metrics_port=metrics_port,
         )
         cluster.start_clients()
         assert cluster.wait("c3", 120) == 137
@@ -67,6 +71,10 @@ def test_client_killed_mid_upload_is_excluded(tmp_path: Path) -> None:
         assert db.execute("SELECT contributors FROM rounds WHERE round=1").fetchone() == (3,)
         states = dict(db.execute("SELECT client_id, state FROM uploads").fetchall())
         assert states["c3"] == "RECEIVING"
+        metrics = scrape_metrics(metrics_port)
+        assert metrics[("fedhe_clients_dropped_total", (("reason", "timeout"),))] == 1
+        assert metrics[("fedhe_clients_accepted_total", ())] == 3
+        assert not [key for key in metrics if key[0] == "fedhe_chunks_rejected_total"]
 
 
 def test_server_sigkill_after_two_commits_then_restart(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from fedhe_client.agent import fetch_secret_key
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.mlbridge.chunking import ChunkPlan
-from tests.conftest import holder_for
+from tests.conftest import MetricSamples, holder_for, scrape_metrics
 from tests.integration.conftest import Services
 
 JOB = """
@@ -257,3 +257,26 @@ def test_bad_input_is_refused_with_clear_status_and_changes_nothing(services: Se
         / 8
     )
     assert np.abs(got - (3 * x1 + 5 * x2) / 8).max() < 1e-6
+
+    # /metrics over real HTTP tells the same story.
+    metrics = _scrape(services)
+    rejected = {k: v for k, v in metrics.items() if k[0] == "fedhe_chunks_rejected_total"}
+    assert sum(rejected.values()) == 6  # five bad chunks and one conflicting duplicate
+    assert rejected[("fedhe_chunks_rejected_total", (("reason", "conflict"),))] == 1
+    assert metrics[("fedhe_clients_accepted_total", ())] == 2
+    assert metrics[("fedhe_rounds", (("state", "published"),))] == 1
+    assert metrics[("fedhe_round_current", (("job", "badjob"),))] == 1
+    assert metrics[("fedhe_round_duration_seconds_count", ())] == 1
+    assert metrics[("fedhe_aggregate_seconds_count", ())] == 2
+    assert metrics[("fedhe_inflight_uploads", ())] == 0
+    staged = services.server.db.query("SELECT COUNT(*) FROM chunks")[0][0]
+    assert metrics[("fedhe_upload_bytes_total", (("kind", "ciphertext"),))] == staged * len(good)
+    assert metrics[("fedhe_upload_bytes_total", (("kind", "plaintext"),))] == 0
+
+
+def _scrape(services: Services) -> MetricSamples:
+    httpd, _ = services.server.metrics.serve("127.0.0.1", 0)
+    try:
+        return scrape_metrics(httpd.server_port)
+    finally:
+        httpd.shutdown()
