@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhe_client.connection import ServerConnection, fault_after_chunks, fault_after_commit
+from fedhe_client.heartbeat import HeartbeatSender
 from fedhe_client.learner import LocalLearner, check_global
 from fedhe_client.threshold_member import ThresholdMember
 from fedhe_client.update_codec import EncodedUpdate, Encrypts, decode_update, encode_update
@@ -95,6 +97,12 @@ class ClientAgent:
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, float]:
         """Take part in rounds until the job finishes; return final metrics."""
+        interval = self.job.participants.heartbeat_interval_s
+        beat = functools.partial(self.conn.heartbeat, self.job_id, self.config.client_id, interval)
+        with HeartbeatSender(beat, interval):
+            return self._rounds()
+
+    def _rounds(self) -> dict[str, float]:
         done_round = 0
         while True:
             plan = self.conn.round_plan(self.job_id, self.config.client_id, done_round)

@@ -104,6 +104,14 @@ class ServerConnection(PeerConnection):
         with rpc_errors():
             call_with_retry(send, what="SubmitDecryptionShares")
 
+    def heartbeat(self, job_id: str, client_id: str, timeout: float) -> None:
+        """Tell the server this client is alive."""
+        self.call(
+            "SendHeartbeat",
+            pb.SendHeartbeatRequest(job_id=job_id, client_id=client_id),
+            timeout=timeout,
+        )
+
     def report(self, job_id: str, client_id: str, number: int, metrics: dict[str, float]) -> None:
         """Send evaluation metrics for a round."""
         self.call(

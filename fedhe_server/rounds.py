@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import RoundRow, StateDB, now
+from fedhe_server.state import RoundRow, StateDB, UploadRow, now
 
 if TYPE_CHECKING:
     from fedhe_server.jobrun import RoundAccumulators
@@ -51,9 +51,10 @@ class RoundStateMachine:
             if row is None:
                 return
             p = self.config.participants
-            committed = len(self.db.committed_uploads(self.job_id, row.round))
-            expected = p.expected_clients or len(self.db.registered_clients(self.job_id))
+            uploads = self.db.committed_uploads(self.job_id, row.round)
+            committed = len(uploads)
             t = now()
+            expected = p.expected_clients or self._clients_to_wait_for(uploads, t)
             if committed >= p.min_clients and (
                 committed >= expected
                 or (row.min_reached is not None and t >= row.min_reached + p.wait_after_min_s)
@@ -66,6 +67,12 @@ class RoundStateMachine:
                 return
         with self.changed:
             self.changed.notify_all()
+
+    def _clients_to_wait_for(self, committed: list[UploadRow], t: float) -> int:
+        """Clients that committed this round plus live ones (seen within 2 heartbeats)."""
+        patience = 2 * self.config.participants.heartbeat_interval_s
+        live = self.db.live_clients(self.job_id, t - patience)
+        return len(live | {u.client_id for u in committed})
 
     def _publish(self, number: int) -> None:
         acc = self._accumulators(number)

@@ -86,10 +86,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         if job is None:
             raise NotFoundError(f"unknown job {job_id!r}")
         run = self.server.run_for(job_id) if job["state"] != "KEYGEN" else None
-        with self.server.db.transaction() as tx:
-            tx.execute(
-                "INSERT OR IGNORE INTO clients VALUES (?,?,?)", (job_id, who.id, time.time())
-            )
+        self.server.db.register_client(job_id, who.id, time.time())
         job = self.server.db.job(job_id)
         assert job is not None
         logger.info("client %s registered for job %s", who.id, job_id)
@@ -292,6 +289,18 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             raise NotFoundError("unknown upload")
         receipt = self.server.run_for(row.job_id).commit(request.upload_id, who.id)
         return pb.CommitUploadResponse(upload_id=request.upload_id, receipt_sha256=receipt)
+
+    @translate_errors
+    def SendHeartbeat(
+        self, request: pb.SendHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.SendHeartbeatResponse:
+        who = self._client(context, request.client_id)
+        run = self.server.run_for(request.job_id)
+        if not self.server.db.touch_client(request.job_id, who.id, time.time()):
+            raise NotFoundError(f"client {who.id!r} is not registered for job {request.job_id!r}")
+        return pb.SendHeartbeatResponse(
+            heartbeat_interval_s=run.config.participants.heartbeat_interval_s
+        )
 
     @translate_errors
     def SubmitMask(

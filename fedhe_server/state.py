@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   mask_id TEXT, mask BLOB, parties_json TEXT,
   rounds INTEGER NOT NULL, published INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
-  job_id TEXT NOT NULL, client_id TEXT NOT NULL, registered REAL NOT NULL,
+  job_id TEXT NOT NULL, client_id TEXT NOT NULL, registered REAL NOT NULL, last_seen REAL,
   PRIMARY KEY (job_id, client_id));
 CREATE TABLE IF NOT EXISTS rounds (
   job_id TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, opened REAL NOT NULL,
@@ -82,6 +82,9 @@ class StateDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(clients)")}
+        if "last_seen" not in columns:  # state made before heartbeats existed
+            self._conn.execute("ALTER TABLE clients ADD COLUMN last_seen REAL")
         self._lock = threading.RLock()
 
     @contextmanager
@@ -181,6 +184,32 @@ class StateDB:
         """(stream, index) -> sha256 of the chunks received for an upload."""
         rows = self.query("SELECT stream, idx, sha256 FROM chunks WHERE upload_id=?", (upload_id,))
         return {(int(s), int(i)): bytes(h) for s, i, h in rows}  # type: ignore[arg-type]
+
+    def register_client(self, job_id: str, client_id: str, t: float) -> None:
+        """Record a client's registration (idempotent); it counts as seen at ``t``."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO clients VALUES (?,?,?,?) ON CONFLICT (job_id, client_id) "
+                "DO UPDATE SET last_seen=excluded.last_seen",
+                (job_id, client_id, t, t),
+            )
+
+    def touch_client(self, job_id: str, client_id: str, t: float) -> bool:
+        """Record a heartbeat; False when the client is not registered for the job."""
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                "UPDATE clients SET last_seen=? WHERE job_id=? AND client_id=?",
+                (t, job_id, client_id),
+            )
+            return cursor.rowcount == 1
+
+    def live_clients(self, job_id: str, since: float) -> set[str]:
+        """Registered clients seen (registration or heartbeat) at or after ``since``."""
+        rows = self.query(
+            "SELECT client_id FROM clients WHERE job_id=? AND COALESCE(last_seen, registered) >= ?",
+            (job_id, since),
+        )
+        return {str(r[0]) for r in rows}
 
     def registered_clients(self, job_id: str) -> list[str]:
         """Client ids registered for a job."""

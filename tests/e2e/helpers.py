@@ -26,12 +26,13 @@ def job_yaml(
     hidden: int = 64,
     wait_after_min_s: float = 1.0,
     timeout_s: float = 120.0,
+    heartbeat_interval_s: float = 30.0,
 ) -> str:
     return f"""
 version: 1
 job: {{name: {name}, rounds: {rounds}, seed: 3}}
 participants: {{min_clients: {min_clients}, round_timeout_s: {timeout_s},
-                wait_after_min_s: {wait_after_min_s}}}
+                wait_after_min_s: {wait_after_min_s}, heartbeat_interval_s: {heartbeat_interval_s}}}
 model: {{name: mlp, hidden: {hidden}}}
 training: {{local_epochs: 1, lr: 0.1}}
 """

@@ -77,6 +77,31 @@ def test_client_killed_mid_upload_is_excluded(tmp_path: Path) -> None:
         assert not [key for key in metrics if key[0] == "fedhe_chunks_rejected_total"]
 
 
+def test_client_that_stops_heartbeating_is_not_waited_for(tmp_path: Path) -> None:
+    # c3 dies after its first chunk. Its heartbeats stop, so once the three live
+    # clients have committed the round closes, instead of waiting out
+    # wait_after_min_s (60 s) for a client that will never commit.
+    specs = [ClientSpec(f"c{i}", i, 4) for i in range(4)]
+    specs[3].env = {"FEDHE_FAULT": "client_exit_after_chunks:1"}
+    with LocalCluster(tmp_path, specs) as cluster:
+        cluster.start_keyauth()
+        cluster.start_server(
+            job_yaml(
+                "beat", rounds=1, min_clients=3, wait_after_min_s=60.0, heartbeat_interval_s=1.0
+            )
+        )
+        cluster.start_clients()
+        assert cluster.wait("c3", 120) == 137
+        for name in ("c0", "c1", "c2"):
+            assert cluster.wait(name, 120) == 0, cluster.log_tail(name)
+        db = server_db(cluster)
+        closed, min_reached, contributors = db.execute(
+            "SELECT closed, min_reached, contributors FROM rounds WHERE round=1"
+        ).fetchone()
+        assert contributors == 3
+        assert closed - min_reached < 20, cluster.log_tail("server")
+
+
 def test_server_sigkill_after_two_commits_then_restart(tmp_path: Path) -> None:
     specs = [ClientSpec(f"c{i}", i, 3) for i in range(3)]
     with LocalCluster(tmp_path, specs, export=True) as cluster:

@@ -210,6 +210,14 @@ def test_bad_input_is_refused_with_clear_status_and_changes_nothing(services: Se
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         ),
         (
+            "heartbeat from an unregistered client",
+            lambda: stub.SendHeartbeat(
+                pb.SendHeartbeatRequest(job_id="badjob", client_id="c3"),
+                metadata=services.metadata("c3"),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
             "client asks for another job",
             lambda: stub.RegisterClient(
                 pb.RegisterClientRequest(client_id="c1", job_id="nope"), metadata=md
@@ -222,6 +230,10 @@ def test_bad_input_is_refused_with_clear_status_and_changes_nothing(services: Se
             call()  # type: ignore[operator]
         assert _code(exc) == expected, f"{name}: {_code(exc)} {exc.value.details()}"
         assert exc.value.details(), name
+
+    # A registered client's heartbeat is taken and tells the job's interval.
+    beat = stub.SendHeartbeat(pb.SendHeartbeatRequest(job_id="badjob", client_id="c1"), metadata=md)
+    assert beat.heartbeat_interval_s == 30.0
 
     # Nothing was staged by the refused calls.
     assert services.server.db.query("SELECT COUNT(*) FROM chunks")[0][0] == 0

@@ -37,6 +37,7 @@ class ParticipantsSection(_Model):
     round_timeout_s: float = Field(default=300.0, gt=0)
     wait_after_min_s: float = Field(default=5.0, ge=0)
     expected_clients: int | None = Field(default=None, ge=1)
+    heartbeat_interval_s: float = Field(default=30.0, gt=0)
 
 
 class EncryptionSection(_Model):

@@ -84,6 +84,11 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.FromString,
                 _registered_method=True)
+        self.SendHeartbeat = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/SendHeartbeat',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatResponse.FromString,
+                _registered_method=True)
         self.SubmitMask = channel.unary_unary(
                 '/fedhe.aggregation.v1.AggregationService/SubmitMask',
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitMaskRequest.SerializeToString,
@@ -167,6 +172,14 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendHeartbeat(self, request, context):
+        """Liveness: a client silent for two heartbeat intervals is not waited for when
+        the server decides whether every client has committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitMask(self, request, context):
         """Selective encryption: record the mask clients computed from the aggregated sensitivity.
         """
@@ -242,6 +255,11 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.SerializeToString,
+            ),
+            'SendHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendHeartbeat,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatResponse.SerializeToString,
             ),
             'SubmitMask': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitMask,
@@ -529,6 +547,33 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/ReportMetrics',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/SendHeartbeat',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SendHeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
