@@ -40,6 +40,8 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
         service = AggregationServer(config)
         if job_path:
             service.submit(Path(job_path).read_text(), job_path)
+        if config.metrics_port:
+            _serve_metrics(service, config)
         servicer = AggregationServicer(service, TokenAuthority(config.identities))
         server, port, _ = create_server(
             config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
@@ -49,16 +51,21 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
     if port_file:
         atomic_write(port_file, str(port).encode())
     logger.info("server listening on port %d", port)
-    if config.metrics_port:
-        host = config.listen.rsplit(":", 1)[0].strip("[]")
-        service.metrics.serve(host, config.metrics_port)
-        logger.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=10).wait()
     service.stop()
+
+
+def _serve_metrics(service: AggregationServer, config: ServerConfig) -> None:
+    host = config.listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        service.metrics.serve(host, config.metrics_port)
+    except OSError as exc:
+        raise ConfigError(f"metrics_port {config.metrics_port} on {host}: {exc.strerror}") from None
+    logger.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
 
 
 def main() -> None:
