@@ -64,6 +64,7 @@ def _serve_metrics(service: AggregationServer, config: ServerConfig) -> None:
     try:
         service.metrics.serve(host, config.metrics_port)
     except OSError as exc:
+        service.stop()
         raise ConfigError(f"metrics_port {config.metrics_port} on {host}: {exc.strerror}") from None
     logger.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
 
