@@ -29,7 +29,7 @@ from fedhe_common.rpc.auth import (
 from fedhe_common.rpc.transport import create_server
 from fedhe_keyauth.servicer import KeyAuthorityServicer
 from fedhe_keyauth.store import KeyStore
-from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
 
 
@@ -63,7 +63,12 @@ class InProcessFederation:
         self.server = AggregationServer(config)
         servicer = AggregationServicer(self.server, TokenAuthority(config.identities))
         self._agg_server, self.server_port, _ = create_server(
-            "127.0.0.1:0", True, None, max_message_bytes(), register(servicer)
+            "127.0.0.1:0",
+            True,
+            None,
+            max_message_bytes(),
+            register(servicer),
+            max_workers=SERVER_WORKERS,
         )
 
     def _ids(self, roles: dict[str, str]) -> list[IdentitySection]:

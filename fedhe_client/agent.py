@@ -122,6 +122,7 @@ class ClientAgent:
             if plan.phase == pb.ROUND_PHASE_JOB_FAILED:
                 raise FedHEError(f"job {self.job_id} failed on the server")
             if plan.retry:
+                time.sleep(plan.retry_after_ms / 1000)  # 0 unless the server was busy
                 continue
             if plan.phase == pb.ROUND_PHASE_MASK:
                 self._upload_sensitivity(plan)

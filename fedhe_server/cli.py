@@ -16,7 +16,7 @@ from fedhe_common.logsetup import configure_logging
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.transport import create_server
 from fedhe_common.storage.atomic import atomic_write
-from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
 
 logger = logging.getLogger("fedhe_server")
@@ -44,7 +44,12 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
             _serve_metrics(service, config)
         servicer = AggregationServicer(service, TokenAuthority(config.identities))
         server, port, _ = create_server(
-            config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
+            config.listen,
+            config.insecure,
+            config.tls,
+            max_message_bytes(),
+            register(servicer),
+            max_workers=SERVER_WORKERS,
         )
     except (ConfigError, FedHEError) as exc:
         raise click.ClickException(str(exc)) from None

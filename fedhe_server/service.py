@@ -24,6 +24,8 @@ from fedhe_server.state import StateDB, now
 logger = logging.getLogger(__name__)
 TICK_S = 0.2
 KEYGEN_POLL_S = 1.0
+# gRPC worker threads of the aggregation server (idle long-polls hold some of them).
+SERVER_WORKERS = 64
 
 
 def max_message_bytes() -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,10 +18,13 @@ from fedhe_common.rpc.auth import Identity, TokenAuthority
 from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
 from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.jobrun import JobRun
-from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
 
 logger = logging.getLogger(__name__)
 MAX_WAIT_S = 30
+# Long-polls held at once; the other workers stay free for uploads and commits.
+LONG_POLL_SLOTS = SERVER_WORKERS * 3 // 4
+BUSY_RETRY_MS = (1000, 3000)
 
 
 class AggregationServicer(pb_grpc.AggregationServiceServicer):
@@ -28,6 +33,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     def __init__(self, server: AggregationServer, auth: TokenAuthority) -> None:
         self.server = server
         self.auth = auth
+        self._poll_slots = threading.BoundedSemaphore(LONG_POLL_SLOTS)
 
     def _client(self, context: grpc.ServicerContext, claimed_id: str) -> Identity:
         """The calling client, which must be the client the request names."""
@@ -103,19 +109,36 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         self, request: pb.GetRoundPlanRequest, context: grpc.ServicerContext
     ) -> pb.GetRoundPlanResponse:
         who = self._client(context, request.client_id)
-        deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
-        while True:
-            job = self.server.db.job(request.job_id)
-            if job is None:
-                raise NotFoundError(f"unknown job {request.job_id!r}")
-            if job["state"] == "KEYGEN":  # threshold keys not generated yet
-                plan = pb.GetRoundPlanResponse(job_id=request.job_id, retry=True)
-            else:
-                run = self.server.run_for(request.job_id)
-                plan = self._plan(run, request.after_round, who.id)
-            if not plan.retry or time.monotonic() >= deadline or not context.is_active():
-                return plan
-            self.server.wait_for_change(min(1.0, max(0.0, deadline - time.monotonic())))
+        plan = self._current_plan(request, who.id)
+        wait_s = min(request.wait_s or 0, MAX_WAIT_S)
+        if not plan.retry or wait_s <= 0:
+            return plan
+        # Each held poll keeps a worker thread; past the budget, answer at once so
+        # uploads and commits always find a free worker.
+        if not self._poll_slots.acquire(blocking=False):
+            plan.retry_after_ms = random.randint(*BUSY_RETRY_MS)
+            return plan
+        try:
+            deadline = time.monotonic() + wait_s
+            while plan.retry and context.is_active():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.server.wait_for_change(min(1.0, left))
+                plan = self._current_plan(request, who.id)
+            return plan
+        finally:
+            self._poll_slots.release()
+
+    def _current_plan(
+        self, request: pb.GetRoundPlanRequest, client_id: str
+    ) -> pb.GetRoundPlanResponse:
+        job = self.server.db.job(request.job_id)
+        if job is None:
+            raise NotFoundError(f"unknown job {request.job_id!r}")
+        if job["state"] == "KEYGEN":  # threshold keys not generated yet
+            return pb.GetRoundPlanResponse(job_id=request.job_id, retry=True)
+        return self._plan(self.server.run_for(request.job_id), request.after_round, client_id)
 
     def _plan(self, run: JobRun, after_round: int, client_id: str) -> pb.GetRoundPlanResponse:
         db = self.server.db
