@@ -59,7 +59,7 @@ class StateCollector(Collector):
             rounds.add_metric([str(state).lower()], float(count))  # type: ignore[arg-type]
         yield rounds
 
-        uploads = dict(self._upload_counts())
+        uploads = self._upload_counts()
         yield CounterMetricFamily(
             "fedhe_clients_accepted", "Uploads committed into a round", uploads.get("accepted", 0)
         )
@@ -88,7 +88,7 @@ class StateCollector(Collector):
 
         yield self._round_durations()
 
-    def _upload_counts(self) -> Iterator[tuple[str, float]]:
+    def _upload_counts(self) -> dict[str, float]:
         rows = self.db.query(
             "SELECT u.state, r.state, COUNT(*) FROM uploads u JOIN rounds r "
             "ON r.job_id = u.job_id AND r.round = u.round GROUP BY u.state, r.state"
@@ -104,7 +104,7 @@ class StateCollector(Collector):
             else:
                 key = "timeout"
             totals[key] = totals.get(key, 0.0) + float(count)  # type: ignore[arg-type]
-        return iter(totals.items())
+        return totals
 
     def _round_durations(self) -> HistogramMetricFamily:
         seconds = [

@@ -20,17 +20,6 @@ def _checked(values: np.ndarray) -> np.ndarray:
     return arr
 
 
-def clip_values(values: np.ndarray, preset: Preset) -> np.ndarray:
-    """Return ``values`` as float64 clipped to the preset's bound; refuse NaN/inf."""
-    arr = _checked(values)
-    if arr.size > preset.values_per_ciphertext:
-        raise InvalidArgumentError(
-            f"{arr.size} values exceed one ciphertext ({preset.values_per_ciphertext})"
-        )
-    bound = preset.clip_bound
-    return np.clip(arr, -bound, bound)
-
-
 _CIPHERTEXTS_PER_BLOCK = 64
 
 
@@ -41,13 +30,12 @@ def _slot_view(padded: np.ndarray, preset: Preset) -> np.ndarray:
 
 def encode(encoder: sa.CKKSEncoder, preset: Preset, values: np.ndarray) -> sa.Plaintext:
     """Clip and encode up to ``values_per_ciphertext`` reals at the preset's scale."""
-    arr = clip_values(values, preset)
-    padded = np.zeros(arr.size + arr.size % 2)
-    padded[: arr.size] = arr
-    pt = sa.Plaintext()
-    # A list converts faster than an ndarray through the binding (~30%).
-    encoder.encode(_slot_view(padded, preset).tolist(), preset.scale, pt)
-    return pt
+    arr = _checked(values)
+    if arr.size > preset.values_per_ciphertext:
+        raise InvalidArgumentError(
+            f"{arr.size} values exceed one ciphertext ({preset.values_per_ciphertext})"
+        )
+    return next(encode_vector(encoder, preset, arr if arr.size else np.zeros(1)))
 
 
 def encode_vector(
@@ -71,6 +59,7 @@ def encode_vector(
         np.clip(part, -bound, bound, out=padded[: part.size])
         slots = _slot_view(padded, preset)
         for first in range(0, slots.size, per_pt):
+            # A list converts faster than an ndarray through the binding (~30%).
             encoder.encode(slots[first : first + per_pt].tolist(), scale, pt)
             yield pt
 
