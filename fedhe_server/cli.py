@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from fedhe_common.config.load import load_yaml
-from fedhe_common.config.models import ServerConfig
+from fedhe_common.config.models import ServerConfig, host_of
 from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.logsetup import configure_logging
 from fedhe_common.rpc.auth import TokenAuthority
@@ -65,7 +65,7 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
 
 
 def _serve_metrics(service: AggregationServer, config: ServerConfig) -> None:
-    host = config.listen.rsplit(":", 1)[0].strip("[]")
+    host = host_of(config.listen)
     try:
         service.metrics.serve(host, config.metrics_port)
     except OSError as exc:

@@ -178,8 +178,13 @@ class TLSSection(_Model):
     ca_file: str | None = None
 
 
+def host_of(address: str) -> str:
+    """The host part of ``host:port`` (IPv6 brackets removed)."""
+    return address.rsplit(":", 1)[0].strip("[]")
+
+
 def _loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
+    host = host_of(address)
     if host == "localhost":
         return True
     try:

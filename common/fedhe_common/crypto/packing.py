@@ -35,7 +35,7 @@ def encode(encoder: sa.CKKSEncoder, preset: Preset, values: np.ndarray) -> sa.Pl
         raise InvalidArgumentError(
             f"{arr.size} values exceed one ciphertext ({preset.values_per_ciphertext})"
         )
-    return next(encode_vector(encoder, preset, arr if arr.size else np.zeros(1)))
+    return next(_plaintexts(encoder, preset, arr if arr.size else np.zeros(1)))
 
 
 def encode_vector(
@@ -48,7 +48,10 @@ def encode_vector(
     plaintext: consume each before asking for the next. Chunk k holds values
     ``[k*S, (k+1)*S)``, like :class:`~fedhe_common.mlbridge.chunking.ChunkPlan`.
     """
-    arr = _checked(values)
+    return _plaintexts(encoder, preset, _checked(values))
+
+
+def _plaintexts(encoder: sa.CKKSEncoder, preset: Preset, arr: np.ndarray) -> Iterator[sa.Plaintext]:
     per_ct = preset.values_per_ciphertext
     per_pt = per_ct // 2 if preset.complex_packing else per_ct
     block = per_ct * _CIPHERTEXTS_PER_BLOCK
