@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
-
-from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc
 from fedhe_common.config.models import (
     ClientConfig,
     IdentitySection,
@@ -26,10 +23,11 @@ from fedhe_common.rpc.auth import (
     token_sha256,
     write_secret_file,
 )
-from fedhe_common.rpc.transport import create_server
+from fedhe_common.rpc.serving import create_server
 from fedhe_keyauth.servicer import KeyAuthorityServicer
+from fedhe_keyauth.servicer import register as register_keyauth
 from fedhe_keyauth.store import KeyStore
-from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
+from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
 
 
@@ -45,14 +43,10 @@ class InProcessFederation:
         self.keystore = KeyStore(workdir / "keyauth")
         ka_roles = {"server": "server", **dict.fromkeys(clients, "client")}
         ka_servicer = KeyAuthorityServicer(self.keystore, TokenAuthority(self._ids(ka_roles)))
-
-        def reg_keyauth(server: grpc.Server) -> list[str]:
-            keyauth_pb2_grpc.add_KeyAuthorityServiceServicer_to_server(ka_servicer, server)
-            return ["fedhe.keyauth.v1.KeyAuthorityService"]
-
-        self._ka_server, self.keyauth_port, _ = create_server(
-            "127.0.0.1:0", True, None, 4 << 20, reg_keyauth
+        self._ka_server = create_server(
+            "127.0.0.1:0", True, None, 4 << 20, register_keyauth(ka_servicer)
         )
+        self.keyauth_port = self._ka_server.port
         config = ServerConfig(
             listen="127.0.0.1:0",
             insecure=True,
@@ -62,14 +56,10 @@ class InProcessFederation:
         )
         self.server = AggregationServer(config)
         servicer = AggregationServicer(self.server, TokenAuthority(config.identities))
-        self._agg_server, self.server_port, _ = create_server(
-            "127.0.0.1:0",
-            True,
-            None,
-            max_message_bytes(),
-            register(servicer),
-            max_workers=SERVER_WORKERS,
+        self._agg_server = create_server(
+            "127.0.0.1:0", True, None, max_message_bytes(), register(servicer)
         )
+        self.server_port = self._agg_server.port
 
     def _ids(self, roles: dict[str, str]) -> list[IdentitySection]:
         return [

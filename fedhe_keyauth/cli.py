@@ -8,15 +8,14 @@ import threading
 
 import click
 
-from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import KeyAuthConfig
 from fedhe_common.errors import ConfigError
 from fedhe_common.logsetup import configure_logging
 from fedhe_common.rpc.auth import TokenAuthority
-from fedhe_common.rpc.transport import create_server
+from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
-from fedhe_keyauth.servicer import KeyAuthorityServicer
+from fedhe_keyauth.servicer import KeyAuthorityServicer, register
 from fedhe_keyauth.store import KeyStore
 
 logger = logging.getLogger("fedhe_keyauth")
@@ -39,14 +38,10 @@ def serve(config_path: str, port_file: str | None, log_level: str) -> None:
         config = load_yaml(config_path, KeyAuthConfig)
         store = KeyStore(config.state_dir)
         servicer = KeyAuthorityServicer(store, TokenAuthority(config.identities))
-
-        def register(server):  # type: ignore[no-untyped-def]
-            pb_grpc.add_KeyAuthorityServiceServicer_to_server(servicer, server)
-            return ["fedhe.keyauth.v1.KeyAuthorityService"]
-
-        server, port, _ = create_server(
-            config.listen, config.insecure, config.tls, MAX_MESSAGE_BYTES, register
+        server = create_server(
+            config.listen, config.insecure, config.tls, MAX_MESSAGE_BYTES, register(servicer)
         )
+        port = server.port
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if port_file:
@@ -56,7 +51,7 @@ def serve(config_path: str, port_file: str | None, log_level: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=5).wait()
+    server.stop(grace=5)
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""KeyAuthorityService: thin gRPC adapter over the key store and the token authority."""
+"""KeyAuthorityService on grpc.aio: thin adapter over the key store and the token authority.
+
+Handlers are coroutines; key-store work runs on the server's thread pool
+(:func:`blocking`), so a stalled or slow call holds no thread.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,57 @@ import logging
 import grpc
 
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as pb
-from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
 from fedhe_common.errors import PermissionDeniedError
 from fedhe_common.rpc.auth import TokenAuthority
-from fedhe_common.rpc.errors import translate_errors
+from fedhe_common.rpc.serving import Register, add_service, blocking
 from fedhe_keyauth.store import KeyStore
 
 logger = logging.getLogger(__name__)
 
 
-class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
+Context = grpc.aio.ServicerContext
+
+
+class KeyAuthorityServicer:
     """Secret keys to client identities only; the server gets public material."""
 
     def __init__(self, store: KeyStore, auth: TokenAuthority) -> None:
         self.store = store
         self.auth = auth
 
-    @translate_errors
-    def CreateJobKeys(
-        self, request: pb.CreateJobKeysRequest, context: grpc.ServicerContext
+    async def CreateJobKeys(
+        self, request: pb.CreateJobKeysRequest, context: Context
+    ) -> pb.CreateJobKeysResponse:
+        return await blocking(self._create_job_keys, request, context)
+
+    async def GetPublicContext(
+        self, request: pb.GetPublicContextRequest, context: Context
+    ) -> pb.GetPublicContextResponse:
+        return await blocking(self._get_public_context, request, context)
+
+    async def FetchClientKey(
+        self, request: pb.FetchClientKeyRequest, context: Context
+    ) -> pb.FetchClientKeyResponse:
+        return await blocking(self._fetch_client_key, request, context)
+
+    async def JoinKeyGeneration(
+        self, request: pb.JoinKeyGenerationRequest, context: Context
+    ) -> pb.JoinKeyGenerationResponse:
+        return await blocking(self._join_key_generation, request, context)
+
+    async def SubmitKeyShares(
+        self, request: pb.SubmitKeySharesRequest, context: Context
+    ) -> pb.SubmitKeySharesResponse:
+        return await blocking(self._submit_key_shares, request, context)
+
+    async def GetKeyGeneration(
+        self, request: pb.GetKeyGenerationRequest, context: Context
+    ) -> pb.GetKeyGenerationResponse:
+        return await blocking(self._get_key_generation, request, context)
+
+    # Blocking bodies, run on the thread pool.
+    def _create_job_keys(
+        self, request: pb.CreateJobKeysRequest, context: Context
     ) -> pb.CreateJobKeysResponse:
         who = self.auth.require(context, "server")
         fingerprint, created = self.store.create(
@@ -42,9 +78,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
             )
         return pb.CreateJobKeysResponse(context_fingerprint=fingerprint, created=created)
 
-    @translate_errors
-    def GetPublicContext(
-        self, request: pb.GetPublicContextRequest, context: grpc.ServicerContext
+    def _get_public_context(
+        self, request: pb.GetPublicContextRequest, context: Context
     ) -> pb.GetPublicContextResponse:
         self.auth.require(context, "server", "client", "admin")
         keys = self.store.load(request.job_id)
@@ -54,9 +89,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
             context_fingerprint=self.store.fingerprint(request.job_id),
         )
 
-    @translate_errors
-    def FetchClientKey(
-        self, request: pb.FetchClientKeyRequest, context: grpc.ServicerContext
+    def _fetch_client_key(
+        self, request: pb.FetchClientKeyRequest, context: Context
     ) -> pb.FetchClientKeyResponse:
         who = self.auth.require(context, "client")
         keys = self.store.load(request.job_id)
@@ -70,9 +104,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
         )
 
     # ------------------------------------------------------- threshold key generation
-    @translate_errors
-    def JoinKeyGeneration(
-        self, request: pb.JoinKeyGenerationRequest, context: grpc.ServicerContext
+    def _join_key_generation(
+        self, request: pb.JoinKeyGenerationRequest, context: Context
     ) -> pb.JoinKeyGenerationResponse:
         who = self.auth.require(context, "client")
         session = self.store.dkg(request.job_id)
@@ -86,9 +119,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
             crs_seed=bytes.fromhex(str(meta["crs_seed"])),
         )
 
-    @translate_errors
-    def SubmitKeyShares(
-        self, request: pb.SubmitKeySharesRequest, context: grpc.ServicerContext
+    def _submit_key_shares(
+        self, request: pb.SubmitKeySharesRequest, context: Context
     ) -> pb.SubmitKeySharesResponse:
         who = self.auth.require(context, "client")
         session = self.store.dkg(request.job_id)
@@ -108,9 +140,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
             logger.info("job %s: collective public key published", request.job_id)
         return pb.SubmitKeySharesResponse()
 
-    @translate_errors
-    def GetKeyGeneration(
-        self, request: pb.GetKeyGenerationRequest, context: grpc.ServicerContext
+    def _get_key_generation(
+        self, request: pb.GetKeyGenerationRequest, context: Context
     ) -> pb.GetKeyGenerationResponse:
         who = self.auth.require(context, "client", "server")
         session = self.store.dkg(request.job_id)
@@ -141,3 +172,13 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServiceServicer):
             reply.public_key = keys.public_key
             reply.context_fingerprint = self.store.fingerprint(request.job_id)
         return reply
+
+
+def register(servicer: KeyAuthorityServicer) -> Register:
+    """Registration callback for :func:`fedhe_common.rpc.serving.create_server`."""
+
+    def _register(server: grpc.aio.Server) -> list[str]:
+        service = pb.DESCRIPTOR.services_by_name["KeyAuthorityService"]
+        return [add_service(server, service, servicer)]
+
+    return _register

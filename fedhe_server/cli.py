@@ -14,9 +14,9 @@ from fedhe_common.config.models import ServerConfig, host_of
 from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.logsetup import configure_logging
 from fedhe_common.rpc.auth import TokenAuthority
-from fedhe_common.rpc.transport import create_server
+from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
-from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
+from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
 
 logger = logging.getLogger("fedhe_server")
@@ -43,14 +43,10 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
         if config.metrics_port:
             _serve_metrics(service, config)
         servicer = AggregationServicer(service, TokenAuthority(config.identities))
-        server, port, _ = create_server(
-            config.listen,
-            config.insecure,
-            config.tls,
-            max_message_bytes(),
-            register(servicer),
-            max_workers=SERVER_WORKERS,
+        server = create_server(
+            config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
         )
+        port = server.port
     except (ConfigError, FedHEError) as exc:
         raise click.ClickException(str(exc)) from None
     if port_file:
@@ -60,7 +56,7 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=10).wait()
+    server.stop(grace=10)
     service.stop()
 
 

@@ -15,6 +15,7 @@ from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
 from fedhe_common.errors import ConflictError, FedHEError, KeyMaterialError, NotFoundError
 from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
+from fedhe_server.changes import ChangeSignal
 from fedhe_server.jobrun import JobRun
 from fedhe_server.keyauth_client import KeyAuthClient
 from fedhe_server.metrics import ServerMetrics
@@ -24,8 +25,6 @@ from fedhe_server.state import StateDB, now
 logger = logging.getLogger(__name__)
 TICK_S = 0.2
 KEYGEN_POLL_S = 1.0
-# gRPC worker threads of the aggregation server (idle long-polls hold some of them).
-SERVER_WORKERS = 64
 
 
 def max_message_bytes() -> int:
@@ -48,7 +47,7 @@ class AggregationServer:
         self.db = StateDB(self.state_dir / "state.sqlite")
         self.metrics = ServerMetrics(self.db)
         self.keyauth = keyauth or KeyAuthClient(config.keyauth)
-        self.changed = threading.Condition()
+        self.changed = ChangeSignal()  # also wakes async long-polls
         self.runs: dict[str, JobRun] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -1,66 +1,73 @@
-"""AggregationService: authenticates, then hands each RPC to the job's run."""
+"""AggregationService on grpc.aio: authenticates, then hands each RPC to the job's run.
+
+Handlers are coroutines; blocking work (SQLite, SEAL, chunk files) runs on the
+server's thread pool through :func:`blocking`, so an idle long-poll or a call
+that never sends its request holds no thread. Requests are parsed and errors
+mapped to statuses in :mod:`fedhe_common.rpc.serving`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import random
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
-from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.errors import AuthenticationError, NotFoundError
 from fedhe_common.rpc.auth import Identity, TokenAuthority
-from fedhe_common.rpc.errors import abort, translate_errors, translate_stream_errors
+from fedhe_common.rpc.serving import Register, add_service, blocking
 from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.jobrun import JobRun
-from fedhe_server.service import SERVER_WORKERS, AggregationServer, max_message_bytes
+from fedhe_server.service import AggregationServer, max_message_bytes
 
 logger = logging.getLogger(__name__)
 MAX_WAIT_S = 30
-# Long-polls held at once; the other workers stay free for uploads and commits.
-LONG_POLL_SLOTS = SERVER_WORKERS * 3 // 4
+# Long-polls held at once. A held poll is a coroutine, not a thread; the bound only
+# caps memory. Past it, polls are answered at once with a back-off hint.
+LONG_POLL_SLOTS = 4096
 BUSY_RETRY_MS = (1000, 3000)
+Context = grpc.aio.ServicerContext
 
 
-class AggregationServicer(pb_grpc.AggregationServiceServicer):
+class AggregationServicer:
     """Thin adapter: identity checks and protobuf <-> JobRun calls."""
 
     def __init__(self, server: AggregationServer, auth: TokenAuthority) -> None:
         self.server = server
         self.auth = auth
-        self._poll_slots = threading.BoundedSemaphore(LONG_POLL_SLOTS)
+        self._held_polls = 0
 
-    def _client(self, context: grpc.ServicerContext, claimed_id: str) -> Identity:
+    def _client(self, context: Context, claimed_id: str) -> Identity:
         """The calling client, which must be the client the request names."""
         who = self.auth.require(context, "client")
         if claimed_id != who.id:
             raise AuthenticationError("client_id does not match the caller's identity")
         return who
 
-    @translate_errors
-    def SubmitJob(
-        self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: Context
     ) -> pb.SubmitJobResponse:
         self.auth.require(context, "admin")
-        job_id, created = self.server.submit(request.job_yaml)
+        job_id, created = await blocking(self.server.submit, request.job_yaml)
         return pb.SubmitJobResponse(job_id=job_id, created=created)
 
-    @translate_errors
-    def GetJobStatus(
-        self, request: pb.GetJobStatusRequest, context: grpc.ServicerContext
+    async def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: Context
     ) -> pb.GetJobStatusResponse:
         self.auth.require(context, "admin", "client")
+        return await blocking(self._job_status, request.job_id)
+
+    def _job_status(self, job_id: str) -> pb.GetJobStatusResponse:
         db = self.server.db
-        job = db.job(request.job_id)
+        job = db.job(job_id)
         if job is None:
-            raise NotFoundError(f"unknown job {request.job_id!r}")
+            raise NotFoundError(f"unknown job {job_id!r}")
         history = []
-        for r in db.rounds(request.job_id):
+        for r in db.rounds(job_id):
             seconds = (r.closed or time.time()) - r.opened
             history.append(
                 pb.RoundSummary(
@@ -70,24 +77,26 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                     weight_sum=r.weight_sum or 0,
                     seconds=seconds,
                     upload_bytes=r.upload_bytes or 0,
-                    metrics=db.round_metrics(request.job_id, r.round),
+                    metrics=db.round_metrics(job_id, r.round),
                 )
             )
-        open_row = db.open_round(request.job_id)
+        open_row = db.open_round(job_id)
         return pb.GetJobStatusResponse(
-            job_id=request.job_id,
+            job_id=job_id,
             state=str(job["state"]),
-            current_round=open_row.round if open_row else db.last_published(request.job_id),
-            rounds=int(job["rounds"]),
+            current_round=open_row.round if open_row else db.last_published(job_id),
+            rounds=int(job["rounds"]),  # type: ignore[call-overload]
             history=history,
-        )  # type: ignore[call-overload]
+        )
 
-    @translate_errors
-    def RegisterClient(
-        self, request: pb.RegisterClientRequest, context: grpc.ServicerContext
+    async def RegisterClient(
+        self, request: pb.RegisterClientRequest, context: Context
     ) -> pb.RegisterClientResponse:
         who = self._client(context, request.client_id)
-        job_id = request.job_id or self.server.active_job()
+        return await blocking(self._register, who, request.job_id)
+
+    def _register(self, who: Identity, requested_job: str) -> pb.RegisterClientResponse:
+        job_id = requested_job or self.server.active_job()
         job = self.server.db.job(job_id)
         if job is None:
             raise NotFoundError(f"unknown job {job_id!r}")
@@ -104,31 +113,30 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             max_message_bytes=max_message_bytes(),
         )
 
-    @translate_errors
-    def GetRoundPlan(
-        self, request: pb.GetRoundPlanRequest, context: grpc.ServicerContext
+    async def GetRoundPlan(
+        self, request: pb.GetRoundPlanRequest, context: Context
     ) -> pb.GetRoundPlanResponse:
         who = self._client(context, request.client_id)
-        plan = self._current_plan(request, who.id)
+        plan = await blocking(self._current_plan, request, who.id)
         wait_s = min(request.wait_s or 0, MAX_WAIT_S)
         if not plan.retry or wait_s <= 0:
             return plan
-        # Each held poll keeps a worker thread; past the budget, answer at once so
-        # uploads and commits always find a free worker.
-        if not self._poll_slots.acquire(blocking=False):
+        if self._held_polls >= LONG_POLL_SLOTS:
             plan.retry_after_ms = random.randint(*BUSY_RETRY_MS)
             return plan
+        # Wait without a thread: the round keeper and commits notify ``changed``.
+        self._held_polls += 1
         try:
             deadline = time.monotonic() + wait_s
-            while plan.retry and context.is_active():
+            while plan.retry:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self.server.wait_for_change(min(1.0, left))
-                plan = self._current_plan(request, who.id)
+                await self.server.changed.wait_async(min(5.0, left))
+                plan = await blocking(self._current_plan, request, who.id)
             return plan
         finally:
-            self._poll_slots.release()
+            self._held_polls -= 1
 
     def _current_plan(
         self, request: pb.GetRoundPlanRequest, client_id: str
@@ -182,35 +190,35 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             )
         return False
 
-    @translate_stream_errors
-    def GetAggregate(
-        self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.GetAggregateResponse]:
+    async def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: Context
+    ) -> AsyncIterator[pb.GetAggregateResponse]:
         self.auth.require(context, "client")
-        run = self.server.run_for(request.job_id)
-        header = run.files.read_aggregate_header(request.round)
+        run = await blocking(self.server.run_for, request.job_id)
+        header = await blocking(run.files.read_aggregate_header, request.round)
         if header is None:
             raise NotFoundError(f"round {request.round} has no published aggregate")
         yield pb.GetAggregateResponse(
             header=pb.AggregateHeader(
                 round=request.round,
-                weight_sum=int(header["weight_sum"]),
-                contributors=int(header["contributors"]),
-                ciphertext_chunks=int(header["ciphertext_chunks"]),
-                plaintext_chunks=int(header["plaintext_chunks"]),
-                num_values=int(header["num_values"]),
+                weight_sum=int(header["weight_sum"]),  # type: ignore[call-overload]
+                contributors=int(header["contributors"]),  # type: ignore[call-overload]
+                ciphertext_chunks=int(header["ciphertext_chunks"]),  # type: ignore[call-overload]
+                plaintext_chunks=int(header["plaintext_chunks"]),  # type: ignore[call-overload]
+                num_values=int(header["num_values"]),  # type: ignore[call-overload]
                 layout_id=str(header["layout_id"]),
                 active_parties=[int(a) for a in header.get("active_parties", [])],  # type: ignore[attr-defined]
                 context_fingerprint=run.fingerprint,
             )
         )
-        ct_plan, pt_plan = run.plans(int(header["num_values"]), request.round)
+        ct_plan, pt_plan = run.plans(int(header["num_values"]), request.round)  # type: ignore[call-overload]
         for stream, plan in (
             (pb.STREAM_KIND_CIPHERTEXT, ct_plan),
             (pb.STREAM_KIND_PLAINTEXT, pt_plan),
         ):
             for k in range(plan.count):
-                payload = run.files.aggregate_chunk_path(request.round, stream, k).read_bytes()
+                path = run.files.aggregate_chunk_path(request.round, stream, k)
+                payload = await blocking(path.read_bytes)
                 yield pb.GetAggregateResponse(
                     chunk=pb.Chunk(
                         stream=stream,
@@ -222,7 +230,8 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 )
         for alpha in header.get("active_parties", []):  # type: ignore[attr-defined]
             for k in range(ct_plan.count):
-                payload = run.files.share_path(request.round, int(alpha), k).read_bytes()
+                path = run.files.share_path(request.round, int(alpha), k)
+                payload = await blocking(path.read_bytes)
                 yield pb.GetAggregateResponse(
                     chunk=pb.Chunk(
                         stream=pb.STREAM_KIND_DECRYPTION_SHARE,
@@ -233,126 +242,119 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                     )
                 )
 
-    @translate_errors
-    def VolunteerDecryption(
-        self, request: pb.VolunteerDecryptionRequest, context: grpc.ServicerContext
+    async def VolunteerDecryption(
+        self, request: pb.VolunteerDecryptionRequest, context: Context
     ) -> pb.VolunteerDecryptionResponse:
         who = self._client(context, request.client_id)
-        run = self.server.run_for(request.job_id)
-        return ThresholdDecryption(run).volunteer(who.id, request.round)
+        run = await blocking(self.server.run_for, request.job_id)
+        return await blocking(ThresholdDecryption(run).volunteer, who.id, request.round)
 
-    def SubmitDecryptionShares(
+    async def SubmitDecryptionShares(
         self,
-        request_iterator: Iterator[pb.SubmitDecryptionSharesRequest],
-        context: grpc.ServicerContext,
+        request_iterator: AsyncIterator[pb.SubmitDecryptionSharesRequest],
+        context: Context,
     ) -> pb.SubmitDecryptionSharesResponse:
+        who = self.auth.require(context, "client")
         accepted = 0
-        try:
-            who = self.auth.require(context, "client")
-            for message in request_iterator:
-                run = self.server.run_for(message.job_id)
-                if not ThresholdDecryption(run).put_share(who.id, message.round, message.chunk):
-                    accepted += 1
-        except grpc.RpcError:
-            raise
-        except Exception as exc:
-            abort(context, exc)
+        async for message in request_iterator:
+            run = await blocking(self.server.run_for, message.job_id)
+            decryption = ThresholdDecryption(run)
+            if not await blocking(decryption.put_share, who.id, message.round, message.chunk):
+                accepted += 1
         return pb.SubmitDecryptionSharesResponse(accepted=accepted)
 
-    @translate_errors
-    def BeginUpload(
-        self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
+    async def BeginUpload(
+        self, request: pb.BeginUploadRequest, context: Context
     ) -> pb.BeginUploadResponse:
         self._client(context, request.manifest.client_id)
-        return self.server.run_for(request.manifest.job_id).begin_upload(request.manifest)
+        run = await blocking(self.server.run_for, request.manifest.job_id)
+        return await blocking(run.begin_upload, request.manifest)
 
-    def UploadChunks(
-        self, request_iterator: Iterator[pb.UploadChunksRequest], context: grpc.ServicerContext
+    async def UploadChunks(
+        self, request_iterator: AsyncIterator[pb.UploadChunksRequest], context: Context
     ) -> pb.UploadChunksResponse:
+        who = self.auth.require(context, "client")
         accepted = duplicates = 0
+        run: JobRun | None = None
         try:
-            who = self.auth.require(context, "client")
-            run = None
-            for message in request_iterator:
+            async for message in request_iterator:
                 chunk = message.chunk
                 if run is None:
-                    row = self.server.db.upload(chunk.upload_id)
-                    if row is None:
-                        raise NotFoundError("unknown upload")
-                    run = self.server.run_for(row.job_id)
-                if run.put_chunk(chunk, who.id):
+                    run = await blocking(self._run_of_upload, chunk.upload_id)
+                if await blocking(run.put_chunk, chunk, who.id):
                     duplicates += 1
                 else:
                     accepted += 1
-        except grpc.RpcError:
-            logger.info("upload stream ended early after %d chunks", accepted)
-            raise
         except Exception as exc:
-            self.server.metrics.chunk_rejected(exc)
-            abort(context, exc)
+            if not isinstance(exc, grpc.aio.AbortError):
+                self.server.metrics.chunk_rejected(exc)
+            raise
         return pb.UploadChunksResponse(accepted=accepted, duplicates=duplicates)
 
-    @translate_errors
-    def GetUploadStatus(
-        self, request: pb.GetUploadStatusRequest, context: grpc.ServicerContext
+    def _run_of_upload(self, upload_id: str) -> JobRun:
+        row = self.server.db.upload(upload_id)
+        if row is None:
+            raise NotFoundError("unknown upload")
+        return self.server.run_for(row.job_id)
+
+    async def GetUploadStatus(
+        self, request: pb.GetUploadStatusRequest, context: Context
     ) -> pb.GetUploadStatusResponse:
         self.auth.require(context, "client")
-        row = self.server.db.upload(request.upload_id)
-        if row is None:
-            raise NotFoundError("unknown upload")
-        return self.server.run_for(row.job_id).upload_status(request.upload_id)
+        run = await blocking(self._run_of_upload, request.upload_id)
+        return await blocking(run.upload_status, request.upload_id)
 
-    @translate_errors
-    def CommitUpload(
-        self, request: pb.CommitUploadRequest, context: grpc.ServicerContext
+    async def CommitUpload(
+        self, request: pb.CommitUploadRequest, context: Context
     ) -> pb.CommitUploadResponse:
         who = self.auth.require(context, "client")
-        row = self.server.db.upload(request.upload_id)
-        if row is None:
-            raise NotFoundError("unknown upload")
-        receipt = self.server.run_for(row.job_id).commit(request.upload_id, who.id)
+        run = await blocking(self._run_of_upload, request.upload_id)
+        receipt = await blocking(run.commit, request.upload_id, who.id)
         return pb.CommitUploadResponse(upload_id=request.upload_id, receipt_sha256=receipt)
 
-    @translate_errors
-    def SendHeartbeat(
-        self, request: pb.SendHeartbeatRequest, context: grpc.ServicerContext
+    async def SendHeartbeat(
+        self, request: pb.SendHeartbeatRequest, context: Context
     ) -> pb.SendHeartbeatResponse:
         who = self._client(context, request.client_id)
-        run = self.server.run_for(request.job_id)
-        if not self.server.db.touch_client(request.job_id, who.id, time.time()):
-            raise NotFoundError(f"client {who.id!r} is not registered for job {request.job_id!r}")
+        return await blocking(self._heartbeat, request.job_id, who.id)
+
+    def _heartbeat(self, job_id: str, client_id: str) -> pb.SendHeartbeatResponse:
+        run = self.server.run_for(job_id)
+        if not self.server.db.touch_client(job_id, client_id, time.time()):
+            raise NotFoundError(f"client {client_id!r} is not registered for job {job_id!r}")
         return pb.SendHeartbeatResponse(
             heartbeat_interval_s=run.config.participants.heartbeat_interval_s
         )
 
-    @translate_errors
-    def SubmitMask(
-        self, request: pb.SubmitMaskRequest, context: grpc.ServicerContext
+    async def SubmitMask(
+        self, request: pb.SubmitMaskRequest, context: Context
     ) -> pb.SubmitMaskResponse:
         self._client(context, request.client_id)
-        recorded = self.server.run_for(request.job_id).submit_mask(request.mask_id, request.mask)
+        run = await blocking(self.server.run_for, request.job_id)
+        recorded = await blocking(run.submit_mask, request.mask_id, request.mask)
         return pb.SubmitMaskResponse(mask_id=request.mask_id, recorded=recorded)
 
-    @translate_errors
-    def ReportMetrics(
-        self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
+    async def ReportMetrics(
+        self, request: pb.ReportMetricsRequest, context: Context
     ) -> pb.ReportMetricsResponse:
         who = self.auth.require(context, "client")
+        await blocking(self._store_metrics, request, who.id)
+        return pb.ReportMetricsResponse()
+
+    def _store_metrics(self, request: pb.ReportMetricsRequest, client_id: str) -> None:
         self.server.run_for(request.job_id)
         with self.server.db.transaction() as tx:
             for name, value in request.metrics.items():
                 tx.execute(
                     "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
-                    (request.job_id, request.round, who.id, name, float(value)),
+                    (request.job_id, request.round, client_id, name, float(value)),
                 )
-        return pb.ReportMetricsResponse()
 
 
-def register(servicer: AggregationServicer):  # type: ignore[no-untyped-def]
-    """Registration callback for :func:`create_server`."""
+def register(servicer: AggregationServicer) -> Register:
+    """Registration callback for :func:`fedhe_common.rpc.serving.create_server`."""
 
-    def _register(server: grpc.Server) -> list[str]:
-        pb_grpc.add_AggregationServiceServicer_to_server(servicer, server)
-        return ["fedhe.aggregation.v1.AggregationService"]
+    def _register(server: grpc.aio.Server) -> list[str]:
+        return [add_service(server, pb.DESCRIPTOR.services_by_name["AggregationService"], servicer)]
 
     return _register

@@ -227,12 +227,17 @@ class PeerSection(_Model):
     address: str
     token_file: str
     ca_file: str | None = None
+    # This side's certificate, for peers that require mutual TLS (their tls.ca_file).
+    cert_file: str | None = None
+    key_file: str | None = None
     insecure: bool = False
 
     @model_validator(mode="after")
     def _tls_or_loopback(self) -> PeerSection:
         if self.insecure and not _loopback(self.address):
             raise ValueError("insecure (no TLS) is only allowed to a loopback address")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
         return self
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import wraps
-from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -48,50 +45,9 @@ def status_for(exc: e.FedHEError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
-    """Abort the RPC: FedHE errors with their message, anything else as INTERNAL."""
-    if isinstance(exc, e.FedHEError):
-        logger.info("rejected: %s", exc.message)
-        context.abort(status_for(exc), exc.message)
-    error_id = uuid.uuid4().hex[:12]
-    logger.exception("internal error %s", error_id)
-    context.set_trailing_metadata((("fedhe-error-id", error_id),))
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id})")
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def translate_errors(method: F) -> F:
-    """Decorator for unary servicer methods: map exceptions to statuses."""
-
-    @wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except grpc.RpcError:
-            raise
-        except Exception as exc:
-            if context.code() is not None:  # already aborted inside
-                raise
-            abort(context, exc)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def translate_stream_errors(method: F) -> F:
-    """Decorator for server-streaming servicer methods."""
-
-    @wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from method(self, request, context)
-        except Exception as exc:
-            if context.code() is not None:
-                raise
-            abort(context, exc)
-
-    return wrapper  # type: ignore[return-value]
+def is_certificate_error(detail: str | None) -> bool:
+    """True when a failed call's detail says the TLS certificates did not verify."""
+    return "certificate" in (detail or "").lower()
 
 
 def error_from_rpc(exc: grpc.RpcError) -> e.FedHEError:
@@ -99,6 +55,8 @@ def error_from_rpc(exc: grpc.RpcError) -> e.FedHEError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _REVERSE.get(code, e.FedHEError)  # type: ignore[arg-type]
+    if is_certificate_error(detail):
+        detail = f"TLS certificate error (check ca_file, cert_file and key_file): {detail}"
     err = cls(f"{code.name if code else 'UNKNOWN'}: {detail}")
     err.status = code  # type: ignore[attr-defined]
     return err

@@ -1,4 +1,9 @@
-"""Bounded retries with exponential backoff and full jitter, only for transient codes."""
+"""Bounded retries with exponential backoff and full jitter, only for transient failures.
+
+Every FedHE RPC is idempotent (repeats are recognised by the server), so a call that
+ran out of time (``DEADLINE_EXCEEDED``), found the peer down (``UNAVAILABLE``) or busy
+(``RESOURCE_EXHAUSTED``) is sent again. A TLS certificate failure is not transient.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,17 @@ from typing import TypeVar
 
 import grpc
 
+from fedhe_common.rpc.errors import is_certificate_error
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 
 def call_with_retry(
@@ -36,7 +49,8 @@ def call_with_retry(
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             elapsed = time.monotonic() - start
-            if code not in retryable or elapsed >= max_elapsed_s:
+            detail = exc.details() if hasattr(exc, "details") else ""
+            if code not in retryable or elapsed >= max_elapsed_s or is_certificate_error(detail):
                 raise
             delay = min(cap_s, base_s * 2**attempt) * random.random()
             attempt += 1
