@@ -257,10 +257,12 @@ class ThresholdMember:
             len(shares.get(k, [])) != len(header.active_parties) for k in range(plan.count)
         ):
             raise FedHEError("aggregate or decryption shares incomplete")
+        weight_sum = max(1, int(header.weight_sum))  # sizes the release grid
         out = np.empty(total)
         for k in range(plan.count):
             start, stop = plan.bounds(k)
-            out[start:stop] = fuse(self.ctx, self.ring, cts[k], shares[k])[: stop - start]
+            fused = fuse(self.ctx, self.ring, cts[k], shares[k], weight_sum)
+            out[start:stop] = fused[: stop - start]
         return out
 
     def close(self) -> None:

@@ -94,6 +94,7 @@ def decode_update(
     else:
         encrypted = mask.count
     ct_plan, pt_plan = stream_plans(total, values_per_chunk, encrypted)
+    weight_sum = max(1, int(header.weight_sum))  # sizes the decryptor's release grid
     if (header.ciphertext_chunks, header.plaintext_chunks) != (ct_plan.count, pt_plan.count):
         raise FedHEError("aggregate's chunk counts do not fit this client's mask")
     dense = np.zeros(encrypted)
@@ -104,7 +105,9 @@ def decode_update(
             if holder is None:
                 raise FedHEError("ciphertext in a job without encryption")
             start, stop = ct_plan.bounds(chunk.index)
-            dense[start:stop] = holder.decrypt(chunk.payload)[: stop - start]
+            dense[start:stop] = holder.decrypt(chunk.payload, weight_sum=weight_sum)[
+                : stop - start
+            ]
         else:
             start, stop = pt_plan.bounds(chunk.index)
             rest[start:stop] = decode_float32(chunk.payload, stop - start)

@@ -84,12 +84,33 @@ class Preset:
                 "larger modulus."
             )
 
+    @property
+    def output_bits(self) -> int:
+        """Bits of the weighted mean a decryption may release (grid ``2^-output_bits``).
+
+        Decrypted CKKS values carry key-dependent noise; every decryptor rounds its
+        output to this grid (scaled by the round's weight sum), far coarser than the
+        noise at these scales (:mod:`fedhe_common.crypto.release`, docs/crypto.md).
+        """
+        return _OUTPUT_BITS.get(self.name, 20)
+
     def with_clip_bound(self, clip_bound: float) -> Preset:
         """Copy of this preset with another clip bound."""
         if not (clip_bound > 0 and math.isfinite(clip_bound)):
             raise ConfigError(f"clip_bound must be a positive finite number, got {clip_bound!r}")
         return replace(self, clip_bound=float(clip_bound))
 
+
+# Released precision per preset: mean error <= 2^-(bits+1) from rounding, within each
+# preset's documented tolerance (1e-6 single-key, 1e-5 real weights, 1e-9 the others).
+_OUTPUT_BITS = {
+    "single-key": 20,
+    "single-key-8k": 20,
+    "single-key-real-weights": 17,
+    "threshold-strict": 32,
+    "threshold-practical": 32,
+    "paper-default": 32,
+}
 
 PRESETS: dict[str, Preset] = {
     p.name: p

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import tenseal.sealapi as sa
 
-from fedhe_common.crypto import envelope, packing, sealbytes, validate
+from fedhe_common.crypto import envelope, packing, release, sealbytes, validate
 from fedhe_common.crypto.codec import to_blob
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.envelope import BlobKind
@@ -127,12 +127,18 @@ class SecretKeyHolder:
         self._pk.encrypt(pt, ct)
         return to_blob(self.ctx, ct, BlobKind.CIPHERTEXT)
 
-    def decrypt(self, blob: bytes, *, aggregate: bool = True) -> np.ndarray:
+    def decrypt(
+        self, blob: bytes, *, aggregate: bool = True, weight_sum: float = 1.0
+    ) -> np.ndarray:
         """Validate and decrypt a ciphertext blob to ``values_per_ciphertext`` reals.
 
         ``aggregate`` selects the expected kind and scale: a server weighted sum
-        (default) or a single fresh upload.
+        (default) or a single fresh upload. The values are rounded to the release
+        grid for ``weight_sum`` (the round's sum of weights; 1 for an upload), so no
+        exact decryption ever leaves this object (:mod:`.release`).
         """
+        grid_weight = weight_sum if aggregate else 1.0
+        release.output_grid(self.preset, grid_weight)  # bad input changes nothing
         if aggregate:
             kinds, scale = validate.AGGREGATE_KINDS, self.preset.scale * self.preset.weight_scale
         else:
@@ -140,4 +146,5 @@ class SecretKeyHolder:
         ct = validate.load_ciphertext(self.ctx, blob, kinds, scale)
         pt = sa.Plaintext()
         self._decryptor.decrypt(ct, pt)
-        return packing.decode(self.ctx.encoder, self.preset, pt)
+        decoded = packing.decode(self.ctx.encoder, self.preset, pt)
+        return release.public_values(self.preset, decoded, grid_weight)

@@ -31,7 +31,7 @@ import numpy as np
 import tenseal.sealapi as sa
 import zstandard
 
-from fedhe_common.crypto import envelope, packing, sealbytes
+from fedhe_common.crypto import envelope, packing, release, sealbytes
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.crypto.presets import Preset
@@ -273,9 +273,17 @@ def parse_share(
 
 
 def fuse(
-    ctx: CKKSContext, ring: RingArithmetic, aggregate_blob: bytes, shares: list[bytes]
+    ctx: CKKSContext,
+    ring: RingArithmetic,
+    aggregate_blob: bytes,
+    shares: list[bytes],
+    weight_sum: float = 1.0,
 ) -> np.ndarray:
-    """c0 + sum of the shares, decoded (one share per active party)."""
+    """c0 + sum of the shares, decoded (one share per active party).
+
+    The values are rounded to the release grid for ``weight_sum`` (:mod:`.release`).
+    """
+    release.output_grid(ctx.preset, weight_sum)  # bad input changes nothing
     scale = ctx.preset.scale * ctx.preset.weight_scale
     _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
     m = sealbytes.ciphertext_array(seal)[0].copy()
@@ -288,7 +296,8 @@ def fuse(
         m = addmod(m, data, ring.primes("data"))
     pt = sa.Plaintext()
     sealbytes.load_into(pt, ctx.seal, sealbytes.build_plaintext(ring.pid_data, m, scale))
-    return packing.decode(ctx.encoder, ctx.preset, pt)
+    decoded = packing.decode(ctx.encoder, ctx.preset, pt)
+    return release.public_values(ctx.preset, decoded, weight_sum)
 
 
 def crs_for(seed: bytes, ring: RingArithmetic) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""Cryptographic hardening (issue 10): each test runs the attack with the project's functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sa
+
+from fedhe_common.crypto import sealbytes
+from fedhe_common.crypto.aggregate import CiphertextAggregator
+from fedhe_common.crypto.context import CKKSContext
+from fedhe_common.crypto.release import output_grid
+from fedhe_common.crypto.secret import SecretKeyHolder
+from fedhe_common.crypto.threshold import decryption_share, fuse
+from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
+from fedhe_common.errors import InvalidArgumentError
+from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
+from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
+from tests.conftest import holder_for
+from tests.unit.test_threshold import _request, _round, _setup
+
+
+def _secret_ntt(holder: SecretKeyHolder) -> np.ndarray:
+    """The holder's secret key as NTT residues at the data level (test oracle only)."""
+    sk = sealbytes.plaintext_array(sealbytes.save_bytes(holder._secret_key))
+    return sk.reshape(-1, holder.ctx.n)[: holder.ctx.k]
+
+
+def recover_secret(
+    holder: SecretKeyHolder, aggregate: bytes, published_mean: np.ndarray, weight_sum: float
+) -> np.ndarray:
+    """The Li-Micciancio key recovery, using only public data plus the published model.
+
+    Re-encode ``mean * weight_sum`` at the aggregate's scale: if it reproduces the
+    decrypted plaintext ``m' = c0 + c1 * s`` exactly, then ``s = (m' - c0) / c1``
+    in every NTT slot. Uses the context only for its public encoder (no key).
+    """
+    ctx, preset = holder.ctx, holder.preset
+    scale = preset.scale * preset.weight_scale
+    _, seal = check_ciphertext_bytes(ctx, aggregate, AGGREGATE_KINDS, scale)
+    c0, c1 = sealbytes.ciphertext_array(seal)
+    values = np.asarray(published_mean, dtype=np.float64) * weight_sum
+    slots = values.view(np.complex128) if preset.complex_packing else values
+    pt = sa.Plaintext()
+    ctx.encoder.encode(slots.tolist(), scale, pt)
+    m = sealbytes.plaintext_array(sealbytes.save_bytes(pt)).reshape(ctx.k, ctx.n)
+    out = np.empty((ctx.k, ctx.n), dtype=np.uint64)
+    for j, q in enumerate(int(p) for p in ctx.data_primes):
+        out[j] = [
+            (int(mj) - int(a)) * pow(int(b), -1, q) % q
+            for mj, a, b in zip(m[j], c0[j], c1[j], strict=True)
+        ]
+    return out
+
+
+def test_published_model_does_not_reveal_the_single_key() -> None:
+    holder = holder_for("single-key")
+    preset = holder.preset
+    aggregator = CiphertextAggregator(holder.params)
+    total = preset.values_per_ciphertext  # one full chunk: the attacker sees every slot
+    rng = np.random.default_rng(7)
+    weights = [1, 2, 3]
+    xs = [rng.uniform(-1, 1, total) for _ in weights]
+    acc = EncryptedAccumulator(aggregator, ChunkPlan(total, preset.values_per_ciphertext))
+    for x, w in zip(xs, weights, strict=True):
+        acc.add_upload(list(holder.encrypt_vector(x)), w)
+    aggregate = acc.chunk_blob(0)
+    # What a client publishes at the end of FedAvg: the decoded weighted mean.
+    published = decrypt_chunks(holder, [aggregate], total, sum(weights)) / sum(weights)
+    exact = sum(w * x for w, x in zip(weights, xs, strict=True)) / sum(weights)
+    assert np.abs(published - exact).max() <= 1e-6
+    guess = recover_secret(holder, aggregate, published, sum(weights))
+    matches = int((guess == _secret_ntt(holder)).sum())
+    assert matches < 8, f"key recovered in {matches} of {guess.size} NTT slots"
+
+
+def _on_grid(values: np.ndarray, grid: float) -> bool:
+    k = values / grid
+    return bool(np.all(np.abs(k - np.round(k)) < 1e-6))
+
+
+def test_every_decryption_output_is_on_the_release_grid(tmp_path: Path) -> None:
+    holder = holder_for("single-key")
+    preset = holder.preset
+    x = np.random.default_rng(3).uniform(-16, 16, preset.values_per_ciphertext)
+    got = holder.decrypt(holder.encrypt(x), aggregate=False)
+    assert _on_grid(got, output_grid(preset, 1)) and np.abs(got - x).max() <= 1e-6
+    aggregator = CiphertextAggregator(holder.params)
+    ct = aggregator.add_weighted(None, aggregator.load_upload(holder.encrypt(x)), 600)
+    got = holder.decrypt(aggregator.to_blob(ct), weight_sum=600)
+    assert _on_grid(got, output_grid(preset, 600)) and np.abs(got / 600 - x).max() <= 1e-6
+    # Threshold fusion follows the same rule.
+    ring, members, params, pk_blob, ledgers = _setup("threshold-practical", 3, None, tmp_path)
+    aggregate, _, _, expected = _round(params, pk_blob)
+    ctx = CKKSContext(params)
+    shares = [
+        decryption_share(p, ledgers[p.alpha], ctx, aggregate, _request(None)) for p in members
+    ]
+    fused = fuse(ctx, ring, aggregate, shares, weight_sum=6)
+    assert _on_grid(fused, output_grid(ctx.preset, 6))
+    assert np.abs(fused - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "x"])
+def test_bad_weight_sum_is_refused(bad: object) -> None:
+    holder = holder_for("single-key")
+    blob = holder.encrypt(np.ones(4))
+    with pytest.raises(InvalidArgumentError, match="weight_sum"):
+        holder.decrypt(blob, weight_sum=bad)  # type: ignore[arg-type]
