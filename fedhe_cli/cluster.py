@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,39 @@ import yaml
 from fedhe_common.rpc.auth import new_token, token_sha256, write_secret_file
 
 BIN = Path(sys.executable).parent
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_client(clients: int, cores: int | None = None) -> int:
+    """Torch / BLAS threads for each of ``clients`` co-located clients: the cores, shared."""
+    return max(1, (cores or available_cores()) // max(1, clients))
+
+
+@contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C: unwind (so ``LocalCluster`` stops its processes), exit 143.
+
+    A second SIGTERM during the clean-up is ignored so that the clean-up finishes.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("terminated: stopping key authority, server and clients", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -36,10 +71,17 @@ class ClientSpec:
 class LocalCluster:
     """Processes and files of a loopback federation under ``workdir``."""
 
-    def __init__(self, workdir: Path, clients: list[ClientSpec], export: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        clients: list[ClientSpec],
+        export: bool = False,
+        torch_threads: int | None = None,
+    ) -> None:
         self.workdir = workdir
         self.clients = {c.client_id: c for c in clients}
         self.export = export
+        self.torch_threads = torch_threads or threads_per_client(len(clients))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -163,7 +205,7 @@ class LocalCluster:
             "keyauth": self._peer(self.keyauth_port, client_id),
             "partition": partition,
             "progress": False,
-            "torch_threads": 1,  # many clients share this machine's cores
+            "torch_threads": self.torch_threads,  # the clients share this machine's cores
             "state_dir": str(self.workdir / "client-state" / client_id),
         }
         if self.export:
@@ -173,16 +215,22 @@ class LocalCluster:
     def start_client(self, client_id: str) -> None:
         """Start one client agent."""
         cfg = self.client_config(client_id)
+        threads = dict.fromkeys(THREAD_ENV, str(self.torch_threads))
         self._spawn(
             client_id,
             [str(BIN / "fedhe-client"), "run", "--config", str(cfg)],
-            self.clients[client_id].env,
+            {**threads, **self.clients[client_id].env},
         )
 
     def start_clients(self) -> None:
         """Start every client agent."""
         for client_id in self.clients:
             self.start_client(client_id)
+
+    def clients_exited(self) -> bool:
+        """True when every started client process has exited."""
+        started = [self.procs[c] for c in self.clients if c in self.procs]
+        return bool(started) and all(p.poll() is not None for p in started)
 
     def wait(self, name: str, timeout_s: float) -> int:
         """Wait for a process to exit; return its code."""
@@ -219,6 +267,7 @@ class LocalCluster:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from fedhe_cli.cluster import ClientSpec, LocalCluster
+from fedhe_cli.cluster import ClientSpec, LocalCluster, terminate_on_sigterm
 from fedhe_cli.output import console
 from fedhe_cli.plain_fedavg import run_plain_fedavg
+from fedhe_cli.rounds_view import RoundLines, job_active
 from fedhe_client.connection import ServerConnection
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import JobConfig, PeerSection
@@ -26,10 +27,14 @@ training: {local_epochs: 5, batch_size: 32, lr: 0.1, momentum: 0.9}
 """
 
 
+FINAL_GRACE_S = 30.0  # after the job ends: how long to wait for the last metrics
+STRANDED_S = 10.0  # every client exited but the job is still active: give up after this
+
+
 def follow_job(
-    cluster: LocalCluster, job_id: str, rounds: int, timeout_s: float
+    cluster: LocalCluster, job: JobConfig, timeout_s: float
 ) -> dict[str, float]:
-    """Print one line per published round until the job ends; return the last metrics."""
+    """Print one line per finished round until the job ends; return the last metrics."""
     admin = ServerConnection(
         PeerSection(
             address=f"127.0.0.1:{cluster.server_port}",
@@ -37,36 +42,29 @@ def follow_job(
             insecure=True,
         )
     )
-    printed: set[int] = set()
-    last: dict[str, float] = {}
+    view = RoundLines(job.job.rounds, mask_round=job.selective.enabled)
+    ended_at: float | None = None
+    exited_at: float | None = None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = admin.job_status(job_id)
-        for r in status.history:
-            if r.round in printed or r.state not in ("PUBLISHED", "ABORTED"):
-                continue
-            if r.state == "PUBLISHED" and (
-                "accuracy" not in r.metrics
-                or (r.metrics.get("contributors", 0) < r.contributors and status.state == "RUNNING")
-            ):
-                continue
-            printed.add(r.round)
-            if r.state == "ABORTED":
-                console.print(f"round {r.round}: aborted ({r.contributors} commits)")
-                continue
-            last = dict(r.metrics)
-            mb = r.upload_bytes / max(1, r.contributors) / 1e6
-            console.print(
-                f"round {r.round}/{rounds}  accuracy {last['accuracy']:.4f}  "
-                f"loss {last['loss']:.4f}  upload {mb:.3f} MB/client  "
-                f"round {r.seconds:.1f} s  HE {last.get('he_s', 0.0):.3f} s"
-            )
-        if status.state != "RUNNING" and all(
-            r.round in printed for r in status.history if r.state != "OPEN"
-        ):
-            if status.state == "FAILED":
-                raise click.ClickException("the job failed (too many aborted rounds)")
-            return last
+        status = admin.job_status(job.job.name)
+        now = time.monotonic()
+        clients_gone = cluster.clients_exited()
+        if not job_active(status.state):
+            ended_at = ended_at if ended_at is not None else now
+        elif clients_gone:
+            exited_at = exited_at if exited_at is not None else now
+            if now - exited_at > STRANDED_S:
+                raise click.ClickException(
+                    f"every client exited but the job is still {status.state.lower()}"
+                )
+        final = ended_at is not None and (clients_gone or now - ended_at > FINAL_GRACE_S)
+        for line in view.lines(status.history, final):
+            console.print(line)
+        if final:
+            if status.state.upper() != "FINISHED":
+                raise click.ClickException(f"the job ended {status.state.lower()}")
+            return view.last
         time.sleep(0.3)
     raise click.ClickException(f"job did not finish within {timeout_s:.0f}s")
 
@@ -78,17 +76,18 @@ def run_federation(
     job = parse_yaml(job_yaml, JobConfig, "job")
     base = workdir or Path(tempfile.mkdtemp(prefix="fedhe-"))
     specs = [ClientSpec(f"client-{i + 1}", i, clients) for i in range(clients)]
+    keys = "threshold " if job.threshold_keys else ""
     console.print(
         f"[bold]FedHE[/bold]: key authority, server and {clients} clients on loopback "
         f"(job {job.job.name}, {job.job.rounds} rounds, encryption "
-        f"{job.encryption.mode}/{job.preset_name}); logs in {base / 'logs'}"
+        f"{job.encryption.mode}/{keys}{job.preset_name}); logs in {base / 'logs'}"
     )
-    with LocalCluster(base, specs) as cluster:
+    with terminate_on_sigterm(), LocalCluster(base, specs) as cluster:
         cluster.start_keyauth()
         cluster.start_server(job_yaml)
         cluster.start_clients()
         try:
-            final = follow_job(cluster, job.job.name, job.job.rounds, timeout_s)
+            final = follow_job(cluster, job, timeout_s)
         except Exception:
             for name in cluster.procs:
                 console.print(f"--- {name} ---\n{cluster.log_tail(name, 10)}")
@@ -98,9 +97,12 @@ def run_federation(
                 raise click.ClickException(
                     f"{spec.client_id} failed:\n{cluster.log_tail(spec.client_id)}"
                 )
+    if "accuracy" not in final:
+        raise click.ClickException("the job finished but no client reported a test accuracy")
     console.print(f"final test accuracy (HE, {job.encryption.mode}): {final['accuracy']:.4f}")
     if compare:
-        plain = run_plain_fedavg(job, clients)
+        with terminate_on_sigterm():
+            plain = run_plain_fedavg(job, clients)
         diff = 100 * abs(final["accuracy"] - plain["accuracy"])
         console.print(
             f"final test accuracy (plaintext FedAvg, same seeds): "

@@ -1,4 +1,4 @@
-"""`fedhe simulate JOB --clients N` on a tiny plaintext job."""
+"""`fedhe simulate JOB --clients N` on tiny jobs: plain, single-key, selective, threshold."""
 
 from __future__ import annotations
 
@@ -11,29 +11,62 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
+FEDHE = Path(sys.executable).parent / "fedhe"
+TINY = (
+    "participants: {min_clients: 2, wait_after_min_s: 0.5}\n"
+    "model: {name: mlp, hidden: 16}\n"
+    "training: {local_epochs: 1}\n"
+)
 
-def test_simulate_runs_a_user_job(tmp_path: Path) -> None:
+
+def _simulate(tmp_path: Path, job_yaml: str, *extra: str) -> str:
     job = tmp_path / "job.yaml"
-    job.write_text(
-        "job: {name: sim, rounds: 2}\nencryption: {mode: none}\n"
-        "participants: {min_clients: 2, wait_after_min_s: 0.5}\n"
-    )
-    fedhe = Path(sys.executable).parent / "fedhe"
+    job.write_text(job_yaml)
     result = subprocess.run(
-        [str(fedhe), "simulate", str(job), "--clients", "2", "--workdir", str(tmp_path / "run")],
+        [str(FEDHE), "simulate", str(job), "--clients", "2", "--workdir", str(tmp_path / "run"),
+         "--timeout", "180", *extra],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=280,
         check=False,
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
+    assert "Traceback" not in out
+    return out
+
+
+def test_simulate_runs_a_user_job(tmp_path: Path) -> None:
+    out = _simulate(
+        tmp_path,
+        "job: {name: sim, rounds: 2}\nencryption: {mode: none}\n"
+        "participants: {min_clients: 2, wait_after_min_s: 0.5}\n",
+    )
     assert len(re.findall(r"^round \d/2 ", out, re.M)) == 2
     assert "plaintext FedAvg, same seeds" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("job: {name: sim, rounds: 2, extra: 1}\n")
     result = subprocess.run(
-        [str(fedhe), "simulate", str(bad)], capture_output=True, text=True, timeout=60, check=False
+        [str(FEDHE), "simulate", str(bad)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode != 0 and "job.extra" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name,extra_yaml",
+    [
+        ("single", "encryption: {mode: ckks, preset: single-key}\n"),
+        # Round 0 is the mask round: no accuracy line (simulate used to wait for one forever).
+        ("selective", "selective: {ratio: 0.5, sensitivity: trueclass, samples: 8}\n"),
+        # The job starts in KEYGEN (simulate used to stop at once: KeyError 'accuracy').
+        ("threshold", "keys: {mode: threshold, parties: 2, threshold: 2, "
+         "preset: threshold-practical}\n"),
+    ],
+)
+def test_simulate_encrypted_jobs(tmp_path: Path, name: str, extra_yaml: str) -> None:
+    out = _simulate(tmp_path, f"job: {{name: sim-{name}, rounds: 1}}\n{TINY}{extra_yaml}",
+                    "--no-compare")
+    assert len(re.findall(r"^round 1/1  accuracy 0\.\d{4} ", out, re.M)) == 1, out
+    assert re.search(r"^final test accuracy \(HE, ckks\): 0\.\d{4}$", out, re.M), out
+    assert ("round 0 (mask)" in out) == (name == "selective"), out
