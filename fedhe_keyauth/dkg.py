@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from fedhe_common.crypto.presets import get_preset
-from fedhe_common.crypto.threshold import collective_public_key, crs_for, ring_for
+from fedhe_common.crypto.threshold import (
+    check_threshold,
+    collective_public_key,
+    crs_for,
+    ring_for,
+)
 from fedhe_common.errors import (
     ConflictError,
     InvalidArgumentError,
@@ -54,8 +59,7 @@ class DKGSession:
             if (meta["preset"], meta["parties"], meta["threshold"]) != (preset, parties, threshold):
                 raise ConflictError("a key generation with other parameters exists")
             return session
-        if not 1 <= threshold <= parties:
-            raise InvalidArgumentError("threshold must be between 1 and parties")
+        check_threshold(threshold, parties)  # t >= 2: t = 1 hands out the whole key
         ring_for(get_preset(preset))  # refuses presets without smudging
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         session._write_meta(

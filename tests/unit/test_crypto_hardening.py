@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sa
 
+from fedhe_common.config.load import parse_yaml
+from fedhe_common.config.models import JobConfig
 from fedhe_common.crypto import sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
 from fedhe_common.crypto.release import output_grid
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.crypto.threshold import decryption_share, fuse
+from fedhe_common.crypto.threshold import ShareRequest, decryption_share, fuse
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
-from fedhe_common.errors import InvalidArgumentError
+from fedhe_common.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
+from fedhe_keyauth.dkg import DKGSession
 from tests.conftest import holder_for
 from tests.unit.test_threshold import _request, _round, _setup
 
@@ -110,3 +113,39 @@ def test_bad_weight_sum_is_refused(bad: object) -> None:
     blob = holder.encrypt(np.ones(4))
     with pytest.raises(InvalidArgumentError, match="weight_sum"):
         holder.decrypt(blob, weight_sum=bad)  # type: ignore[arg-type]
+
+
+_THRESHOLD_JOB = (
+    "job: {name: a, rounds: 1}\n"
+    "participants: {min_clients: %d}\n"
+    "keys: {mode: threshold, parties: 4, threshold: %d}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("min_clients", "threshold", "message"),
+    [(3, 1, "keys.threshold must be at least 2"), (2, 3, "min_clients must be at least 3")],
+)
+def test_configs_that_switch_threshold_protection_off_are_refused(
+    min_clients: int, threshold: int, message: str
+) -> None:
+    parse_yaml(_THRESHOLD_JOB % (3, 2), JobConfig)  # the smallest protective setting
+    with pytest.raises(ConfigError, match=message):
+        parse_yaml(_THRESHOLD_JOB % (min_clients, threshold), JobConfig)
+
+
+def test_threshold_core_and_key_authority_refuse_t1_and_single_uploads(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="threshold must be between 2"):
+        DKGSession.create(tmp_path / "dkg", "threshold-practical", 3, 1)
+    assert not (tmp_path / "dkg").exists()
+    _, members, params, pk_blob, ledgers = _setup("threshold-practical", 3, None, tmp_path)
+    with pytest.raises(InvalidArgumentError, match="threshold must be between 2"):
+        members[0].deal(1, [1, 2, 3])
+    # A party configured with min_clients 1 still never decrypts a one-upload "aggregate".
+    _, uploads, _, _ = _round(params, pk_blob)
+    agg = CiphertextAggregator(params)
+    single = agg.to_blob(agg.add_weighted(None, agg.load_upload(uploads[0]), 1))
+    request = ShareRequest("job", 1, 0, contributors=1, min_clients=1, active=None)
+    with pytest.raises(PermissionDeniedError, match="fewer than 3"):
+        decryption_share(members[0], ledgers[1], CKKSContext(params), single, request)
+    assert ledgers[1].count() == 0

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedhe_common.crypto.presets import PRESETS
+from fedhe_common.crypto.presets import MIN_THRESHOLD, MIN_THRESHOLD_CLIENTS, PRESETS
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -28,6 +28,8 @@ class JobSection(_Model):
     name: str
     rounds: int = Field(ge=1, le=100_000)
     seed: int = 0
+    # Largest model (values per update) the server accepts before the first upload pins it.
+    max_values: int = Field(default=20_000_000, ge=1, le=2**31 - 1)
 
     _name = field_validator("name")(_check_id)
 
@@ -38,6 +40,28 @@ class ParticipantsSection(_Model):
     wait_after_min_s: float = Field(default=5.0, ge=0)
     expected_clients: int | None = Field(default=None, ge=1)
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
+    # Enrolled clients: only they may register, get the job's keys and aggregates.
+    # None: any client identity of the server may register (no isolation between jobs).
+    clients: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    # Largest sample_count (FedAvg weight) one client may declare; None: derived from
+    # the preset's weight budget and the expected client count (see the server).
+    max_sample_count: int | None = Field(default=None, ge=1, le=2**53)
+
+    @field_validator("clients")
+    @classmethod
+    def _client_ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for client in value:
+                _check_id(client)
+            if len(set(value)) != len(value):
+                raise ValueError("participants.clients lists a client twice")
+        return value
+
+    @model_validator(mode="after")
+    def _enough_clients(self) -> ParticipantsSection:
+        if self.clients is not None and self.min_clients > len(self.clients):
+            raise ValueError("participants.min_clients exceeds the enrolled clients")
+        return self
 
 
 class EncryptionSection(_Model):
@@ -62,6 +86,7 @@ class KeysSection(_Model):
     parties: int | None = Field(default=None, ge=2, le=64)
     threshold: int | None = Field(default=None, ge=1)
     preset: Literal["threshold-strict", "threshold-practical"] = "threshold-strict"
+    # t = 1 makes every party's share the whole key: threshold protection off.
 
     @model_validator(mode="after")
     def _threshold_fields(self) -> KeysSection:
@@ -70,6 +95,11 @@ class KeysSection(_Model):
                 raise ValueError("threshold mode needs keys.parties")
             if self.threshold is None or self.threshold > self.parties:
                 raise ValueError("keys.threshold must be set and <= keys.parties")
+            if self.threshold < MIN_THRESHOLD:
+                raise ValueError(
+                    f"keys.threshold must be at least {MIN_THRESHOLD}: with threshold 1 every "
+                    "party's share is the whole secret key"
+                )
         return self
 
 
@@ -166,6 +196,11 @@ class JobConfig(_Model):
                 raise ValueError("with threshold keys the preset is keys.preset")
             if self.participants.min_clients > (self.keys.parties or 0):
                 raise ValueError("participants.min_clients exceeds keys.parties")
+            if self.participants.min_clients < MIN_THRESHOLD_CLIENTS:
+                raise ValueError(
+                    f"participants.min_clients must be at least {MIN_THRESHOLD_CLIENTS} with "
+                    "threshold keys: the parties would decrypt (nearly) single uploads"
+                )
         if self.dp.mechanism != "none" and not self.selective.enabled:
             raise ValueError("dp noise applies to the plaintext part: set selective.ratio < 1")
         return self

@@ -15,6 +15,11 @@ from typing import Literal
 
 from fedhe_common.errors import ConfigError, ValueRangeError
 
+# Threshold keys: t >= 2 (t = 1 hands every party the whole key) and at least three
+# contributors per decrypted aggregate (fewer and the parties decrypt single uploads).
+MIN_THRESHOLD = 2
+MIN_THRESHOLD_CLIENTS = 3
+
 EncryptionMode = Literal["seeded-symmetric", "public-key"]
 WeightMode = Literal["integer", "real"]
 Compression = Literal["none", "zstd"]

@@ -34,7 +34,7 @@ import zstandard
 from fedhe_common.crypto import envelope, packing, release, sealbytes
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.envelope import BlobKind
-from fedhe_common.crypto.presets import Preset
+from fedhe_common.crypto.presets import MIN_THRESHOLD, MIN_THRESHOLD_CLIENTS, Preset
 from fedhe_common.crypto.ring import RingArithmetic, addmod, submod
 from fedhe_common.crypto.sampling import (
     crs_polynomial,
@@ -53,6 +53,15 @@ SHARE_MAGIC_ZSTD = b"FHDZ"  # zstd residues (presets whose wire format is zstd)
 def ciphertext_id(blob: bytes) -> bytes:
     """What a decryption share is bound to: sha256 of the aggregate ciphertext blob."""
     return hashlib.sha256(blob).digest()
+
+
+def check_threshold(threshold: int, parties: int) -> None:
+    """Refuse t < 2 (every share would be the whole key) and t > parties."""
+    if not MIN_THRESHOLD <= threshold <= parties:
+        raise InvalidArgumentError(
+            f"threshold must be between {MIN_THRESHOLD} and the {parties} parties, got "
+            f"{threshold}: with threshold 1 every party's share is the whole secret key"
+        )
 
 
 def lagrange_at_zero(alpha: int, active: list[int], q: int) -> int:
@@ -116,6 +125,7 @@ class ThresholdParty:
 
     def deal(self, threshold: int, alphas: list[int]) -> dict[int, np.ndarray]:
         """Shamir shares S_i(alpha) of this party's secret for every party's alpha."""
+        check_threshold(threshold, len(alphas))
         ring = self.ring
         q = ring.primes("key")
         coefficients = [self.secret] + [
@@ -219,10 +229,12 @@ def decryption_share(
     request: ShareRequest,
 ) -> bytes:
     """``d = c1 * s' + E`` for one aggregate ciphertext, once; returns a share blob."""
-    if request.contributors < request.min_clients:
+    floor = max(request.min_clients, MIN_THRESHOLD_CLIENTS)
+    if request.contributors < floor:
         raise PermissionDeniedError(
-            f"aggregate has {request.contributors} contributors, fewer than min_clients "
-            f"{request.min_clients}: no share is produced for it"
+            f"aggregate has {request.contributors} contributors, fewer than {floor} "
+            f"(min_clients {request.min_clients}, never below {MIN_THRESHOLD_CLIENTS}): "
+            "no share is produced for it"
         )
     scale = ctx.preset.scale * ctx.preset.weight_scale
     _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
