@@ -23,7 +23,7 @@ from fedhe_common.errors import (
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.jobrun import JobRun
-from fedhe_server.state import RoundRow, now
+from fedhe_server.state import RoundRow
 
 logger = logging.getLogger(__name__)
 SHARE = pb.STREAM_KIND_DECRYPTION_SHARE
@@ -74,7 +74,7 @@ class ThresholdDecryption:
             with self.db.transaction() as tx:
                 tx.execute(
                     "INSERT OR IGNORE INTO decryptions VALUES (?,?,?,?,?,0)",
-                    (self.run.job_id, number, alpha, client_id, now()),
+                    (self.run.job_id, number, alpha, client_id, self.run.clock()),
                 )
                 fixed = tx.execute(
                     "SELECT COUNT(*) FROM decryptions WHERE job_id=? AND round=? AND active=1",

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import signal
 import threading
-from dataclasses import dataclass
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
@@ -27,6 +24,7 @@ from fedhe_common.errors import (
     InvalidArgumentError,
     ManifestMismatchError,
     NotFoundError,
+    PermissionDeniedError,
     RoundClosedError,
     WrongRoundError,
 )
@@ -35,24 +33,15 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import stream_plans
 from fedhe_server.idempotency import is_repeat, verified_digest
+from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
-from fedhe_server.rounds import RoundStateMachine
+from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import StateDB, now
+from fedhe_server.state import StateDB, UploadState, now
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT
 PT = pb.STREAM_KIND_PLAINTEXT
-
-
-@dataclass
-class RoundAccumulators:
-    """In-memory sums of the open round (one model, whatever the client count)."""
-
-    number: int
-    encrypted: EncryptedAccumulator | None
-    plain: PlainAccumulator | None
-    weight_sum: int = 0
 
 
 class JobRun(RoundStateMachine):
@@ -69,7 +58,11 @@ class JobRun(RoundStateMachine):
         values_per_chunk: int,
         changed: threading.Condition,
         metrics: ServerMetrics,
+        clock: Clock = now,
+        faults: Faults = no_faults,
     ) -> None:
+        self.clock = clock
+        self.faults = faults
         self.db = db
         self.files = files
         self.job_id = job_id
@@ -82,7 +75,6 @@ class JobRun(RoundStateMachine):
         self.lock = threading.RLock()
         self._acc: RoundAccumulators | None = None
         self._mask: EncryptionMask | None = None
-        self._commits_in_process = 0
 
     # ------------------------------------------------------------------ layout
     def _layout(self) -> tuple[str, int] | None:
@@ -198,7 +190,9 @@ class JobRun(RoundStateMachine):
                 cls = RoundClosedError if m.round < number else WrongRoundError
                 raise cls(f"round {m.round} is not open (open round: {number})")
             if m.client_id not in self.db.registered_clients(self.job_id):
-                raise NotFoundError(f"client {m.client_id!r} is not registered for this job")
+                raise PermissionDeniedError(
+                    f"client {m.client_id!r} is not registered for this job"
+                )
             if bytes(m.context_fingerprint) != self.fingerprint:
                 raise ContextMismatchError("upload made under another CKKS context")
             expected_mask = self.mask_id() if number > 0 else ""
@@ -209,58 +203,62 @@ class JobRun(RoundStateMachine):
                     f"upload mask_id {m.mask_id[:12] or '(none)'} differs from the job's "
                     f"{expected_mask[:12] or '(none)'}"
                 )
-            if m.sample_count < 1 or m.num_values < 1:
-                raise InvalidArgumentError("sample_count and num_values must be positive")
-            self._pin_layout(m.layout_id, int(m.num_values))
-            ct_plan, pt_plan = self.plans(int(m.num_values), number)
-            if m.ciphertext_chunks != ct_plan.count or m.plaintext_chunks != pt_plan.count:
-                raise ManifestMismatchError(
-                    f"manifest declares {m.ciphertext_chunks}+{m.plaintext_chunks} chunks; "
-                    f"the layout needs {ct_plan.count}+{pt_plan.count}"
-                )
-            if self.aggregator is not None:
-                acc = self._accumulators(number)
-                self.aggregator.preset.check_weight_sum(acc.weight_sum + m.sample_count)
+            self._check_manifest(m, number)
             manifest = m.SerializeToString(deterministic=True)
             upload_id = hashlib.sha256(manifest).hexdigest()[:32]
-            committed = self.db.query(
-                "SELECT upload_id FROM uploads WHERE job_id=? AND round=? AND client_id=? "
-                "AND state='COMMITTED'",
-                (self.job_id, number, m.client_id),
-            )
-            if committed and committed[0][0] != upload_id:
+            committed = self.db.committed_upload_of(self.job_id, number, m.client_id)
+            if committed is not None and committed != upload_id:
                 raise ConflictError(f"client {m.client_id!r} already committed round {number}")
             if self.db.upload(upload_id) is None:
-                with self.db.transaction() as tx:
-                    tx.execute(
-                        "UPDATE uploads SET state='SUPERSEDED' WHERE job_id=? AND round=? "
-                        "AND client_id=? AND state='RECEIVING'",
-                        (self.job_id, number, m.client_id),
-                    )
-                    tx.execute(
-                        "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            upload_id,
-                            self.job_id,
-                            number,
-                            m.client_id,
-                            manifest,
-                            "RECEIVING",
-                            int(m.sample_count),
-                            None,
-                            now(),
-                        ),
-                    )
+                # Everything is checked: this is the manifest's first and only write.
+                self.db.add_upload(
+                    upload_id,
+                    self.job_id,
+                    number,
+                    m.client_id,
+                    manifest,
+                    int(m.sample_count),
+                    self.clock(),
+                )
             return self._status_response(upload_id)
 
+    def _check_manifest(self, m: pb.UploadManifest, number: int) -> None:
+        """Every check of a manifest, before anything is written."""
+        if m.sample_count < 1 or m.num_values < 1:
+            raise InvalidArgumentError("sample_count and num_values must be positive")
+        if not m.layout_id or len(m.layout_id) > 128:
+            raise InvalidArgumentError("layout_id must be 1-128 characters")
+        check_sample_count(self.config, int(m.sample_count))
+        layout = self._layout()
+        if layout is None:
+            check_num_values(self.config, int(m.num_values))
+        elif layout != (m.layout_id, int(m.num_values)):
+            raise ManifestMismatchError(
+                f"upload layout ({m.layout_id[:12]}..., {m.num_values} values) differs from "
+                f"the job's model layout ({layout[0][:12]}..., {layout[1]} values)"
+            )
+        ct_plan, pt_plan = self.plans(int(m.num_values), number)
+        if m.ciphertext_chunks != ct_plan.count or m.plaintext_chunks != pt_plan.count:
+            raise ManifestMismatchError(
+                f"manifest declares {m.ciphertext_chunks}+{m.plaintext_chunks} chunks; "
+                f"the layout needs {ct_plan.count}+{pt_plan.count}"
+            )
+        if self.aggregator is not None:
+            committed = self.db.committed_weight(self.job_id, number)
+            try:
+                self.aggregator.preset.check_weight_sum(committed + m.sample_count)
+            except FedHEError as exc:
+                raise type(exc)(
+                    f"round {number}: clients already committed weight {committed}; adding "
+                    f"sample_count {m.sample_count}: {exc}"
+                ) from None
+
     def _pin_layout(self, layout_id: str, num_values: int) -> None:
+        """Pin the job's model layout at its first commit (never at a mere manifest)."""
         layout = self._layout()
         if layout is None:
             with self.db.transaction() as tx:
-                tx.execute(
-                    "UPDATE jobs SET layout_id=?, num_values=? WHERE job_id=?",
-                    (layout_id, num_values, self.job_id),
-                )
+                self.db.pin_layout(tx, self.job_id, layout_id, num_values)
             logger.info(
                 "job %s: model layout %s..., %d values", self.job_id, layout_id[:12], num_values
             )
@@ -275,7 +273,9 @@ class JobRun(RoundStateMachine):
             upload_id=upload_id,
             missing_ciphertext=missing_ct,
             missing_plaintext=missing_pt,
-            committed=row.state == "COMMITTED",
+            missing_ciphertext_ranges=_ranges(missing_ct),
+            missing_plaintext_ranges=_ranges(missing_pt),
+            committed=row.state == UploadState.COMMITTED,
         )
 
     def _missing(self, row: object) -> tuple[list[int], list[int]]:
@@ -286,17 +286,19 @@ class JobRun(RoundStateMachine):
             [k for k in range(m.plaintext_chunks) if (PT, k) not in have],
         )
 
-    def upload_status(self, upload_id: str) -> pb.GetUploadStatusResponse:
-        """State and missing chunks of an upload."""
+    def upload_status(self, upload_id: str, client_id: str) -> pb.GetUploadStatusResponse:
+        """State and missing chunks of one of ``client_id``'s uploads."""
         row = self.db.upload(upload_id)
-        if row is None or row.job_id != self.job_id:
-            raise NotFoundError("unknown upload")
+        if row is None or row.job_id != self.job_id or row.client_id != client_id:
+            raise NotFoundError("unknown upload")  # another client's upload: not revealed
         missing_ct, missing_pt = self._missing(row)
         return pb.GetUploadStatusResponse(
             upload_id=upload_id,
             state=row.state,
             missing_ciphertext=missing_ct,
             missing_plaintext=missing_pt,
+            missing_ciphertext_ranges=_ranges(missing_ct),
+            missing_plaintext_ranges=_ranges(missing_pt),
         )
 
     def put_chunk(self, chunk: pb.Chunk, client_id: str) -> bool:
@@ -306,7 +308,7 @@ class JobRun(RoundStateMachine):
             raise NotFoundError("unknown upload")
         if row.client_id != client_id:
             raise ConflictError("upload belongs to another client")
-        if row.state != "RECEIVING":
+        if row.state != UploadState.RECEIVING:
             raise ConflictError(f"upload is {row.state.lower()}, not receiving")
         if row.round != self.open_round_number():
             raise RoundClosedError(f"round {row.round} is closed")
@@ -322,10 +324,7 @@ class JobRun(RoundStateMachine):
         if chunk.num_values != plan.length(chunk.index):
             raise ManifestMismatchError("chunk value count differs from the layout")
         digest = verified_digest(chunk.payload, chunk.sha256, "chunk")
-        have = self.db.query(
-            "SELECT sha256 FROM chunks WHERE upload_id=? AND stream=? AND idx=?",
-            (chunk.upload_id, chunk.stream, chunk.index),
-        )
+        have = self.db.chunk_hash(chunk.upload_id, chunk.stream, chunk.index)
         if is_repeat(have, digest, f"chunk {chunk.index}"):
             return True
         if chunk.stream == CT:
@@ -335,11 +334,7 @@ class JobRun(RoundStateMachine):
             decode_float32(chunk.payload, chunk.num_values)
         path = self.files.chunk_path(row.round, chunk.upload_id, chunk.stream, chunk.index)
         self.files.write_chunk(path, chunk.payload)
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?)",
-                (chunk.upload_id, chunk.stream, chunk.index, digest, len(chunk.payload)),
-            )
+        self.db.add_chunk(chunk.upload_id, chunk.stream, chunk.index, digest, len(chunk.payload))
         return False
 
     def commit(self, upload_id: str, client_id: str) -> bytes:
@@ -350,10 +345,10 @@ class JobRun(RoundStateMachine):
                 raise NotFoundError("unknown upload")
             if row.client_id != client_id:
                 raise ConflictError("upload belongs to another client")
-            if row.state == "COMMITTED":
+            if row.state == UploadState.COMMITTED:
                 assert row.receipt is not None
                 return row.receipt
-            if row.state != "RECEIVING":
+            if row.state != UploadState.RECEIVING:
                 raise ConflictError(f"upload is {row.state.lower()}")
             if row.round != self.open_round_number():
                 raise RoundClosedError(f"round {row.round} is closed")
@@ -362,30 +357,23 @@ class JobRun(RoundStateMachine):
                 raise IncompleteUploadError(
                     f"{len(missing_ct) + len(missing_pt)} chunks still missing"
                 )
+            m = pb.UploadManifest.FromString(row.manifest)
+            self._pin_layout(m.layout_id, int(m.num_values))
             acc = self._accumulators(row.round)
             try:
                 with self.metrics.aggregate_seconds.time():
                     self._add_upload(acc, row)
             except FedHEError:
                 with self.db.transaction() as tx:
-                    tx.execute(
-                        "UPDATE uploads SET state='REJECTED' WHERE upload_id=?", (upload_id,)
-                    )
+                    self.db.set_upload_state(tx, upload_id, UploadState.REJECTED)
                 self.rebuild()
                 raise
             receipt = self._receipt(row)
             committed_count = len(self.db.committed_uploads(self.job_id, row.round)) + 1
             with self.db.transaction() as tx:
-                tx.execute(
-                    "UPDATE uploads SET state='COMMITTED', receipt=? WHERE upload_id=?",
-                    (receipt, upload_id),
-                )
+                self.db.commit_upload(tx, upload_id, receipt)
                 if committed_count >= self.config.participants.min_clients:
-                    tx.execute(
-                        "UPDATE rounds SET min_reached=COALESCE(min_reached, ?) "
-                        "WHERE job_id=? AND round=?",
-                        (now(), self.job_id, row.round),
-                    )
+                    self.db.mark_min_reached(tx, self.job_id, row.round, self.clock())
             logger.info(
                 "job %s round %d: committed %s (n=%d), %d committed",
                 self.job_id,
@@ -394,8 +382,7 @@ class JobRun(RoundStateMachine):
                 row.sample_count,
                 committed_count,
             )
-            self._commits_in_process += 1
-            _fault_after_commit(self._commits_in_process)
+            self.faults("commit.after_transaction")
         with self.changed:
             self.changed.notify_all()
         return receipt
@@ -445,9 +432,13 @@ class JobRun(RoundStateMachine):
                 )
 
 
-def _fault_after_commit(count: int) -> None:
-    """Test hook: ``FEDHE_FAULT=server_kill_after_commits:N`` SIGKILLs this process."""
-    fault = os.environ.get("FEDHE_FAULT", "")
-    if fault.startswith("server_kill_after_commits:") and count >= int(fault.split(":")[1]):
-        logger.warning("fault injection: killing the server after %d commits", count)
-        os.kill(os.getpid(), signal.SIGKILL)
+
+def _ranges(indices: list[int]) -> list[pb.IndexRange]:
+    """Sorted indices as [start, stop) ranges."""
+    ranges: list[pb.IndexRange] = []
+    for k in indices:
+        if ranges and ranges[-1].stop == k:
+            ranges[-1].stop = k + 1
+        else:
+            ranges.append(pb.IndexRange(start=k, stop=k + 1))
+    return ranges

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as pb_grpc
 from fedhe_common.config.models import PeerSection
@@ -11,6 +13,7 @@ from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.errors import rpc_errors
 
 TIMEOUT_S = 30.0
+SUBMIT_TIMEOUT_S = 10.0
 
 
 class KeyAuthClient:
@@ -23,25 +26,40 @@ class KeyAuthClient:
         """Close the channel."""
         self._conn.close()
 
+    def _once(self, name: str, request: object) -> Any:
+        """One attempt with a deadline (job submission: the caller decides on retries)."""
+        with rpc_errors():
+            return getattr(self._conn.stub, name)(
+                request, timeout=SUBMIT_TIMEOUT_S, metadata=self._conn.metadata
+            )
+
     def public_params(
-        self, job_id: str, preset: str, clip_bound: float | None
+        self, job_id: str, preset: str, clip_bound: float | None, clients: list[str] | None = None
     ) -> tuple[PublicParams, bytes]:
         """Create the job's keys if needed; return (public params, fingerprint)."""
-        self._conn.call(
+        self._once(
             "CreateJobKeys",
-            pb.CreateJobKeysRequest(job_id=job_id, preset=preset, clip_bound=clip_bound or 0),
+            pb.CreateJobKeysRequest(
+                job_id=job_id, preset=preset, clip_bound=clip_bound or 0, clients=clients or []
+            ),
         )
-        reply = self._conn.call("GetPublicContext", pb.GetPublicContextRequest(job_id=job_id))
+        reply = self._once("GetPublicContext", pb.GetPublicContextRequest(job_id=job_id))
         params = PublicParams.from_json(reply.public_params_json)
         if params.preset.name != preset:
             raise KeyMaterialError("key authority returned keys for another preset")
         return params, bytes(reply.context_fingerprint)
 
     def create_threshold(
-        self, job_id: str, preset: str, clip_bound: float | None, parties: int, threshold: int
+        self,
+        job_id: str,
+        preset: str,
+        clip_bound: float | None,
+        parties: int,
+        threshold: int,
+        clients: list[str] | None = None,
     ) -> None:
         """Open the job's distributed key generation (the parties run it)."""
-        self._conn.call(
+        self._once(
             "CreateJobKeys",
             pb.CreateJobKeysRequest(
                 job_id=job_id,
@@ -50,6 +68,7 @@ class KeyAuthClient:
                 mode="threshold",
                 parties=parties,
                 threshold=threshold,
+                clients=clients or [],
             ),
         )
 

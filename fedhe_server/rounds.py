@@ -1,34 +1,60 @@
 """The round state machine of a job: close, publish, decrypt (threshold) or abort.
 
 Rounds go OPEN -> PUBLISHED, OPEN -> DECRYPTING -> PUBLISHED (threshold keys) or
-OPEN/DECRYPTING -> ABORTED at the deadline. Every transition is persisted in
-SQLite before it takes effect. :class:`RoundStateMachine` is a mixin of
-:class:`fedhe_server.jobrun.JobRun`, whose state (db, files, config, lock,
-accumulators) it uses.
+OPEN/DECRYPTING -> ABORTED at the deadline. Each transition is ONE SQLite
+transaction (close the round, count it, open the next round or finish the job);
+files it refers to are written before it, files it retires are deleted after it.
+:meth:`RoundStateMachine.repair` puts right every state a crash between those
+steps can leave. Time comes from an injected clock and crash points are named
+through an injected fault hook, so the machine is testable without sleeping.
+:class:`RoundStateMachine` is the base of :class:`fedhe_server.jobrun.JobRun`.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
+from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import RoundRow, StateDB, UploadRow, now
-
-if TYPE_CHECKING:
-    from fedhe_server.jobrun import RoundAccumulators
+from fedhe_server.state import JobState, RoundRow, RoundState, StateDB, UploadRow
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT
 PT = pb.STREAM_KIND_PLAINTEXT
 MAX_CONSECUTIVE_ABORTS = 3
+Clock = Callable[[], float]
+Faults = Callable[[str], None]
+# Named crash points of the publish transition, in order (tests kill the server at each).
+PUBLISH_POINTS = (
+    "publish.before_aggregate",
+    "publish.after_aggregate",
+    "publish.after_transaction",
+    "publish.after_cleanup",
+)
+
+
+@dataclass
+class RoundAccumulators:
+    """In-memory sums of the open round (one model, whatever the client count)."""
+
+    number: int
+    encrypted: EncryptedAccumulator | None
+    plain: PlainAccumulator | None
+    weight_sum: int = 0
+
+
+def no_faults(point: str) -> None:
+    """The production fault hook: does nothing."""
 
 
 class RoundStateMachine:
-    """Round transitions; mixed into JobRun."""
+    """Round transitions; the base of JobRun."""
 
     db: StateDB
     files: JobFiles
@@ -36,15 +62,18 @@ class RoundStateMachine:
     job_id: str
     lock: threading.RLock
     changed: threading.Condition
+    clock: Clock
+    faults: Faults
     _acc: RoundAccumulators | None
-    # JobRun also provides _accumulators(number), _layout() and rebuild().
+    # JobRun provides _accumulators(number), _layout(), selective and rebuild().
 
     # ------------------------------------------------------------------ rounds
     def tick(self) -> None:
         """Close, publish or abort the open round when its rule says so."""
         with self.lock:
+            t = self.clock()
             decrypting = self.decrypting_round()
-            if decrypting is not None and now() >= decrypting.deadline:
+            if decrypting is not None and t >= decrypting.deadline:
                 self._abort(decrypting.round, decrypting.contributors or 0, "decryption shares")
                 decrypting = None
             row = self.db.open_round(self.job_id)
@@ -53,7 +82,6 @@ class RoundStateMachine:
             p = self.config.participants
             uploads = self.db.committed_uploads(self.job_id, row.round)
             committed = len(uploads)
-            t = now()
             expected = p.expected_clients or self._clients_to_wait_for(uploads, t)
             if committed >= p.min_clients and (
                 committed >= expected
@@ -74,10 +102,11 @@ class RoundStateMachine:
         live = self.db.live_clients(self.job_id, t - patience)
         return len(live | {u.client_id for u in committed})
 
-    def _publish(self, number: int) -> None:
-        acc = self._accumulators(number)
+    def _aggregate_files(self, number: int) -> tuple[dict[tuple[int, int], bytes], dict]:
+        """The round's aggregate chunks and header, from the accumulators."""
+        acc = self._accumulators(number)  # type: ignore[attr-defined]
         uploads = self.db.committed_uploads(self.job_id, number)
-        layout = self._layout()
+        layout = self._layout()  # type: ignore[attr-defined]
         assert layout is not None
         chunks: dict[tuple[int, int], bytes] = {}
         if acc.encrypted is not None:
@@ -86,14 +115,6 @@ class RoundStateMachine:
         if acc.plain is not None:
             for k, part in enumerate(acc.plain.plan.split(acc.plain.sum)):
                 chunks[(PT, k)] = part.astype("<f4").tobytes()  # like uploads: float32
-        upload_bytes = sum(
-            int(r[0] or 0)
-            for r in self.db.query(
-                "SELECT SUM(c.nbytes) FROM chunks c JOIN uploads u ON c.upload_id=u.upload_id "
-                "WHERE u.job_id=? AND u.round=? AND u.state='COMMITTED'",
-                (self.job_id, number),
-            )
-        )
         header = {
             "round": number,
             "weight_sum": acc.weight_sum,
@@ -104,87 +125,106 @@ class RoundStateMachine:
             "ciphertext_chunks": sum(1 for s, _ in chunks if s == CT),
             "plaintext_chunks": sum(1 for s, _ in chunks if s == PT),
         }
+        return chunks, header
+
+    def _publish(self, number: int) -> None:
+        """OPEN -> PUBLISHED (+ next round) or OPEN -> DECRYPTING, in one transaction."""
+        self.faults("publish.before_aggregate")
+        chunks, header = self._aggregate_files(number)
         self.files.write_aggregate(number, chunks, header)
-        t = now()
+        self.faults("publish.after_aggregate")
+        t = self.clock()
+        contributors = int(header["contributors"])
+        upload_bytes = self.db.committed_bytes(self.job_id, number)
         with self.db.transaction() as tx:
-            tx.execute(
-                "UPDATE rounds SET state=?, closed=?, weight_sum=?, contributors=?, "
-                "upload_bytes=?, deadline=? WHERE job_id=? AND round=?",
-                (
-                    "DECRYPTING" if self.config.threshold_keys else "PUBLISHED",
-                    t,
-                    acc.weight_sum,
-                    len(uploads),
-                    upload_bytes,
-                    t + self.config.participants.round_timeout_s,
-                    self.job_id,
-                    number,
-                ),
+            self.db.close_round(
+                tx,
+                self.job_id,
+                number,
+                RoundState.DECRYPTING if self.config.threshold_keys else RoundState.PUBLISHED,
+                t,
+                int(header["weight_sum"]),
+                contributors,
+                upload_bytes,
+                t + self.config.participants.round_timeout_s,
             )
+            finished = False
+            if not self.config.threshold_keys:
+                finished = self._count_and_advance(tx, number, t)
+        self.faults("publish.after_transaction")
         self._acc = None
-        self.files.drop_uploads(number)
+        self._cleanup_after(number)
+        self.faults("publish.after_cleanup")
         if self.config.threshold_keys:
             logger.info(
                 "job %s round %d closed with %d clients; waiting for %d decryption shares",
                 self.job_id,
                 number,
-                len(uploads),
+                contributors,
                 self.config.keys.threshold,
             )
             return
-        self.mark_published(number)
+        self._log_published(number, contributors, int(header["weight_sum"]), finished)
 
-    def decrypting_round(self) -> RoundRow | None:
-        """The round whose aggregate waits for threshold decryption shares, if any."""
-        rows = [r for r in self.db.rounds(self.job_id) if r.state == "DECRYPTING"]
-        return rows[0] if rows else None
+    def _count_and_advance(self, tx: sqlite3.Connection, number: int, t: float) -> bool:
+        """Inside a transaction: count published rounds, open the next or finish the job."""
+        published = self.db.count_published(tx, self.job_id)
+        finished = published >= self.config.job.rounds
+        self.db.set_job_progress(
+            tx, self.job_id, published, JobState.FINISHED if finished else JobState.RUNNING
+        )
+        if not finished:
+            self._insert_round(tx, number + 1, t)
+        return finished
 
-    def mark_published(self, number: int) -> None:
-        """The round's model is available to clients: count it, open the next round."""
-        job = self.db.job(self.job_id)
-        row = self.db.round(self.job_id, number)
-        assert job is not None and row is not None
-        published = int(job["published"]) + (1 if number > 0 else 0)  # type: ignore[call-overload]
-        finished = published >= int(job["rounds"])  # type: ignore[call-overload]
-        t = now()
-        with self.db.transaction() as tx:
-            tx.execute(
-                "UPDATE rounds SET state='PUBLISHED' WHERE job_id=? AND round=?",
-                (self.job_id, number),
-            )
-            tx.execute(
-                "UPDATE jobs SET published=?, state=? WHERE job_id=?",
-                (published, "FINISHED" if finished else "RUNNING", self.job_id),
-            )
-            if not finished:
-                self._insert_round(tx, number + 1, t)
+    def _cleanup_after(self, number: int) -> None:
+        """Delete what a closed round no longer needs (after its transaction)."""
+        self.files.drop_uploads(number)
         if number - 2 >= 1:  # round 0 (the mask's sensitivity sum) stays for late joiners
             self.files.drop_round(number - 2)
+
+    def _log_published(self, number: int, contributors: int, weight: int, done: bool) -> None:
         logger.info(
             "job %s round %d published: %d clients, weight sum %d%s",
             self.job_id,
             number,
-            row.contributors or 0,
-            row.weight_sum or 0,
-            " (job finished)" if finished else "",
+            contributors,
+            weight,
+            " (job finished)" if done else "",
         )
 
-    def _abort(self, number: int, committed: int, missing: str = "commits") -> None:
-        aborts = 1
-        for r in reversed(self.db.rounds(self.job_id)[:-1]):
-            if r.state != "ABORTED":
+    def decrypting_round(self) -> RoundRow | None:
+        """The round whose aggregate waits for threshold decryption shares, if any."""
+        return self.db.round_in_state(self.job_id, RoundState.DECRYPTING)
+
+    def mark_published(self, number: int) -> None:
+        """DECRYPTING -> PUBLISHED (threshold): count it and open the next round, atomically."""
+        t = self.clock()
+        with self.db.transaction() as tx:
+            self.db.set_round_state(tx, self.job_id, number, RoundState.PUBLISHED)
+            finished = self._count_and_advance(tx, number, t)
+        row = self.db.round(self.job_id, number)
+        assert row is not None
+        self._cleanup_after(number)
+        self._log_published(number, row.contributors or 0, row.weight_sum or 0, finished)
+
+    def _consecutive_aborts(self, before: int) -> int:
+        aborts = 0
+        for r in reversed(self.db.rounds(self.job_id)):
+            if r.round >= before:
+                continue
+            if r.state != RoundState.ABORTED:
                 break
             aborts += 1
-        failed = aborts >= MAX_CONSECUTIVE_ABORTS
-        t = now()
+        return aborts
+
+    def _abort(self, number: int, committed: int, missing: str = "commits") -> None:
+        failed = self._consecutive_aborts(number) + 1 >= MAX_CONSECUTIVE_ABORTS
+        t = self.clock()
         with self.db.transaction() as tx:
-            tx.execute(
-                "UPDATE rounds SET state='ABORTED', closed=?, contributors=? "
-                "WHERE job_id=? AND round=?",
-                (t, committed, self.job_id, number),
-            )
+            self.db.close_round(tx, self.job_id, number, RoundState.ABORTED, t, None, committed)
             if failed:
-                tx.execute("UPDATE jobs SET state='FAILED' WHERE job_id=?", (self.job_id,))
+                self.db.set_job_state(tx, self.job_id, JobState.FAILED)
             else:
                 self._insert_round(tx, number + 1, t)
         self._acc = None
@@ -198,26 +238,85 @@ class RoundStateMachine:
             "; job failed" if failed else "",
         )
 
-    def _insert_round(self, tx: object, number: int, t: float) -> None:
-        tx.execute(
-            "INSERT INTO rounds (job_id, round, state, opened, deadline) "  # type: ignore[attr-defined]
-            "VALUES (?,?,?,?,?)",
-            (self.job_id, number, "OPEN", t, t + self.config.participants.round_timeout_s),
+    def _insert_round(self, tx: sqlite3.Connection, number: int, t: float) -> None:
+        self.db.insert_round(
+            tx, self.job_id, number, t, t + self.config.participants.round_timeout_s
         )
 
+    # ----------------------------------------------------------------- start-up
     def start(self) -> None:
-        """Open round 1 for a new job, or resume after a restart."""
+        """Open the first round of a new job, or repair and resume after a restart."""
         with self.lock:
             if not self.db.rounds(self.job_id):
                 with self.db.transaction() as tx:
-                    self._insert_round(tx, 0 if self.selective else 1, now())
+                    self._insert_round(tx, 0 if self.selective else 1, self.clock())  # type: ignore[attr-defined]
                 return
+            self.repair()
             row = self.db.open_round(self.job_id)
             if row is not None:
                 grace = min(self.config.participants.round_timeout_s, 30.0)
                 with self.db.transaction() as tx:
-                    tx.execute(
-                        "UPDATE rounds SET deadline=MAX(deadline, ?) WHERE job_id=? AND round=?",
-                        (now() + grace, self.job_id, row.round),
-                    )
-            self.rebuild()
+                    self.db.extend_deadline(tx, self.job_id, row.round, self.clock() + grace)
+            self.rebuild()  # type: ignore[attr-defined]
+
+    def repair(self) -> list[str]:
+        """Put right what a crash between the steps of a transition can leave; say what."""
+        fixed: list[str] = []
+        job = self.db.job(self.job_id)
+        assert job is not None
+        if job["state"] not in (JobState.RUNNING,):
+            return fixed
+        rounds = self.db.rounds(self.job_id)
+        closed = (RoundState.PUBLISHED, RoundState.DECRYPTING)
+        for r in rounds:
+            if r.state in closed and self.files.read_aggregate_header(r.round) is None:
+                fixed.append(self._repair_missing_aggregate(r))
+        live = {RoundState.OPEN, RoundState.DECRYPTING}
+        rounds = self.db.rounds(self.job_id)
+        if rounds and not any(r.state in live for r in rounds):
+            last = rounds[-1]
+            t = self.clock()
+            with self.db.transaction() as tx:
+                if last.state == RoundState.ABORTED and (
+                    self._consecutive_aborts(last.round) + 1 >= MAX_CONSECUTIVE_ABORTS
+                ):
+                    self.db.set_job_state(tx, self.job_id, JobState.FAILED)
+                    fixed.append(f"round {last.round} aborted a third time: job failed")
+                elif last.state == RoundState.ABORTED:
+                    self._insert_round(tx, last.round + 1, t)
+                    fixed.append(f"opened round {last.round + 1} after aborted {last.round}")
+                elif self._count_and_advance(tx, last.round, t):
+                    fixed.append(f"job finished at round {last.round}")
+                else:
+                    fixed.append(f"opened round {last.round + 1} after published {last.round}")
+        open_rounds = {r.round for r in self.db.rounds(self.job_id) if r.state in live}
+        for number in self.files.staged_rounds():
+            if number not in open_rounds:
+                self.files.drop_uploads(number)
+                fixed.append(f"dropped leftover staging of round {number}")
+        self.files.drop_temporaries()
+        for line in fixed:
+            logger.warning("job %s repaired after a crash: %s", self.job_id, line)
+        return fixed
+
+    def _repair_missing_aggregate(self, r: RoundRow) -> str:
+        """A closed round without aggregate files (state from before one-transaction
+        publishing): rebuild them from the staged uploads, or abort the round."""
+        uploads = self.db.committed_uploads(self.job_id, r.round)
+        staged = all(
+            self.files.chunk_path(r.round, u.upload_id, stream, k).exists()
+            for u in uploads
+            for stream, k in self.db.chunk_hashes(u.upload_id)
+        )
+        if uploads and staged and self._layout() is not None:  # type: ignore[attr-defined]
+            self._acc = None
+            acc = self._accumulators(r.round)  # type: ignore[attr-defined]
+            for upload in uploads:
+                self._add_upload(acc, upload)  # type: ignore[attr-defined]
+            chunks, header = self._aggregate_files(r.round)
+            self.files.write_aggregate(r.round, chunks, header)
+            self._acc = None
+            return f"rebuilt the missing aggregate of round {r.round}"
+        with self.db.transaction() as tx:
+            self.db.set_round_state(tx, self.job_id, r.round, RoundState.ABORTED)
+        return f"round {r.round} had no aggregate and no uploads left: aborted"

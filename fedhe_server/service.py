@@ -13,14 +13,22 @@ from fedhe_common.config.models import JobConfig, ServerConfig
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
-from fedhe_common.errors import ConflictError, FedHEError, KeyMaterialError, NotFoundError
+from fedhe_common.errors import (
+    ConflictError,
+    FedHEError,
+    InvalidArgumentError,
+    KeyMaterialError,
+    NotFoundError,
+)
 from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
 from fedhe_server.changes import ChangeSignal
 from fedhe_server.jobrun import JobRun
 from fedhe_server.keyauth_client import KeyAuthClient
+from fedhe_server.limits import MAX_METRIC_NAMES_PER_ROUND, validated_metrics
 from fedhe_server.metrics import ServerMetrics
+from fedhe_server.rounds import Clock, Faults, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import StateDB, now
+from fedhe_server.state import JobState, StateDB, now
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.2
@@ -40,8 +48,16 @@ def max_message_bytes() -> int:
 class AggregationServer:
     """Owns the state database and one :class:`JobRun` per running job."""
 
-    def __init__(self, config: ServerConfig, keyauth: KeyAuthClient | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        keyauth: KeyAuthClient | None = None,
+        faults: Faults = no_faults,
+        clock: Clock = now,
+    ) -> None:
         self.config = config
+        self.faults = faults  # tests name crash points; production passes nothing
+        self.clock = clock
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db = StateDB(self.state_dir / "state.sqlite")
@@ -49,7 +65,8 @@ class AggregationServer:
         self.keyauth = keyauth or KeyAuthClient(config.keyauth)
         self.changed = ChangeSignal()  # also wakes async long-polls
         self.runs: dict[str, JobRun] = {}
-        self._lock = threading.Lock()
+        self._configs: dict[str, JobConfig] = {}
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         for job_id in self.db.running_jobs():
             self._start_run(job_id)
@@ -67,7 +84,10 @@ class AggregationServer:
                 if parse_yaml(str(existing["config_yaml"]), JobConfig) != config:
                     raise ConflictError(f"job {job_id!r} exists with another configuration")
                 return job_id, False
-            params_json, fingerprint, state = None, b"", "RUNNING"
+            params_json, fingerprint, state = None, b"", JobState.RUNNING
+            clients = list(config.participants.clients or ())
+            # One bounded attempt each: a key authority that is down fails the submission
+            # now (UNAVAILABLE) instead of creating the job after the caller gave up.
             if config.threshold_keys:
                 assert config.keys.parties and config.keys.threshold
                 self.keyauth.create_threshold(
@@ -76,28 +96,18 @@ class AggregationServer:
                     config.encryption.clip_bound,
                     config.keys.parties,
                     config.keys.threshold,
+                    clients,
                 )
-                state = "KEYGEN"
+                state = JobState.KEYGEN
             elif config.encryption.mode == "ckks":
                 params, fingerprint = self.keyauth.public_params(
-                    job_id, config.preset_name, config.encryption.clip_bound
+                    job_id, config.preset_name, config.encryption.clip_bound, clients
                 )
                 params_json = params.to_json()
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "INSERT INTO jobs (job_id, config_yaml, state, params_json, "
-                    "fingerprint, rounds, created) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        job_id,
-                        job_yaml,
-                        state,
-                        params_json,
-                        fingerprint,
-                        config.job.rounds,
-                        now(),
-                    ),
-                )
-            if state == "RUNNING":
+            self.db.insert_job(
+                job_id, job_yaml, state, params_json, fingerprint, config.job.rounds, self.clock()
+            )
+            if state == JobState.RUNNING:
                 self._start_run(job_id)
         logger.info(
             "job %s submitted: %d rounds, encryption %s",
@@ -130,26 +140,63 @@ class AggregationServer:
             values_per_chunk,  # type: ignore[arg-type]
             self.changed,
             self.metrics,
+            clock=self.clock,
+            faults=self.faults,
         )
-        run.start()
+        if job["state"] == JobState.RUNNING:
+            run.start()  # opens, repairs or resumes rounds; a finished job's run only reads
         self.runs[job_id] = run
 
     def run_for(self, job_id: str) -> JobRun:
-        """The run of a job (running or finished)."""
-        run = self.runs.get(job_id)
-        if run is None:
-            if self.db.job(job_id) is None:
+        """The run of a job (running or finished); never starts rounds of a finished job."""
+        with self._lock:
+            run = self.runs.get(job_id)
+            if run is None:
+                if self.db.job(job_id) is None:
+                    raise NotFoundError(f"unknown job {job_id!r}")
+                self._start_run(job_id)
+                run = self.runs[job_id]
+            return run
+
+    def job_config(self, job_id: str) -> JobConfig:
+        """A job's parsed configuration (cached: it never changes)."""
+        config = self._configs.get(job_id)
+        if config is None:
+            job = self.db.job(job_id)
+            if job is None:
                 raise NotFoundError(f"unknown job {job_id!r}")
-            self._start_run(job_id)
-            run = self.runs[job_id]
+            config = parse_yaml(str(job["config_yaml"]), JobConfig)
+            self._configs[job_id] = config
+        return config
+
+    def register_client(self, job_id: str, client_id: str) -> JobRun | None:
+        """Register an enrolled client (idempotent); its job's run once keys exist."""
+        from fedhe_server.views import ensure_may_register
+
+        ensure_may_register(self, job_id, client_id)
+        job = self.db.job(job_id)
+        assert job is not None
+        run = self.run_for(job_id) if job["state"] != JobState.KEYGEN else None
+        self.db.register_client(job_id, client_id, self.clock())
+        logger.info("client %s registered for job %s", client_id, job_id)
         return run
+
+    def report_metrics(
+        self, job_id: str, number: int, client_id: str, metrics: dict[str, float]
+    ) -> None:
+        """Keep a registered client's validated metrics for a round it could be in."""
+        from fedhe_server.views import ensure_enrolled
+
+        ensure_enrolled(self, job_id, client_id)
+        clean = validated_metrics(metrics)
+        rounds = self.db.rounds_page(job_id, 1)[0]
+        if not rounds or number > rounds[-1].round:
+            raise InvalidArgumentError(f"round {number} has not started")
+        self.db.report_metrics(job_id, number, client_id, clean, MAX_METRIC_NAMES_PER_ROUND)
 
     def active_job(self) -> str:
         """The only running job (clients that name no job join it)."""
-        running = [
-            str(r[0])
-            for r in self.db.query("SELECT job_id FROM jobs WHERE state IN ('RUNNING', 'KEYGEN')")
-        ]
+        running = self.db.jobs_in_state(JobState.RUNNING, JobState.KEYGEN)
         if len(running) != 1:
             raise NotFoundError(f"{len(running)} running jobs; name one with job_id")
         return running[0]
@@ -169,7 +216,7 @@ class AggregationServer:
 
     def _finish_key_generations(self) -> None:
         """Start threshold jobs whose parties have published the collective key."""
-        for (job_id,) in self.db.query("SELECT job_id FROM jobs WHERE state='KEYGEN'"):
+        for job_id in self.db.jobs_in_state(JobState.KEYGEN):
             try:
                 result = self.keyauth.threshold_keys(str(job_id))
             except FedHEError as exc:
@@ -178,13 +225,8 @@ class AggregationServer:
             if result is None:
                 continue
             params, fingerprint, parties = result
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "UPDATE jobs SET params_json=?, fingerprint=?, parties_json=?, "
-                    "state='RUNNING' WHERE job_id=?",
-                    (params.to_json(), fingerprint, json.dumps(parties), job_id),
-                )
-            self._start_run(str(job_id))
+            self.db.keys_ready(job_id, params.to_json(), fingerprint, json.dumps(parties))
+            self._start_run(job_id)
             logger.info("job %s: collective public key in; %d parties", job_id, len(parties))
             with self.changed:
                 self.changed.notify_all()

@@ -82,3 +82,19 @@ class JobFiles:
     def drop_round(self, number: int) -> None:
         """Delete everything of an old round."""
         shutil.rmtree(self.round_dir(number), ignore_errors=True)
+
+    def staged_rounds(self) -> list[int]:
+        """Rounds that still have a staged-uploads folder."""
+        rounds = self.root / "rounds"
+        if not rounds.is_dir():
+            return []
+        return sorted(
+            int(d.name) for d in rounds.iterdir() if d.name.isdigit() and (d / "uploads").is_dir()
+        )
+
+    def drop_temporaries(self) -> None:
+        """Delete half-written files (``*.tmp``, ``.*.tmp.<pid>``) a crash left behind."""
+        if self.root.is_dir():
+            for pattern in ("*.tmp", ".*.tmp.*"):
+                for tmp in self.root.rglob(pattern):
+                    tmp.unlink(missing_ok=True)

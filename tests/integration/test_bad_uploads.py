@@ -189,7 +189,7 @@ def test_bad_input_is_refused_with_clear_status_and_changes_nothing(services: Se
                 pb.BeginUploadRequest(manifest=_manifest(holder, "c3")),
                 metadata=services.metadata("c3"),
             ),
-            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.PERMISSION_DENIED,
         ),
         (
             "commit before all chunks",

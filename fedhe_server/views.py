@@ -1,0 +1,127 @@
+"""Read-only answers of the aggregation server, without gRPC: job status, round plans.
+
+A read never starts, ticks or repairs a job run; it looks at the state database and
+the runs the server already holds. Callers check the caller's identity first and
+:func:`ensure_enrolled` decides whether a client may see a job at all.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+from fedhe_common.errors import NotFoundError, PermissionDeniedError
+from fedhe_server.state import JobState, StateDB
+
+if TYPE_CHECKING:
+    from fedhe_server.service import AggregationServer
+
+# GetJobStatus history: the newest rounds only, so the reply stays far below the
+# send limit however long the job runs (a round summary is < 3 KB with its metrics).
+DEFAULT_HISTORY = 50
+MAX_HISTORY = 100
+MAX_STATUS_METRICS = 32  # metric names shown per round
+
+
+def ensure_enrolled(server: AggregationServer, job_id: str, client_id: str) -> None:
+    """A client may act on (or read) a job only if it is enrolled and registered."""
+    ensure_may_register(server, job_id, client_id)
+    if not server.db.is_registered(job_id, client_id):
+        raise PermissionDeniedError(f"client {client_id!r} is not registered for job {job_id!r}")
+
+
+def ensure_may_register(server: AggregationServer, job_id: str, client_id: str) -> None:
+    """The job's participant list (when it has one) must name the client."""
+    config = server.job_config(job_id)
+    enrolled = config.participants.clients
+    if enrolled is not None and client_id not in enrolled:
+        raise PermissionDeniedError(f"client {client_id!r} is not enrolled in job {job_id!r}")
+
+
+def job_status(
+    db: StateDB, job_id: str, limit: int = 0, before: int = 0
+) -> pb.GetJobStatusResponse:
+    """A job's state, totals and a bounded page of its round history."""
+    job = db.job(job_id)
+    if job is None:
+        raise NotFoundError(f"unknown job {job_id!r}")
+    limit = min(limit or DEFAULT_HISTORY, MAX_HISTORY)
+    page, truncated = db.rounds_page(job_id, limit, before or None)
+    totals = db.round_totals(job_id)
+    now = time.time()
+    history = [
+        pb.RoundSummary(
+            round=r.round,
+            state=r.state,
+            contributors=r.contributors or 0,
+            weight_sum=r.weight_sum or 0,
+            seconds=(r.closed or now) - r.opened,
+            upload_bytes=r.upload_bytes or 0,
+            metrics=db.round_metrics(job_id, r.round, MAX_STATUS_METRICS),
+        )
+        for r in page
+    ]
+    open_row = db.open_round(job_id)
+    return pb.GetJobStatusResponse(
+        job_id=job_id,
+        state=str(job["state"]),
+        current_round=open_row.round if open_row else db.last_published(job_id),
+        rounds=int(job["rounds"]),  # type: ignore[call-overload]
+        history=history,
+        rounds_total=sum(totals.values()),
+        rounds_published=totals.get("PUBLISHED", 0),
+        rounds_aborted=totals.get("ABORTED", 0),
+        history_truncated=truncated,
+    )
+
+
+def round_plan(
+    server: AggregationServer, job_id: str, after_round: int, client_id: str
+) -> pb.GetRoundPlanResponse:
+    """What the client should do next in a job (never starts anything)."""
+    from fedhe_server.decryption import ThresholdDecryption  # server-side bookkeeping only
+
+    db = server.db
+    job = db.job(job_id)
+    if job is None:
+        raise NotFoundError(f"unknown job {job_id!r}")
+    if job["state"] == JobState.KEYGEN:  # threshold keys not generated yet
+        return pb.GetRoundPlanResponse(job_id=job_id, retry=True)
+    config = server.job_config(job_id)
+    run = server.runs.get(job_id)
+    base = {
+        "job_id": job_id,
+        "aggregate_round": db.last_published(job_id),
+        "layout_id": str(job["layout_id"] or ""),
+        "context_fingerprint": bytes(job["fingerprint"] or b""),  # type: ignore[arg-type]
+        "mask_required": config.encryption.mode == "ckks" and config.selective.enabled,
+        "mask_id": str(job["mask_id"] or ""),
+    }
+    if job["state"] == JobState.FINISHED:
+        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
+    if job["state"] != JobState.RUNNING or run is None:
+        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
+    decrypting = run.decrypting_round()
+    if decrypting is not None:
+        if ThresholdDecryption(run).pending_for(client_id, decrypting.round):
+            return pb.GetRoundPlanResponse(
+                phase=pb.ROUND_PHASE_DECRYPT, round=decrypting.round, **base
+            )
+        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+    row = db.open_round(job_id)
+    if row is None or not _is_new_for(db, row.round, after_round, job_id, client_id):
+        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+    phase = pb.ROUND_PHASE_MASK if row.round == 0 else pb.ROUND_PHASE_TRAIN
+    return pb.GetRoundPlanResponse(
+        phase=phase, round=row.round, deadline_unix_ms=int(row.deadline * 1000), **base
+    )
+
+
+def _is_new_for(db: StateDB, number: int, after_round: int, job_id: str, client_id: str) -> bool:
+    if number > after_round:
+        return True
+    if number == 0:  # the mask round: new unless this client already committed it
+        return db.committed_upload_of(job_id, 0, client_id) is None
+    return False
+
