@@ -215,12 +215,16 @@ class LocalCluster:
     def start_client(self, client_id: str) -> None:
         """Start one client agent."""
         cfg = self.client_config(client_id)
-        threads = dict.fromkeys(THREAD_ENV, str(self.torch_threads))
         self._spawn(
             client_id,
             [str(BIN / "fedhe-client"), "run", "--config", str(cfg)],
-            {**threads, **self.clients[client_id].env},
+            self.client_env(client_id),
         )
+
+    def client_env(self, client_id: str) -> dict[str, str]:
+        """Extra environment of a client: BLAS/OpenMP threads as torch's, then the spec's."""
+        threads = dict.fromkeys(THREAD_ENV, str(self.torch_threads))
+        return {**threads, **self.clients[client_id].env}
 
     def start_clients(self) -> None:
         """Start every client agent."""
