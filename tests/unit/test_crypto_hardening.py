@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tenseal.sealapi as sa
+import zstandard
 
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
-from fedhe_common.crypto import sealbytes
+from fedhe_common.crypto import envelope, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
+from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.crypto.release import output_grid
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.crypto.threshold import ShareRequest, decryption_share, fuse
+from fedhe_common.crypto.threshold import ShareRequest, decryption_share, fuse, ring_for
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
-from fedhe_common.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
+from fedhe_common.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    InvalidCiphertextError,
+    PermissionDeniedError,
+)
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
@@ -149,3 +157,40 @@ def test_threshold_core_and_key_authority_refuse_t1_and_single_uploads(tmp_path:
     with pytest.raises(PermissionDeniedError, match="fewer than 3"):
         decryption_share(members[0], ledgers[1], CKKSContext(params), single, request)
     assert ledgers[1].count() == 0
+
+
+def _zstd_seal(members_source: object, size: int | None = None) -> bytes:
+    """A SEAL blob (compr_mode zstd) whose stream inflates from ``members_source`` chunks."""
+    cobj = zstandard.ZstdCompressor(level=1).compressobj(size=size if size is not None else -1)
+    body = b"".join(cobj.compress(c) for c in members_source) + cobj.flush()  # type: ignore[attr-defined]
+    head = sealbytes.SEAL_HEADER.pack(sealbytes.SEAL_MAGIC, 16, 4, 3, 2, 0, 16 + len(body))
+    return head + body
+
+
+def test_parties_inflate_zstd_aggregates_with_a_bound(tmp_path: Path) -> None:
+    _, members, params, pk_blob, ledgers = _setup("threshold-practical", 3, None, tmp_path)
+    ctx = CKKSContext(params)
+    aggregate, _, _, _ = _round(params, pk_blob)
+    _, seal = envelope.unwrap(aggregate, AGGREGATE_KINDS, ctx.fingerprint)
+    raw = sealbytes.to_uncompressed(seal)
+    zero = bytes(1 << 20)
+    bombs = {  # 512 MiB of zeros in a few KiB, with and without a declared content size
+        "sized": _zstd_seal([zero] * 512, size=512 << 20),
+        "unsized": _zstd_seal([zero] * 512),
+    }
+    # Same member checks as uncompressed blobs: a residue >= q inside a valid zstd stream.
+    bad = bytearray(raw)
+    bad[sealbytes.CT_DATA_OFFSET : sealbytes.CT_DATA_OFFSET + 8] = b"\xff" * 8
+    bombs["unreduced"] = _zstd_seal([bytes(bad[16:])])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name, bomb in bombs.items():
+        blob = envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, bomb)
+        with pytest.raises(InvalidCiphertextError):
+            decryption_share(members[0], ledgers[1], ctx, blob, _request(None))
+        with pytest.raises(InvalidCiphertextError):
+            fuse(ctx, ring_for(ctx.preset), blob, [])
+        assert ledgers[1].count() == 0, name
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB"
+    # The genuine zstd aggregate still decrypts.
+    assert decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))

@@ -112,6 +112,34 @@ def to_uncompressed(blob: bytes) -> bytes:
     )
 
 
+ZSTD_MAX_WINDOW = 1 << 23  # SEAL's frames for our sizes use far smaller windows
+_INFLATE_STEP = 1 << 16
+
+
+def inflate_bounded(data: bytes | memoryview, limit: int) -> bytes:
+    """Inflate one untrusted zstd stream to at most ``limit`` bytes, or raise ValueError.
+
+    Streams in 64 KiB steps, so neither a frame's declared content size nor its
+    real output can make this allocate more than ``limit`` (plus one step) bytes,
+    and the window is capped. ``ZstdDecompressor.decompress(max_output_size=...)``
+    is not a bound: it trusts a frame's declared content size.
+    """
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    out = bytearray()
+    try:
+        with dctx.stream_reader(data, read_across_frames=False) as reader:
+            while len(out) <= limit:
+                chunk = reader.read(min(_INFLATE_STEP, limit + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"not a valid zstd stream ({exc})") from None
+    if len(out) > limit:
+        raise ValueError(f"zstd stream inflates past the {limit}-byte bound")
+    return bytes(out)
+
+
 def ciphertext_lengths(n: int, k: int) -> tuple[int, int]:
     """Exact uncompressed byte lengths of (full, seeded) size-2 ciphertexts."""
     full = CT_DATA_OFFSET + 8 * 2 * k * n

@@ -42,7 +42,7 @@ from fedhe_common.crypto.sampling import (
     smudging_residues,
     uniform_mod,
 )
-from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
+from fedhe_common.crypto.validate import AGGREGATE_KINDS, raw_ciphertext_bytes
 from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
 
 SHARE_HEADER = struct.Struct("<4sIII32s")  # magic, alpha, k, N, sha256 of the ciphertext
@@ -237,7 +237,7 @@ def decryption_share(
             "no share is produced for it"
         )
     scale = ctx.preset.scale * ctx.preset.weight_scale
-    _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    _, seal = raw_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
     c1 = sealbytes.ciphertext_array(seal)[1]
     ring = party.ring
     secret = party.effective_secret(list(request.active) if request.active else None)
@@ -273,9 +273,9 @@ def parse_share(
     raw = body[SHARE_HEADER.size :]
     if magic == SHARE_MAGIC_ZSTD:
         try:  # bounded: a bomb cannot inflate past one share
-            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
-        except zstandard.ZstdError:
-            raise InvalidArgumentError("decryption share is not valid zstd") from None
+            raw = sealbytes.inflate_bounded(raw, size)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"decryption share: {exc}") from None
     if len(raw) != size:
         raise InvalidArgumentError("decryption share has the wrong length")
     data = np.frombuffer(raw, dtype="<u8").reshape(k, n)
@@ -297,7 +297,7 @@ def fuse(
     """
     release.output_grid(ctx.preset, weight_sum)  # bad input changes nothing
     scale = ctx.preset.scale * ctx.preset.weight_scale
-    _, seal = check_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    _, seal = raw_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
     m = sealbytes.ciphertext_array(seal)[0].copy()
     seen = set()
     for blob in shares:

@@ -128,6 +128,33 @@ def check_ciphertext_bytes(
     return kind, seal
 
 
+def raw_ciphertext_bytes(
+    ctx: CKKSContext, blob: bytes, kinds: frozenset[BlobKind], expected_scale: float
+) -> tuple[BlobKind, bytes]:
+    """Like :func:`check_ciphertext_bytes`, but always returns checked uncompressed bytes.
+
+    A zstd blob is inflated with a bound (its exact uncompressed length) and then
+    gets the same member checks as an uncompressed one. For code that reads the
+    residues itself (threshold parties) rather than through SEAL's bounded loader.
+    """
+    kind, seal = envelope.unwrap(blob, kinds, ctx.fingerprint)
+    if check_seal_header(ctx, seal, kind) == sealbytes.COMPR_ZSTD:
+        raw_len = ctx.seeded_ct_bytes if kind == BlobKind.CIPHERTEXT_SEEDED else ctx.full_ct_bytes
+        try:
+            members = sealbytes.inflate_bounded(memoryview(seal)[16:], raw_len - 16)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        if len(members) != raw_len - 16:
+            raise _fail(f"inflates to {16 + len(members)} bytes, expected {raw_len}")
+        _, _, major, minor, _, _, _ = sealbytes.read_header(seal)
+        header = sealbytes.SEAL_HEADER.pack(
+            sealbytes.SEAL_MAGIC, 16, major, minor, sealbytes.COMPR_NONE, 0, raw_len
+        )
+        seal = header + members
+    check_raw_members(ctx, seal, kind, expected_scale)
+    return kind, seal
+
+
 def load_ciphertext(
     ctx: CKKSContext, blob: bytes, kinds: frozenset[BlobKind], expected_scale: float
 ) -> sa.Ciphertext:
