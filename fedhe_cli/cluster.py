@@ -66,6 +66,9 @@ class ClientSpec:
     count: int
     num_samples: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Argv run instead of ``fedhe-client run`` (``--config PATH`` is appended): tests
+    # start fault-injecting agents this way.
+    command: list[str] | None = None
 
 
 class LocalCluster:
@@ -215,9 +218,10 @@ class LocalCluster:
     def start_client(self, client_id: str) -> None:
         """Start one client agent."""
         cfg = self.client_config(client_id)
+        spec = self.clients[client_id]
         self._spawn(
             client_id,
-            [str(BIN / "fedhe-client"), "run", "--config", str(cfg)],
+            [*(spec.command or [str(BIN / "fedhe-client"), "run"]), "--config", str(cfg)],
             self.client_env(client_id),
         )
 

@@ -6,11 +6,13 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedhe_client.connection import ServerConnection, fault_after_chunks, fault_after_commit
+from fedhe_client.connection import ServerConnection
 from fedhe_client.heartbeat import HeartbeatSender
 from fedhe_client.learner import LocalLearner, check_global
 from fedhe_client.threshold_member import ThresholdMember
@@ -23,11 +25,34 @@ from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.errors import FedHEError, KeyMaterialError, WrongRoundError
+from fedhe_common.errors import (
+    ConflictError,
+    FedHEError,
+    IncompleteUploadError,
+    InvalidArgumentError,
+    KeyMaterialError,
+    QuotaExceededError,
+    WrongRoundError,
+)
 from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
 from fedhe_common.rpc.connection import PeerConnection
 
 logger = logging.getLogger(__name__)
+# The server refused this client's upload for this round only (e.g. its weight): the
+# client skips the round and keeps taking part instead of leaving the job.
+ROUND_REFUSALS = (InvalidArgumentError, QuotaExceededError, ConflictError)
+
+
+def _no_op(_: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class AgentHooks:
+    """Points where tests inject faults (e.g. exit after N chunks); no-ops by default."""
+
+    after_chunk: Callable[[int], None] = field(default=_no_op)
+    after_commit: Callable[[int], None] = field(default=_no_op)
 
 
 def fetch_secret_key(config: ClientConfig, job_id: str) -> SecretKeyHolder:
@@ -44,8 +69,9 @@ def fetch_secret_key(config: ClientConfig, job_id: str) -> SecretKeyHolder:
 class ClientAgent:
     """Runs one client through a job until it finishes."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, hooks: AgentHooks | None = None) -> None:
         self.config = config
+        self.hooks = hooks or AgentHooks()
         first = ServerConnection(config.server)
         reg = first.register(config.client_id, config.job_id)
         first.close()
@@ -255,15 +281,20 @@ class ClientAgent:
             )
         chunks_before = self.conn.chunks_sent
         try:
-            self.conn.upload(manifest, update, on_chunk=fault_after_chunks)
-        except WrongRoundError as exc:  # closed or aborted while we trained: re-sync
+            self.conn.upload(manifest, update, on_chunk=self.hooks.after_chunk)
+        except (WrongRoundError, IncompleteUploadError) as exc:  # round moved on: re-sync
             logger.warning(
                 "round %d closed before this upload (%s); waiting for the next",
                 plan.round,
                 exc.message,
             )
             return
-        fault_after_commit(plan.round)
+        except ROUND_REFUSALS as exc:
+            logger.error(
+                "UPLOAD_REFUSED round %d: %s; skipping this round", plan.round, exc.message
+            )
+            return
+        self.hooks.after_commit(plan.round)
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
             "(%d chunks sent)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -25,7 +24,11 @@ UNARY_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 600.0
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 UPLOAD_ATTEMPTS = 6
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+TRANSIENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 class ServerConnection(PeerConnection):
@@ -223,18 +226,3 @@ class ServerConnection(PeerConnection):
         reply = self.call("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
         return bytes(reply.receipt_sha256)  # type: ignore[attr-defined]
 
-
-def fault_after_chunks(count: int) -> None:
-    """Test hook: ``FEDHE_FAULT=client_exit_after_chunks:N`` kills this client abruptly."""
-    fault = os.environ.get("FEDHE_FAULT", "")
-    if fault.startswith("client_exit_after_chunks:") and count >= int(fault.split(":")[1]):
-        logger.warning("fault injection: client exits after %d chunks", count)
-        os._exit(137)
-
-
-def fault_after_commit(number: int) -> None:
-    """Test hook: ``FEDHE_FAULT=client_exit_after_commit:N`` exits after committing round N."""
-    fault = os.environ.get("FEDHE_FAULT", "")
-    if fault.startswith("client_exit_after_commit:") and number >= int(fault.split(":")[1]):
-        logger.warning("fault injection: client exits after committing round %d", number)
-        os._exit(137)

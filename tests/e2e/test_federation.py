@@ -11,6 +11,7 @@ import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from tests.conftest import scrape_metrics
+from tests.e2e.faulty_client import launcher
 from tests.e2e.helpers import (
     exported_global,
     files_containing,
@@ -53,7 +54,7 @@ def test_two_rounds_equal_plaintext_fedavg_with_unequal_weights(tmp_path: Path) 
 def test_client_killed_mid_upload_is_excluded(tmp_path: Path) -> None:
     # hidden=512 gives 38,922 values = 10 ciphertext chunks; c3 dies after 5 of them.
     specs = [ClientSpec(f"c{i}", i, 4) for i in range(4)]
-    specs[3].env = {"FEDHE_FAULT": "client_exit_after_chunks:5"}
+    specs[3].command = launcher("exit_after_chunks", 5)
     with LocalCluster(tmp_path, specs, export=True) as cluster:
         cluster.start_keyauth()
         metrics_port = free_port()
@@ -82,7 +83,7 @@ def test_client_that_stops_heartbeating_is_not_waited_for(tmp_path: Path) -> Non
     # clients have committed the round closes, instead of waiting out
     # wait_after_min_s (60 s) for a client that will never commit.
     specs = [ClientSpec(f"c{i}", i, 4) for i in range(4)]
-    specs[3].env = {"FEDHE_FAULT": "client_exit_after_chunks:1"}
+    specs[3].command = launcher("exit_after_chunks", 1)
     with LocalCluster(tmp_path, specs) as cluster:
         cluster.start_keyauth()
         cluster.start_server(

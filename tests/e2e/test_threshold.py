@@ -18,6 +18,7 @@ from fedhe_common.crypto.threshold import (
     fuse,
     ring_for,
 )
+from tests.e2e.faulty_client import launcher
 from tests.e2e.helpers import exported_global, files_containing, plain_fedavg, server_db
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
@@ -35,7 +36,7 @@ training: {local_epochs: 1, lr: 0.1}
 def test_three_of_five_decrypt_after_two_clients_leave(tmp_path: Path) -> None:
     specs = [ClientSpec(f"c{i}", i, 5) for i in range(5)]
     for spec in specs[3:]:
-        spec.env = {"FEDHE_FAULT": "client_exit_after_commit:1"}
+        spec.command = launcher("exit_after_commit", 1)
     with LocalCluster(tmp_path, specs, export=True) as cluster:
         cluster.start_keyauth()
         cluster.start_server(JOB)
@@ -104,7 +105,7 @@ def test_fewer_than_t_parties_online_aborts_cleanly(tmp_path: Path) -> None:
     )
     specs = [ClientSpec(f"c{i}", i, 4) for i in range(4)]
     for spec in specs[2:]:
-        spec.env = {"FEDHE_FAULT": "client_exit_after_commit:1"}
+        spec.command = launcher("exit_after_commit", 1)
     with LocalCluster(tmp_path, specs, export=True) as cluster:
         cluster.start_keyauth()
         cluster.start_server(job)

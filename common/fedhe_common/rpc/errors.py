@@ -11,6 +11,8 @@ import grpc
 from fedhe_common import errors as e
 
 logger = logging.getLogger(__name__)
+# Trailing-metadata key naming the FedHE error class behind a failed call.
+ERROR_CLASS_KEY = "fedhe-error-class"
 
 STATUS_MAP: dict[type[e.FedHEError], grpc.StatusCode] = {
     e.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,11 +52,26 @@ def is_certificate_error(detail: str | None) -> bool:
     return "certificate" in (detail or "").lower()
 
 
+def _error_class(exc: grpc.RpcError) -> type[e.FedHEError] | None:
+    """The FedHE error class the peer named in its trailing metadata, if a known one."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == ERROR_CLASS_KEY:
+            cls = getattr(e, str(value), None)
+            if isinstance(cls, type) and issubclass(cls, e.FedHEError):
+                return cls
+    return None
+
+
 def error_from_rpc(exc: grpc.RpcError) -> e.FedHEError:
-    """A FedHE error for a failed call (the peer's public message kept)."""
+    """A FedHE error for a failed call (the peer's public message kept).
+
+    The class is the one the server raised (carried in trailing metadata), so that
+    e.g. "mask not agreed yet" is never read as "wrong round"; else it follows the code.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
-    cls = _REVERSE.get(code, e.FedHEError)  # type: ignore[arg-type]
+    cls = _error_class(exc) or _REVERSE.get(code, e.FedHEError)  # type: ignore[arg-type]
     if is_certificate_error(detail):
         detail = f"TLS certificate error (check ca_file, cert_file and key_file): {detail}"
     err = cls(f"{code.name if code else 'UNKNOWN'}: {detail}")

@@ -30,7 +30,7 @@ from grpc_health.v1.health import aio as health_aio
 from fedhe_common import errors as e
 from fedhe_common.config.models import TLSSection
 from fedhe_common.errors import ConfigError, InvalidArgumentError
-from fedhe_common.rpc.errors import status_for
+from fedhe_common.rpc.errors import ERROR_CLASS_KEY, status_for
 from fedhe_common.rpc.transport import KEEPALIVE_OPTIONS, message_options, read_file
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         raise exc
     if isinstance(exc, e.FedHEError):
         logger.info("rejected: %s", exc.message)
+        context.set_trailing_metadata(((ERROR_CLASS_KEY, type(exc).__name__),))
         await context.abort(status_for(exc), exc.message)
     error_id = uuid.uuid4().hex[:12]
     logger.error("internal error %s", error_id, exc_info=exc)
