@@ -220,6 +220,7 @@ class ThresholdMember:
                         header.contributors,
                         self.job.participants.min_clients,
                         request_active,
+                        max(1, int(header.weight_sum)),
                     ),
                 )
                 blob = e2e.group_encrypt(
@@ -239,11 +240,17 @@ class ThresholdMember:
             "round %d: %d decryption shares sent (active set %s)", number, len(sealed), active
         )
 
-    def decode(self, header: apb.AggregateHeader, chunks: list[apb.Chunk]) -> np.ndarray:
-        """Fuse the active parties' shares with each aggregate chunk (the weighted sum)."""
+    def decode(
+        self, header: apb.AggregateHeader, chunks: list[apb.Chunk], plan: ChunkPlan | None = None
+    ) -> np.ndarray:
+        """Fuse the active parties' shares with each ciphertext chunk (the weighted sums).
+
+        ``plan`` is the ciphertext stream's chunk plan (all values when omitted).
+        """
         assert self.ctx is not None and self.group_key is not None
-        total = int(header.num_values)
-        plan = ChunkPlan(total, self.ctx.preset.values_per_ciphertext)
+        if plan is None:
+            plan = ChunkPlan(int(header.num_values), self.ctx.preset.values_per_ciphertext)
+        total = plan.total
         cts = {c.index: c.payload for c in chunks if c.stream == apb.STREAM_KIND_CIPHERTEXT}
         shares: dict[int, list[bytes]] = {}
         for c in chunks:

@@ -12,13 +12,23 @@ import zstandard
 
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
-from fedhe_common.crypto import envelope, sealbytes
+from fedhe_common.crypto import envelope, packing, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
 from fedhe_common.crypto.envelope import BlobKind
+from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.release import output_grid
+from fedhe_common.crypto.ring import addmod as ring_add
+from fedhe_common.crypto.ring import submod
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.crypto.threshold import ShareRequest, decryption_share, fuse, ring_for
+from fedhe_common.crypto.smudging import statistical_distance_log2
+from fedhe_common.crypto.threshold import (
+    ShareRequest,
+    decryption_share,
+    fuse,
+    parse_share,
+    ring_for,
+)
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
 from fedhe_common.errors import (
     ConfigError,
@@ -194,3 +204,59 @@ def test_parties_inflate_zstd_aggregates_with_a_bound(tmp_path: Path) -> None:
     assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB"
     # The genuine zstd aggregate still decrypts.
     assert decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))
+
+
+def _centered_max(ring, ntt: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """max |coefficient| of an NTT polynomial, by CRT over the data primes (test oracle)."""
+    coeffs = ring.from_ntt(ntt[None], "data")[0]
+    primes = [int(q) for q in ring.q_data]
+    modulus = 1
+    for q in primes:
+        modulus *= q
+    best = 0
+    for column in coeffs.T.tolist():
+        value = 0
+        for r, q in zip(column, primes, strict=True):
+            m = modulus // q
+            value += r * m * pow(m, -1, q)
+        value %= modulus
+        best = max(best, min(value, modulus - value))
+    return float(best)
+
+
+@pytest.mark.parametrize("weight", [500, 4000])
+def test_smudging_drowns_the_noise_of_sample_count_weights(weight: int, tmp_path: Path) -> None:
+    """Measure e of a weighted aggregate and E of real shares: SD bound <= 2^-40 (strict)."""
+    ring, members, params, pk_blob, ledgers = _setup("threshold-strict", 3, None, tmp_path)
+    ctx = CKKSContext(params)
+    enc = PublicKeyEncryptor(params, pk_blob)
+    agg = CiphertextAggregator(params)
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(-10, 10, ctx.preset.values_per_ciphertext) for _ in range(3)]
+    acc = None
+    for x in xs:
+        acc = agg.add_weighted(acc, agg.load_upload(enc.encrypt(x)), weight)
+    aggregate = agg.to_blob(acc)
+    c0, c1 = sealbytes.ciphertext_array(
+        envelope.unwrap(aggregate, AGGREGATE_KINDS, ctx.fingerprint)[1]
+    )
+    q = ring.primes("data")
+    secret = sum(p.secret[: ctx.k] for p in members)  # test oracle: the collective key
+    secret = np.mod(secret, q)
+    noisy = ring_add(c0, ring.multiply(c1, secret, "data"), q)
+    exact = np.zeros_like(noisy)
+    for x in xs:
+        pt = sealbytes.plaintext_array(
+            sealbytes.save_bytes(packing.encode(ctx.encoder, ctx.preset, x))
+        )
+        term = ring.multiply(pt.reshape(ctx.k, ctx.n), ring.constant(weight, "data"), "data")
+        exact = ring_add(exact, term, q)
+    noise_max = _centered_max(ring, submod(noisy, exact, q))
+    request = ShareRequest("job", 1, 0, 3, 3, None, weight_sum=3 * weight)
+    share = decryption_share(members[0], ledgers[1], ctx, aggregate, request)
+    _, d = parse_share(ctx, ring, share, aggregate)
+    smudge_max = _centered_max(
+        ring, submod(d, ring.multiply(c1, members[0].secret[: ctx.k], "data"), q)
+    )
+    sd_log2 = statistical_distance_log2(ctx.preset, noise_max, int(np.log2(smudge_max)))
+    assert sd_log2 <= -40, f"e {noise_max:.3g}, E {smudge_max:.3g}: SD 2^{sd_log2:.1f}"

@@ -84,6 +84,15 @@ class RingArithmetic:
         ev.transform_to_ntt_inplace(ct)
         return sealbytes.ciphertext_array(sealbytes.save_bytes(ct))[:m].copy()
 
+    def from_ntt(self, residues: np.ndarray, level: str) -> np.ndarray:
+        """NTT residues (m, k, N) -> coefficient form (m <= 16 polynomials at once)."""
+        ctx, ev, pid, _ = self._level(level)
+        m = residues.shape[0]
+        data = residues if m >= 2 else np.concatenate([residues, residues])
+        ct = self._load_ct(ctx, sealbytes.build_ciphertext(pid, data, 1.0, ntt=True))
+        ev.transform_from_ntt_inplace(ct)
+        return sealbytes.ciphertext_array(sealbytes.save_bytes(ct))[:m].copy()
+
     def residues(self, values: np.ndarray, level: str) -> np.ndarray:
         """int64 coefficients (m, N) -> (m, k, N) residues (coefficient form)."""
         q = self._level(level)[3]

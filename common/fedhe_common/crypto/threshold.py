@@ -14,7 +14,8 @@ Lattigo's ``multiparty`` package), per job:
    one ever sees the whole secret. (Shares travel end-to-end encrypted; see e2e.py.)
 3. Decryption. For an aggregate ``(c0, c1)`` each active party returns
    ``d_k = c1 * s'_k + E_k`` with fresh smudging noise ``E_k`` uniform in
-   ``[-2^b, 2^b)`` (b from the preset); ``c0 + sum d_k`` decodes to the plaintext.
+   ``[-2^b, 2^b)`` (b sized from the round's weight sum, :mod:`.smudging`);
+   ``c0 + sum d_k`` decodes to the plaintext.
    A party produces at most one share per ciphertext, ever (:class:`ShareLedger`).
 """
 
@@ -42,9 +43,11 @@ from fedhe_common.crypto.sampling import (
     smudging_residues,
     uniform_mod,
 )
+from fedhe_common.crypto.smudging import smudging_bits
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, raw_ciphertext_bytes
 from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
 
+MAX_PARTIES = 64  # keys.parties is at most 64 (config)
 SHARE_HEADER = struct.Struct("<4sIII32s")  # magic, alpha, k, N, sha256 of the ciphertext
 SHARE_MAGIC = b"FHDS"  # raw residues
 SHARE_MAGIC_ZSTD = b"FHDZ"  # zstd residues (presets whose wire format is zstd)
@@ -177,6 +180,7 @@ class ShareRequest:
     contributors: int
     min_clients: int
     active: tuple[int, ...] | None  # None: N-of-N
+    weight_sum: int = 1  # the header's sum of weights: sizes the smudging noise
 
 
 class ShareLedger:
@@ -241,12 +245,13 @@ def decryption_share(
     c1 = sealbytes.ciphertext_array(seal)[1]
     ring = party.ring
     secret = party.effective_secret(list(request.active) if request.active else None)
+    # Each upload weighs >= 1, so the weight sum is at least the contributor count.
+    bits = smudging_bits(
+        ring.preset, max(request.weight_sum, request.contributors), MAX_PARTIES
+    )
     ct_sha = ciphertext_id(aggregate_blob)
     ledger.claim(ct_sha, request)
-    assert ring.preset.smudging_bits is not None
-    noise = ring.to_ntt(
-        smudging_residues(ring.n, ring.preset.smudging_bits, ring.q_data)[None], "data"
-    )[0]
+    noise = ring.to_ntt(smudging_residues(ring.n, bits, ring.q_data)[None], "data")[0]
     share = addmod(ring.multiply(c1, secret, "data"), noise, ring.primes("data"))
     data = share.astype("<u8").tobytes()
     magic = SHARE_MAGIC
