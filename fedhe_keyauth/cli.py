@@ -10,8 +10,8 @@ import click
 
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import KeyAuthConfig
-from fedhe_common.errors import ConfigError
-from fedhe_common.logsetup import configure_logging
+from fedhe_common.errors import ConfigError, FedHEError
+from fedhe_common.logsetup import configure_logging, log_level_option
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
@@ -30,7 +30,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--config", "config_path", required=True, type=click.Path())
 @click.option("--port-file", type=click.Path(), help="write the bound port here")
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
 def serve(config_path: str, port_file: str | None, log_level: str) -> None:
     """Serve keys until SIGINT/SIGTERM."""
     configure_logging(log_level)
@@ -42,7 +42,7 @@ def serve(config_path: str, port_file: str | None, log_level: str) -> None:
             config.listen, config.insecure, config.tls, MAX_MESSAGE_BYTES, register(servicer)
         )
         port = server.port
-    except ConfigError as exc:
+    except (ConfigError, FedHEError) as exc:
         raise click.ClickException(str(exc)) from None
     if port_file:
         atomic_write(port_file, str(port).encode())

@@ -12,7 +12,7 @@ import click
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ServerConfig, host_of
 from fedhe_common.errors import ConfigError, FedHEError
-from fedhe_common.logsetup import configure_logging
+from fedhe_common.logsetup import configure_logging, log_level_option
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
@@ -31,15 +31,19 @@ def cli() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path())
 @click.option("--job", "job_path", type=click.Path(), help="submit this job YAML at start")
 @click.option("--port-file", type=click.Path(), help="write the bound port here")
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
 def serve(config_path: str, job_path: str | None, port_file: str | None, log_level: str) -> None:
     """Serve until SIGINT/SIGTERM; state lives in the config's state_dir."""
     configure_logging(log_level)
     try:
         config = load_yaml(config_path, ServerConfig)
+        job_yaml = _read_job(job_path) if job_path else None
         service = AggregationServer(config)
-        if job_path:
-            service.submit(Path(job_path).read_text(), job_path)
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if job_path and job_yaml is not None:
+            service.submit(job_yaml, job_path)
         if config.metrics_port:
             _serve_metrics(service, config)
         servicer = AggregationServicer(service, TokenAuthority(config.identities))
@@ -47,7 +51,8 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
             config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
         )
         port = server.port
-    except (ConfigError, FedHEError) as exc:
+    except FedHEError as exc:
+        service.stop()  # the round keeper is running: a start-up error must not leave it
         raise click.ClickException(str(exc)) from None
     if port_file:
         atomic_write(port_file, str(port).encode())
@@ -60,12 +65,18 @@ def serve(config_path: str, job_path: str | None, port_file: str | None, log_lev
     service.stop()
 
 
+def _read_job(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the job: {exc.strerror}") from None
+
+
 def _serve_metrics(service: AggregationServer, config: ServerConfig) -> None:
     host = host_of(config.listen)
     try:
         service.metrics.serve(host, config.metrics_port)
     except OSError as exc:
-        service.stop()
         raise ConfigError(f"metrics_port {config.metrics_port} on {host}: {exc.strerror}") from None
     logger.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
 
