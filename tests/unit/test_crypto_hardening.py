@@ -32,6 +32,7 @@ from fedhe_common.crypto.threshold import (
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, check_ciphertext_bytes
 from fedhe_common.errors import (
     ConfigError,
+    ConflictError,
     InvalidArgumentError,
     InvalidCiphertextError,
     PermissionDeniedError,
@@ -260,3 +261,21 @@ def test_smudging_drowns_the_noise_of_sample_count_weights(weight: int, tmp_path
     )
     sd_log2 = statistical_distance_log2(ctx.preset, noise_max, int(np.log2(smudge_max)))
     assert sd_log2 <= -40, f"e {noise_max:.3g}, E {smudge_max:.3g}: SD 2^{sd_log2:.1f}"
+
+
+def test_ledger_refuses_a_re_encoded_ciphertext_under_another_active_set(tmp_path: Path) -> None:
+    _, members, params, pk_blob, ledgers = _setup("threshold-practical", 5, 3, tmp_path)
+    ctx = CKKSContext(params)
+    aggregate, _, _, _ = _round(params, pk_blob)  # zstd bytes
+    _, seal = envelope.unwrap(aggregate, AGGREGATE_KINDS, ctx.fingerprint)
+    raw = bytearray(sealbytes.to_uncompressed(seal))
+    plain = envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, bytes(raw))
+    raw[4] = 2  # header minor version 4.2: still accepted, other bytes
+    older = envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, bytes(raw))
+    party = members[0]
+    decryption_share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
+    for variant, active in ((plain, (1, 4, 5)), (older, (1, 2, 4))):
+        assert variant != aggregate
+        with pytest.raises(ConflictError):
+            decryption_share(party, ledgers[1], ctx, variant, _request(active))
+    assert ledgers[1].count() == 1

@@ -155,7 +155,7 @@ def test_practical_shares_are_compressed_and_bombs_refused(tmp_path: Path) -> No
     assert len(share) < 0.8 * raw_size  # 40-bit residues compress
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))
     header = SHARE_HEADER.pack(
-        SHARE_MAGIC_ZSTD, 1, len(ring.q_data), ring.n, ciphertext_id(aggregate)
+        SHARE_MAGIC_ZSTD, 1, len(ring.q_data), ring.n, ciphertext_id(ctx, aggregate)
     )
     forged = envelope.wrap(BlobKind.DECRYPTION_SHARE, ctx.fingerprint, header + bomb)
     with pytest.raises(InvalidArgumentError):

@@ -53,9 +53,31 @@ SHARE_MAGIC = b"FHDS"  # raw residues
 SHARE_MAGIC_ZSTD = b"FHDZ"  # zstd residues (presets whose wire format is zstd)
 
 
-def ciphertext_id(blob: bytes) -> bytes:
-    """What a decryption share is bound to: sha256 of the aggregate ciphertext blob."""
-    return hashlib.sha256(blob).digest()
+_CONTENT_DOMAIN = b"fedhe-ciphertext-content-v1\x00"
+
+
+def _content_id(ctx: CKKSContext, raw_seal: bytes) -> bytes:
+    """sha256 over the context and the (c0, c1) residues of checked uncompressed bytes."""
+    count = 2 * ctx.k * ctx.n
+    h = hashlib.sha256(_CONTENT_DOMAIN)
+    h.update(ctx.fingerprint)
+    h.update(memoryview(raw_seal)[sealbytes.CT_DATA_OFFSET : sealbytes.CT_DATA_OFFSET + 8 * count])
+    return h.digest()
+
+
+def ciphertext_id(ctx: CKKSContext, aggregate_blob: bytes) -> bytes:
+    """What a decryption share and the ledger are bound to: the ciphertext, not its bytes.
+
+    The residues of the validated, uncompressed ciphertext (its parms_id, form and
+    scale are checked to be the context's): every re-encoding of one ciphertext
+    (zstd or not, other header versions) has the same id.
+    """
+    return _content_id(ctx, _aggregate_raw(ctx, aggregate_blob))
+
+
+def _aggregate_raw(ctx: CKKSContext, aggregate_blob: bytes) -> bytes:
+    scale = ctx.preset.scale * ctx.preset.weight_scale
+    return raw_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)[1]
 
 
 def check_threshold(threshold: int, parties: int) -> None:
@@ -240,8 +262,7 @@ def decryption_share(
             f"(min_clients {request.min_clients}, never below {MIN_THRESHOLD_CLIENTS}): "
             "no share is produced for it"
         )
-    scale = ctx.preset.scale * ctx.preset.weight_scale
-    _, seal = raw_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    seal = _aggregate_raw(ctx, aggregate_blob)
     c1 = sealbytes.ciphertext_array(seal)[1]
     ring = party.ring
     secret = party.effective_secret(list(request.active) if request.active else None)
@@ -249,7 +270,7 @@ def decryption_share(
     bits = smudging_bits(
         ring.preset, max(request.weight_sum, request.contributors), MAX_PARTIES
     )
-    ct_sha = ciphertext_id(aggregate_blob)
+    ct_sha = _content_id(ctx, seal)
     ledger.claim(ct_sha, request)
     noise = ring.to_ntt(smudging_residues(ring.n, bits, ring.q_data)[None], "data")[0]
     share = addmod(ring.multiply(c1, secret, "data"), noise, ring.primes("data"))
@@ -265,6 +286,12 @@ def parse_share(
     ctx: CKKSContext, ring: RingArithmetic, blob: bytes, aggregate_blob: bytes
 ) -> tuple[int, np.ndarray]:
     """Validate an untrusted share for ``aggregate_blob``; return (alpha, residues)."""
+    return _parse_share(ctx, ring, blob, ciphertext_id(ctx, aggregate_blob))
+
+
+def _parse_share(
+    ctx: CKKSContext, ring: RingArithmetic, blob: bytes, ct_id: bytes
+) -> tuple[int, np.ndarray]:
     _, body = envelope.unwrap(blob, frozenset({BlobKind.DECRYPTION_SHARE}), ctx.fingerprint)
     k, n = len(ring.q_data), ring.n
     size = 8 * k * n
@@ -273,7 +300,7 @@ def parse_share(
     magic, alpha, kk, nn, ct_sha = SHARE_HEADER.unpack_from(body, 0)
     if magic not in (SHARE_MAGIC, SHARE_MAGIC_ZSTD) or (kk, nn) != (k, n):
         raise InvalidArgumentError("malformed decryption share header")
-    if ct_sha != ciphertext_id(aggregate_blob):
+    if ct_sha != ct_id:
         raise InvalidArgumentError("decryption share is for another ciphertext")
     raw = body[SHARE_HEADER.size :]
     if magic == SHARE_MAGIC_ZSTD:
@@ -302,11 +329,12 @@ def fuse(
     """
     release.output_grid(ctx.preset, weight_sum)  # bad input changes nothing
     scale = ctx.preset.scale * ctx.preset.weight_scale
-    _, seal = raw_ciphertext_bytes(ctx, aggregate_blob, AGGREGATE_KINDS, scale)
+    seal = _aggregate_raw(ctx, aggregate_blob)
+    ct_id = _content_id(ctx, seal)
     m = sealbytes.ciphertext_array(seal)[0].copy()
     seen = set()
     for blob in shares:
-        alpha, data = parse_share(ctx, ring, blob, aggregate_blob)
+        alpha, data = _parse_share(ctx, ring, blob, ct_id)
         if alpha in seen:
             raise InvalidArgumentError(f"two shares from party {alpha}")
         seen.add(alpha)
