@@ -71,6 +71,7 @@ class KeyAuthorityServicer:
             request.mode or "single",
             request.parties,
             request.threshold,
+            list(request.clients),
         )
         if created:
             logger.info(
@@ -93,6 +94,7 @@ class KeyAuthorityServicer:
         self, request: pb.FetchClientKeyRequest, context: Context
     ) -> pb.FetchClientKeyResponse:
         who = self.auth.require(context, "client")
+        self.store.check_enrolled(request.job_id, who.id)
         keys = self.store.load(request.job_id)
         secret = self.store.secret_key(request.job_id)
         logger.info("handed job %s secret key to client %s", request.job_id, who.id)
@@ -108,6 +110,7 @@ class KeyAuthorityServicer:
         self, request: pb.JoinKeyGenerationRequest, context: Context
     ) -> pb.JoinKeyGenerationResponse:
         who = self.auth.require(context, "client")
+        self.store.check_enrolled(request.job_id, who.id)
         session = self.store.dkg(request.job_id)
         alpha = session.join(who.id, bytes(request.e2e_public_key))
         meta = session.meta()

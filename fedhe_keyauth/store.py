@@ -7,6 +7,7 @@ parties' public-key shares are combined, and no secret key ever exists here.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,12 @@ from fedhe_common.errors import (
     InvalidArgumentError,
     KeyMaterialError,
     NotFoundError,
+    PermissionDeniedError,
 )
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_keyauth.dkg import DKGSession
+
+MAX_PARTIES = 64  # as the job configuration's keys.parties
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,39 @@ class KeyStore:
         self._fingerprints: dict[str, bytes] = {}
         self._sessions: dict[str, DKGSession] = {}  # one object (and lock) per job
 
-    def _dir(self, job_id: str) -> Path:
+    @staticmethod
+    def _check(value: str, what: str) -> None:
         try:
-            _check_id(job_id)
+            _check_id(value)
         except ValueError as exc:
-            raise InvalidArgumentError(f"job_id: {exc}") from None
+            raise InvalidArgumentError(f"{what}: {exc}") from None
+
+    def _dir(self, job_id: str) -> Path:
+        self._check(job_id, "job_id")
         return self.root / job_id
+
+    def _record_clients(self, folder: Path, clients: list[str]) -> None:
+        """Keep the job's enrolment list (first creation wins; a repeat must agree)."""
+        path = folder / "clients.json"
+        if path.exists():
+            if json.loads(path.read_text()) != clients:
+                raise ConflictError("the job exists with another client list")
+            return
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(clients).encode(), 0o600)
+
+    def check_enrolled(self, job_id: str, client_id: str) -> None:
+        """A client may get a job's keys only if the job enrols it (or enrols anyone)."""
+        path = self._dir(job_id) / "clients.json"
+        if not path.exists():
+            if (self._dir(job_id) / "params.json").exists() or (
+                self._dir(job_id) / "dkg"
+            ).exists():
+                return  # keys made before enrolment lists existed: any client
+            raise NotFoundError(f"no keys for job {job_id!r}")
+        clients = json.loads(path.read_text())
+        if clients and client_id not in clients:
+            raise PermissionDeniedError(f"client {client_id!r} is not enrolled in job {job_id!r}")
 
     def create(
         self,
@@ -60,13 +91,23 @@ class KeyStore:
         mode: str = "single",
         parties: int = 0,
         threshold: int = 0,
+        clients: list[str] | None = None,
     ) -> tuple[bytes, bool]:
-        """Generate keys (or open a key generation) for a job once; (fingerprint, created)."""
+        """Generate keys (or open a key generation) for a job once; (fingerprint, created).
+
+        ``clients``: the job's enrolled clients (empty: any client identity)."""
         preset = get_preset(preset_name)
+        if preset.baseline_only:
+            raise InvalidArgumentError(f"preset {preset_name!r} is a benchmark baseline only")
+        if mode == "threshold" and not 2 <= parties <= MAX_PARTIES:
+            raise InvalidArgumentError(f"parties must be between 2 and {MAX_PARTIES}")
+        for client in clients or ():
+            self._check(client, "client id")
         if clip_bound:
             preset = preset.with_clip_bound(clip_bound)
         folder = self._dir(job_id)
         with self._lock:
+            self._record_clients(folder, sorted(clients or ()))
             if mode == "threshold":
                 existed = (folder / "dkg" / "session.json").exists()
                 folder.mkdir(mode=0o700, exist_ok=True)

@@ -23,6 +23,7 @@ from fedhe_common.rpc.serving import Register, add_service, blocking
 from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.views import ensure_enrolled, job_status, round_plan
 
 logger = logging.getLogger(__name__)
 MAX_WAIT_S = 30
@@ -58,35 +59,16 @@ class AggregationServicer:
     async def GetJobStatus(
         self, request: pb.GetJobStatusRequest, context: Context
     ) -> pb.GetJobStatusResponse:
-        self.auth.require(context, "admin", "client")
-        return await blocking(self._job_status, request.job_id)
+        who = self.auth.require(context, "admin", "client")
+        return await blocking(self._job_status, request, who)
 
-    def _job_status(self, job_id: str) -> pb.GetJobStatusResponse:
-        db = self.server.db
-        job = db.job(job_id)
-        if job is None:
-            raise NotFoundError(f"unknown job {job_id!r}")
-        history = []
-        for r in db.rounds(job_id):
-            seconds = (r.closed or time.time()) - r.opened
-            history.append(
-                pb.RoundSummary(
-                    round=r.round,
-                    state=r.state,
-                    contributors=r.contributors or 0,
-                    weight_sum=r.weight_sum or 0,
-                    seconds=seconds,
-                    upload_bytes=r.upload_bytes or 0,
-                    metrics=db.round_metrics(job_id, r.round),
-                )
-            )
-        open_row = db.open_round(job_id)
-        return pb.GetJobStatusResponse(
-            job_id=job_id,
-            state=str(job["state"]),
-            current_round=open_row.round if open_row else db.last_published(job_id),
-            rounds=int(job["rounds"]),  # type: ignore[call-overload]
-            history=history,
+    def _job_status(
+        self, request: pb.GetJobStatusRequest, who: Identity
+    ) -> pb.GetJobStatusResponse:
+        if who.role == "client":
+            ensure_enrolled(self.server, request.job_id, who.id)
+        return job_status(
+            self.server.db, request.job_id, request.history_limit, request.history_before
         )
 
     async def RegisterClient(
@@ -100,11 +82,7 @@ class AggregationServicer:
         job = self.server.db.job(job_id)
         if job is None:
             raise NotFoundError(f"unknown job {job_id!r}")
-        run = self.server.run_for(job_id) if job["state"] != "KEYGEN" else None
-        self.server.db.register_client(job_id, who.id, time.time())
-        job = self.server.db.job(job_id)
-        assert job is not None
-        logger.info("client %s registered for job %s", who.id, job_id)
+        run = self.server.register_client(job_id, who.id)
         return pb.RegisterClientResponse(
             job_id=job_id,
             job_yaml=str(job["config_yaml"]),
@@ -141,59 +119,14 @@ class AggregationServicer:
     def _current_plan(
         self, request: pb.GetRoundPlanRequest, client_id: str
     ) -> pb.GetRoundPlanResponse:
-        job = self.server.db.job(request.job_id)
-        if job is None:
-            raise NotFoundError(f"unknown job {request.job_id!r}")
-        if job["state"] == "KEYGEN":  # threshold keys not generated yet
-            return pb.GetRoundPlanResponse(job_id=request.job_id, retry=True)
-        return self._plan(self.server.run_for(request.job_id), request.after_round, client_id)
-
-    def _plan(self, run: JobRun, after_round: int, client_id: str) -> pb.GetRoundPlanResponse:
-        db = self.server.db
-        job = db.job(run.job_id)
-        assert job is not None
-        base = {
-            "job_id": run.job_id,
-            "aggregate_round": db.last_published(run.job_id),
-            "layout_id": str(job["layout_id"] or ""),
-            "context_fingerprint": run.fingerprint,
-            "mask_required": run.selective,
-            "mask_id": run.mask_id(),
-        }
-        if job["state"] == "FINISHED":
-            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
-        if job["state"] == "FAILED":
-            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
-        decrypting = run.decrypting_round()
-        if decrypting is not None:
-            if ThresholdDecryption(run).pending_for(client_id, decrypting.round):
-                return pb.GetRoundPlanResponse(
-                    phase=pb.ROUND_PHASE_DECRYPT, round=decrypting.round, **base
-                )
-            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
-        row = db.open_round(run.job_id)
-        if row is None or not self._is_new_for(row.round, after_round, run.job_id, client_id):
-            return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
-        phase = pb.ROUND_PHASE_MASK if row.round == 0 else pb.ROUND_PHASE_TRAIN
-        return pb.GetRoundPlanResponse(
-            phase=phase, round=row.round, deadline_unix_ms=int(row.deadline * 1000), **base
-        )
-
-    def _is_new_for(self, number: int, after_round: int, job_id: str, client_id: str) -> bool:
-        if number > after_round:
-            return True
-        if number == 0:  # the mask round: new unless this client already committed it
-            return not self.server.db.query(
-                "SELECT 1 FROM uploads WHERE job_id=? AND round=0 AND client_id=? "
-                "AND state='COMMITTED'",
-                (job_id, client_id),
-            )
-        return False
+        ensure_enrolled(self.server, request.job_id, client_id)
+        return round_plan(self.server, request.job_id, request.after_round, client_id)
 
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: Context
     ) -> AsyncIterator[pb.GetAggregateResponse]:
-        self.auth.require(context, "client")
+        who = self.auth.require(context, "client")
+        await blocking(ensure_enrolled, self.server, request.job_id, who.id)
         run = await blocking(self.server.run_for, request.job_id)
         header = await blocking(run.files.read_aggregate_header, request.round)
         if header is None:
@@ -300,9 +233,9 @@ class AggregationServicer:
     async def GetUploadStatus(
         self, request: pb.GetUploadStatusRequest, context: Context
     ) -> pb.GetUploadStatusResponse:
-        self.auth.require(context, "client")
+        who = self.auth.require(context, "client")
         run = await blocking(self._run_of_upload, request.upload_id)
-        return await blocking(run.upload_status, request.upload_id)
+        return await blocking(run.upload_status, request.upload_id, who.id)
 
     async def CommitUpload(
         self, request: pb.CommitUploadRequest, context: Context
@@ -329,7 +262,8 @@ class AggregationServicer:
     async def SubmitMask(
         self, request: pb.SubmitMaskRequest, context: Context
     ) -> pb.SubmitMaskResponse:
-        self._client(context, request.client_id)
+        who = self._client(context, request.client_id)
+        await blocking(ensure_enrolled, self.server, request.job_id, who.id)
         run = await blocking(self.server.run_for, request.job_id)
         recorded = await blocking(run.submit_mask, request.mask_id, request.mask)
         return pb.SubmitMaskResponse(mask_id=request.mask_id, recorded=recorded)
@@ -342,13 +276,9 @@ class AggregationServicer:
         return pb.ReportMetricsResponse()
 
     def _store_metrics(self, request: pb.ReportMetricsRequest, client_id: str) -> None:
-        self.server.run_for(request.job_id)
-        with self.server.db.transaction() as tx:
-            for name, value in request.metrics.items():
-                tx.execute(
-                    "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
-                    (request.job_id, request.round, client_id, name, float(value)),
-                )
+        self.server.report_metrics(
+            request.job_id, request.round, client_id, dict(request.metrics)
+        )
 
 
 def register(servicer: AggregationServicer) -> Register:
