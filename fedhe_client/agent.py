@@ -14,17 +14,13 @@ import numpy as np
 
 from fedhe_client.connection import ServerConnection
 from fedhe_client.heartbeat import HeartbeatSender
+from fedhe_client.keymodes import Threshold, key_mode
 from fedhe_client.learner import LocalLearner, check_global
-from fedhe_client.threshold_member import ThresholdMember
-from fedhe_client.update_codec import EncodedUpdate, Encrypts, decode_update, encode_update
+from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
-from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig
-from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.presets import get_preset
-from fedhe_common.crypto.public import PublicKeyEncryptor
-from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import (
     ConflictError,
     FedHEError,
@@ -35,7 +31,6 @@ from fedhe_common.errors import (
     WrongRoundError,
 )
 from fedhe_common.mlbridge.masks import EncryptionMask, top_p_mask
-from fedhe_common.rpc.connection import PeerConnection
 
 logger = logging.getLogger(__name__)
 # The server refused this client's upload for this round only (e.g. its weight): the
@@ -55,17 +50,6 @@ class AgentHooks:
     after_commit: Callable[[int], None] = field(default=_no_op)
 
 
-def fetch_secret_key(config: ClientConfig, job_id: str) -> SecretKeyHolder:
-    """Get the job's keys from the key authority (client identities only)."""
-    conn = PeerConnection(config.keyauth, keyauth_pb2_grpc.KeyAuthorityServiceStub, 4 << 20)
-    try:
-        reply = conn.call("FetchClientKey", keyauth_pb2.FetchClientKeyRequest(job_id=job_id))
-    finally:
-        conn.close()
-    params = PublicParams.from_json(reply.public_params_json)
-    return SecretKeyHolder.from_blobs(params, reply.secret_key, reply.public_key)
-
-
 class ClientAgent:
     """Runs one client through a job until it finishes."""
 
@@ -81,20 +65,7 @@ class ClientAgent:
             reg.values_per_chunk or get_preset(self.job.preset_name).values_per_ciphertext
         )
         self.conn = ServerConnection(config.server, reg.max_message_bytes)
-        self.holder: SecretKeyHolder | None = None
-        self.member: ThresholdMember | None = None
-        self.encryptor: Encrypts | None = None
-        self.fingerprint = b""
-        if self.job.threshold_keys:
-            self.member = ThresholdMember(config, self.job_id, self.job)
-            params, public_key = self.member.generate_keys()
-            public = PublicKeyEncryptor(params, public_key)
-            self.encryptor, self.fingerprint = public, public.fingerprint
-        elif self.job.encryption.mode == "ckks":
-            self.holder = fetch_secret_key(config, self.job_id)
-            self.encryptor, self.fingerprint = self.holder, self.holder.fingerprint
-            if self.holder.fingerprint != bytes(reg.context_fingerprint):
-                raise KeyMaterialError("server and key authority disagree on the job's context")
+        self.mode = key_mode(config, self.job_id, self.job, bytes(reg.context_fingerprint))
         p = config.partition
         self.learner = LocalLearner(
             self.job,
@@ -132,10 +103,11 @@ class ClientAgent:
         done_round = 0
         while True:
             plan = self.conn.round_plan(self.job_id, self.config.client_id, done_round)
-            if plan.context_fingerprint and bytes(plan.context_fingerprint) != self.fingerprint:
+            fingerprint = bytes(plan.context_fingerprint)
+            if fingerprint and fingerprint != self.mode.fingerprint:
                 raise KeyMaterialError("the server's job context differs from this client's keys")
-            if plan.phase == pb.ROUND_PHASE_DECRYPT and self.member is not None:
-                self.member.decrypt_duty(self.conn, self.config.client_id, plan.round)
+            if plan.phase == pb.ROUND_PHASE_DECRYPT and isinstance(self.mode, Threshold):
+                self.mode.member.decrypt_duty(self.conn, self.config.client_id, plan.round)
                 continue
             if plan.mask_required and self.mask is None and plan.mask_id:
                 self._agree_mask(plan.mask_id)
@@ -161,7 +133,6 @@ class ClientAgent:
     # ------------------------------------------------------------ selective mode
     def _upload_sensitivity(self, plan: pb.GetRoundPlanResponse) -> None:
         """Round 0: upload this client's sensitivity map (max-normalised), encrypted."""
-        assert self.holder is not None
         sel = self.job.selective
         t0 = time.perf_counter()
         scores = self.learner.sensitivity(sel.sensitivity, sel.samples)
@@ -169,10 +140,10 @@ class ClientAgent:
         scores = scores / peak if peak > 0 else scores
         update = encode_update(
             scores,
-            self.holder,
+            self.mode,
             None,
             self.values_per_chunk,
-            self.holder.preset.clip_bound,
+            get_preset(self.job.preset_name).clip_bound,
             self.job.dp,
         )
         self.conn.upload(self._manifest(plan.round, "", update, scores.size), update)
@@ -185,9 +156,8 @@ class ClientAgent:
 
     def _agree_mask(self, expected_id: str) -> None:
         """Decrypt the summed sensitivity (round 0), take the top-p mask, record it."""
-        assert self.holder is not None
         header, chunks = self.conn.download(self.job_id, 0)
-        scores = decode_update(header, chunks, self.holder, None, self.values_per_chunk)
+        scores = decode_update(header, chunks, self.mode, None, self.values_per_chunk)
         sel = self.job.selective
         mask = top_p_mask(
             scores / max(1, header.weight_sum),
@@ -217,7 +187,7 @@ class ClientAgent:
             client_id=self.config.client_id,
             layout_id=self.learner.manifest.layout_id,
             mask_id=mask_id,
-            context_fingerprint=self.fingerprint,
+            context_fingerprint=self.mode.fingerprint,
             ciphertext_chunks=update.ct_plan.count,
             plaintext_chunks=update.pt_plan.count,
             num_values=num_values,
@@ -230,13 +200,10 @@ class ClientAgent:
         try:
             if header.layout_id != self.learner.manifest.layout_id:
                 raise FedHEError("aggregate has another model layout")
-            if self.member is not None:
-                vector = self.member.decode(header, chunks) / header.weight_sum
-            else:
-                vector = (
-                    decode_update(header, chunks, self.holder, self.mask, self.values_per_chunk)
-                    / header.weight_sum
-                )
+            vector = (
+                decode_update(header, chunks, self.mode, self.mask, self.values_per_chunk)
+                / header.weight_sum
+            )
             check_global(vector, self.job.training.max_update_abs)
         except FedHEError as exc:
             logger.error(
@@ -266,12 +233,12 @@ class ClientAgent:
         vector, loss = self.learner.train_round(plan.round)
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
-        clip = get_preset(self.job.preset_name).clip_bound if self.encryptor else float("inf")
+        clip = get_preset(self.job.preset_name).clip_bound if self.mode.encrypts else float("inf")
         update = encode_update(
-            vector, self.encryptor, self.mask, self.values_per_chunk, clip, self.job.dp
+            vector, self.mode, self.mask, self.values_per_chunk, clip, self.job.dp
         )
         t_he = time.perf_counter() - t1
-        self.encrypt_s[plan.round] = t_he if self.encryptor is not None else 0.0
+        self.encrypt_s[plan.round] = t_he if self.mode.encrypts else 0.0
         mask_id = self.mask.mask_id if self.mask is not None else ""
         manifest = self._manifest(plan.round, mask_id, update, vector.size)
         if self.export:

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import DPSection
-from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError
 from fedhe_common.mlbridge.accumulate import decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
-from fedhe_common.mlbridge.streams import stream_plans
+from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
+
+if TYPE_CHECKING:  # keymodes -> threshold_member -> connection -> this module
+    from fedhe_client.keymodes import KeyMode
 
 
 def add_dp_noise(values: np.ndarray, dp: DPSection) -> np.ndarray:
-    """Laplace or Gaussian noise of ``dp.scale`` per value, from OS entropy.
+    """Laplace or Gaussian noise of ``dp.scale`` per value, from the OS CSPRNG.
 
-    This is local output perturbation of the *plaintext* coordinates only, applied
-    after clipping; it gives (eps, delta)-DP for those coordinates only when the
-    scale is calibrated to the clip bound and the number of rounds, which FedHE
-    does not do for you. Encrypted coordinates get no noise (the server never sees
-    them).
+    Discrete Laplace / Gaussian on a power-of-two grid 2^-10 of the scale
+    (:func:`~fedhe_common.crypto.sampling.snapped_noise`), so no floating-point
+    artefact carries the input. This is local output perturbation of the
+    *plaintext* coordinates only, applied after clipping; it gives (eps, delta)-DP
+    for those coordinates only when the scale is calibrated to the clip bound
+    (plus one grid step) and the number of rounds, which FedHE does not do for
+    you. Encrypted coordinates get no noise (the server never sees them).
     """
     if dp.mechanism == "none":
         return values
-    rng = np.random.default_rng()
-    if dp.mechanism == "laplace":
-        return values + rng.laplace(0.0, dp.scale, values.size)
-    return values + rng.normal(0.0, dp.scale, values.size)
+    return snapped_noise(values, dp.mechanism, dp.scale)
 
 
 @dataclass(frozen=True)
@@ -50,30 +50,26 @@ class EncodedUpdate:
         return sum(map(len, self.ciphertext)) + sum(map(len, self.plaintext))
 
 
-class Encrypts(Protocol):
-    """Anything that encrypts a vector chunk by chunk (secret or public key)."""
-
-    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]: ...
-
-
 def encode_update(
     vector: np.ndarray,
-    holder: Encrypts | None,
+    mode: KeyMode,
     mask: EncryptionMask | None,
     values_per_chunk: int,
     clip_bound: float,
     dp: DPSection,
 ) -> EncodedUpdate:
     """Split, clip, noise and encrypt one update into its two chunk streams."""
-    if holder is None:  # no encryption: the plaintext baseline
-        encrypted, rest = np.empty(0), vector
-    elif mask is None:
+    count = encrypted_count(vector.size, mode.encrypts, mask.count if mask else None)
+    if count == vector.size:
         encrypted, rest = vector, np.empty(0)
+    elif count == 0:  # no encryption: the plaintext baseline
+        encrypted, rest = np.empty(0), vector
     else:
+        assert mask is not None
         encrypted, rest = mask.split(vector)
         rest = add_dp_noise(np.clip(rest, -clip_bound, clip_bound), dp)
-    ct_plan, pt_plan = stream_plans(encrypted.size + rest.size, values_per_chunk, encrypted.size)
-    ciphertext = list(holder.encrypt_vector(encrypted)) if holder else []
+    ct_plan, pt_plan = stream_plans(vector.size, values_per_chunk, count)
+    ciphertext = list(mode.encrypt_vector(encrypted)) if count else []
     plaintext = [c.astype("<f4").tobytes() for c in pt_plan.split(rest)]
     return EncodedUpdate(ciphertext, plaintext, ct_plan, pt_plan)
 
@@ -81,41 +77,29 @@ def encode_update(
 def decode_update(
     header: pb.AggregateHeader,
     chunks: list[pb.Chunk],
-    holder: SecretKeyHolder | None,
+    mode: KeyMode,
     mask: EncryptionMask | None,
     values_per_chunk: int,
 ) -> np.ndarray:
     """Decrypt/decode a downloaded aggregate back into the (weighted-sum) vector."""
     total = int(header.num_values)
-    if header.ciphertext_chunks == 0:
-        encrypted = 0
-    elif mask is None:
-        encrypted = total
-    else:
-        encrypted = mask.count
-    ct_plan, pt_plan = stream_plans(total, values_per_chunk, encrypted)
-    weight_sum = max(1, int(header.weight_sum))  # sizes the decryptor's release grid
+    encrypts = mode.encrypts and header.ciphertext_chunks > 0
+    count = encrypted_count(total, encrypts, mask.count if mask else None)
+    ct_plan, pt_plan = stream_plans(total, values_per_chunk, count)
     if (header.ciphertext_chunks, header.plaintext_chunks) != (ct_plan.count, pt_plan.count):
         raise FedHEError("aggregate's chunk counts do not fit this client's mask")
-    dense = np.zeros(encrypted)
-    rest = np.zeros(total - encrypted)
+    dense = mode.decrypt_stream(header, chunks, ct_plan) if count else np.zeros(0)
+    rest = np.zeros(total - count)
     seen = set()
     for chunk in chunks:
-        if chunk.stream == pb.STREAM_KIND_CIPHERTEXT:
-            if holder is None:
-                raise FedHEError("ciphertext in a job without encryption")
-            start, stop = ct_plan.bounds(chunk.index)
-            dense[start:stop] = holder.decrypt(chunk.payload, weight_sum=weight_sum)[
-                : stop - start
-            ]
-        else:
+        if chunk.stream == pb.STREAM_KIND_PLAINTEXT:
+            if not 0 <= chunk.index < pt_plan.count:
+                raise FedHEError(f"aggregate plaintext chunk {chunk.index} out of range")
             start, stop = pt_plan.bounds(chunk.index)
             rest[start:stop] = decode_float32(chunk.payload, stop - start)
-        seen.add((chunk.stream, chunk.index))
-    if len(seen) != ct_plan.count + pt_plan.count:
-        raise FedHEError(
-            f"aggregate has {len(seen)} chunks, expected {ct_plan.count + pt_plan.count}"
-        )
-    if mask is not None and encrypted:
+            seen.add(chunk.index)
+    if len(seen) != pt_plan.count:
+        raise FedHEError(f"aggregate has {len(seen)} plaintext chunks, expected {pt_plan.count}")
+    if mask is not None and 0 < count < total:
         return mask.merge(dense, rest)
-    return dense if encrypted else rest
+    return dense if count else rest

@@ -17,8 +17,8 @@ import numpy as np
 
 from fedhe_cli.bench.cputime import PhaseTimer
 from fedhe_cli.inprocess import InProcessFederation
-from fedhe_client.agent import fetch_secret_key
 from fedhe_client.connection import ServerConnection
+from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
 from fedhe_client.learner import LocalLearner
 from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -53,26 +53,29 @@ def run_mode(
         job_yaml = bench_job(mode, model, dataset, epochs)
         job = parse_yaml(job_yaml, JobConfig)
         job_id, _ = fed.server.submit(job_yaml)
-        conns, learners, holders, vpc = [], [], [], 0
+        conns: list[ServerConnection] = []
+        learners: list[LocalLearner] = []
+        modes: list[KeyMode] = []
+        vpc = 0
         for i, name in enumerate(names):
             cfg = fed.client_config(name, i, CLIENTS)
             conn = ServerConnection(cfg.server)
             vpc = conn.register(name, job_id).values_per_chunk
             conns.append(conn)
-            holders.append(fetch_secret_key(cfg, job_id) if mode == "he" else None)
+            modes.append(SingleKey(fetch_secret_key(cfg, job_id)) if mode == "he" else Plain())
             learners.append(LocalLearner(job, i, CLIENTS, torch_threads=None))
         upload_ids = []
-        for conn, learner, holder, name in zip(conns, learners, holders, names, strict=True):
+        for conn, learner, key_mode, name in zip(conns, learners, modes, names, strict=True):
             with timer.phase("train"):
                 vector, _ = learner.train_round(1)
             with timer.phase("encrypt"):
-                update = encode_update(vector, holder, None, vpc, np.inf, job.dp)
+                update = encode_update(vector, key_mode, None, vpc, np.inf, job.dp)
             manifest = pb.UploadManifest(
                 job_id=job_id,
                 round=1,
                 client_id=name,
                 layout_id=learner.manifest.layout_id,
-                context_fingerprint=holder.fingerprint if holder else b"",
+                context_fingerprint=key_mode.fingerprint,
                 ciphertext_chunks=update.ct_plan.count,
                 plaintext_chunks=update.pt_plan.count,
                 num_values=vector.size,
@@ -85,11 +88,11 @@ def run_mode(
                 conn.commit(upload_id)
             fed.server.runs[job_id].tick()
         globals_ = []
-        for conn, holder in zip(conns, holders, strict=True):
+        for conn, key_mode in zip(conns, modes, strict=True):
             with timer.phase("download"):
                 header, chunks = conn.download(job_id, 1)
             with timer.phase("decrypt"):
-                vector = decode_update(header, chunks, holder, None, vpc) / header.weight_sum
+                vector = decode_update(header, chunks, key_mode, None, vpc) / header.weight_sum
             globals_.append(vector)
         for g in globals_[1:]:
             assert np.array_equal(g, globals_[0])

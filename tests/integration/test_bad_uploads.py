@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fedhe_client.agent import fetch_secret_key
+from fedhe_client.keymodes import fetch_secret_key
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.mlbridge.chunking import ChunkPlan

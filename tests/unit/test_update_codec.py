@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedhe_client.keymodes import SingleKey
 from fedhe_client.update_codec import add_dp_noise, encode_update
 from fedhe_common.config.models import DPSection
 from fedhe_common.mlbridge.masks import EncryptionMask
@@ -17,7 +18,7 @@ def test_split_streams_and_noise_only_on_plaintext() -> None:
     vector = np.linspace(-20, 20, total)
     update = encode_update(
         vector,
-        holder,
+        SingleKey(holder),
         mask,
         holder.preset.values_per_ciphertext,
         16.0,

@@ -190,8 +190,6 @@ class JobConfig(_Model):
         if self.threshold_keys:
             if self.encryption.mode != "ckks":
                 raise ValueError("keys.mode threshold needs encryption.mode ckks")
-            if self.selective.enabled:
-                raise ValueError("selective encryption with threshold keys is not supported yet")
             if self.encryption.preset not in ("single-key", self.keys.preset):
                 raise ValueError("with threshold keys the preset is keys.preset")
             if self.participants.min_clients > (self.keys.parties or 0):
