@@ -9,6 +9,7 @@ import numpy as np
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import DPSection
+from fedhe_common.crypto.sampling import snapped_noise
 from fedhe_common.errors import FedHEError
 from fedhe_common.mlbridge.accumulate import decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan

@@ -82,3 +82,66 @@ def smudging_residues(n: int, log_bound: int, primes: np.ndarray) -> np.ndarray:
             r = (r << np.uint64(4)) % qj
         out[j] = (r + lo % qj) % qj
     return out
+
+
+# -- differential-privacy noise ------------------------------------------------------
+# Floating-point Laplace/Gaussian samplers leak the input through the low bits of
+# their output (Mironov 2012). These samplers draw from the OS CSPRNG, produce
+# integers (discrete Laplace / discrete Gaussian, Canonne-Kamath-Steinke 2020) and
+# the mechanism outputs only multiples of a power-of-two grid: ``grid * (round(x /
+# grid) + K)``, so an output never depends on the input beyond its grid point.
+DP_GRID_BITS = 10  # grid = 2^(floor(log2(scale)) - DP_GRID_BITS)
+
+
+def uniform_open(count: int) -> np.ndarray:
+    """``count`` uniform floats in the open interval (0, 1), 53 bits from the OS."""
+    return ((urandom_u64(count) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def discrete_laplace(count: int, t: float) -> np.ndarray:
+    """Integers with P(k) proportional to exp(-|k| / t): a difference of two geometrics."""
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"discrete Laplace parameter must be positive, got {t!r}")
+    log_q = -1.0 / t  # geometric with P(g) = (1 - q) q^g, q = exp(-1/t), by inversion
+    g1 = np.floor(np.log(uniform_open(count)) / log_q)
+    g2 = np.floor(np.log(uniform_open(count)) / log_q)
+    return (g1 - g2).astype(np.int64)
+
+
+def discrete_gaussian(count: int, sigma: float) -> np.ndarray:
+    """Integers with P(k) proportional to exp(-k^2 / (2 sigma^2)), by rejection from Laplace."""
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"discrete Gaussian sigma must be positive, got {sigma!r}")
+    t = math.floor(sigma) + 1.0
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        want = max(64, int((count - filled) * 1.6))
+        y = discrete_laplace(want, t)
+        accept = uniform_open(want) < np.exp(
+            -((np.abs(y) - sigma * sigma / t) ** 2) / (2 * sigma * sigma)
+        )
+        got = y[accept][: count - filled]
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
+def dp_grid(scale: float) -> float:
+    """The mechanism's output grid for noise of ``scale`` (a power of two)."""
+    return 2.0 ** (math.floor(math.log2(scale)) - DP_GRID_BITS)
+
+
+def snapped_noise(values: np.ndarray, mechanism: str, scale: float) -> np.ndarray:
+    """``values`` plus Laplace (b = scale) or Gaussian (sigma = scale) noise, on a grid."""
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"noise scale must be positive and finite, got {scale!r}")
+    grid = dp_grid(scale)
+    units = scale / grid
+    if mechanism == "laplace":
+        k = discrete_laplace(values.size, units)
+    elif mechanism == "gaussian":
+        k = discrete_gaussian(values.size, units)
+    else:
+        raise ValueError(f"unknown noise mechanism {mechanism!r}")
+    return (np.round(np.asarray(values, dtype=np.float64) / grid) + k) * grid
