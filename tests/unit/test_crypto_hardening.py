@@ -10,8 +10,9 @@ import pytest
 import tenseal.sealapi as sa
 import zstandard
 
+from fedhe_client.update_codec import add_dp_noise
 from fedhe_common.config.load import parse_yaml
-from fedhe_common.config.models import JobConfig
+from fedhe_common.config.models import DPSection, JobConfig
 from fedhe_common.crypto import envelope, packing, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
@@ -20,6 +21,7 @@ from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.release import output_grid
 from fedhe_common.crypto.ring import addmod as ring_add
 from fedhe_common.crypto.ring import submod
+from fedhe_common.crypto.sampling import dp_grid
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.crypto.smudging import statistical_distance_log2
 from fedhe_common.crypto.threshold import (
@@ -279,3 +281,23 @@ def test_ledger_refuses_a_re_encoded_ciphertext_under_another_active_set(tmp_pat
         with pytest.raises(ConflictError):
             decryption_share(party, ledgers[1], ctx, variant, _request(active))
     assert ledgers[1].count() == 1
+
+
+@pytest.mark.parametrize(("mechanism", "std"), [("laplace", 2**0.5 * 0.3), ("gaussian", 0.3)])
+def test_dp_noise_is_discrete_csprng_noise_on_a_grid(
+    mechanism: str, std: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_numpy_rng(*_: object) -> None:
+        raise AssertionError("DP noise must not come from numpy's generator")
+
+    monkeypatch.setattr(np.random, "default_rng", no_numpy_rng)
+    dp = DPSection(mechanism=mechanism, scale=0.3)
+    # Mironov's attack reads the input from the low bits of x + float noise: two
+    # inputs on one grid point must give outputs that are all multiples of the grid.
+    grid = dp_grid(dp.scale)
+    x = np.where(np.arange(200_000) % 2 == 0, 0.1, 0.1 + grid / 7)
+    noisy = add_dp_noise(x, dp)
+    units = noisy / grid
+    assert np.array_equal(units, np.round(units))
+    noise = noisy - x
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - std) < 0.02 * std
