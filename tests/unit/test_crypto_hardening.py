@@ -17,13 +17,14 @@ from fedhe_common.crypto import envelope, packing, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
 from fedhe_common.crypto.envelope import BlobKind
+from fedhe_common.crypto.presets import get_preset
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.release import output_grid
 from fedhe_common.crypto.ring import addmod as ring_add
 from fedhe_common.crypto.ring import submod
 from fedhe_common.crypto.sampling import dp_grid
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.crypto.smudging import statistical_distance_log2
+from fedhe_common.crypto.smudging import smudging_bits, statistical_distance_log2
 from fedhe_common.crypto.threshold import (
     ShareRequest,
     decryption_share,
@@ -301,3 +302,14 @@ def test_dp_noise_is_discrete_csprng_noise_on_a_grid(
     assert np.array_equal(units, np.round(units))
     noise = noisy - x
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - std) < 0.02 * std
+
+
+def test_smudging_size_follows_the_weights_within_the_headroom() -> None:
+    strict, practical = get_preset("threshold-strict"), get_preset("threshold-practical")
+    assert smudging_bits(strict, 1) == strict.smudging_bits  # unit weights: as before
+    assert smudging_bits(practical, 1) == practical.smudging_bits
+    assert smudging_bits(strict, 1500) == 74 and smudging_bits(practical, 1500) == 41
+    assert smudging_bits(practical, practical.max_weight_sum(), 64) <= 76
+    for bad in (0, float("nan"), 2.0**60):
+        with pytest.raises(InvalidArgumentError):
+            smudging_bits(strict, bad, 64)

@@ -43,10 +43,10 @@ def smudging_bits(preset: Preset, weight_sum: float, parties: int = 1) -> int:
     lam = SECURITY_BITS.get(preset.name, 40)
     need = math.log2(preset.poly_modulus_degree * fresh_noise_bound(preset) * weight_sum)
     bits = max(preset.smudging_bits, math.ceil(need + lam - 1))
-    # Headroom: message (scale * W * clip) plus every party's smudging stays below q/4.
-    message = preset.scale_bits + math.log2(preset.weight_scale * weight_sum * preset.clip_bound)
+    # Headroom: the message (scale * W * clip, at most q/4 by check_weight_sum) and
+    # every party's smudging together (at most q/4 too) stay below SEAL's wrap at q/2.
     room = preset.log2_q_data - len(preset.data_modulus_bits) - 2
-    if max(message, bits + math.log2(max(parties, 1))) + 1 > room:
+    if bits + math.log2(max(parties, 1)) > room:
         raise InvalidArgumentError(
             f"weight sum {weight_sum:g} needs smudging 2^{bits}, past preset "
             f"{preset.name!r}'s headroom; lower the weights"
