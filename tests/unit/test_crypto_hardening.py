@@ -81,8 +81,9 @@ def recover_secret(
     return out
 
 
-def test_published_model_does_not_reveal_the_single_key() -> None:
-    holder = holder_for("single-key")
+@pytest.mark.parametrize("name", ["single-key", "single-key-8k", "single-key-strict"])
+def test_published_model_does_not_reveal_the_single_key(name: str) -> None:
+    holder = holder_for(name)
     preset = holder.preset
     aggregator = CiphertextAggregator(holder.params)
     total = preset.values_per_ciphertext  # one full chunk: the attacker sees every slot

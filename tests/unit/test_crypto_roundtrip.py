@@ -18,6 +18,7 @@ from tests.conftest import holder_for
 PRECISION = {
     "single-key": 1e-6,
     "single-key-8k": 1e-6,
+    "single-key-strict": 1e-6,
     "single-key-real-weights": 1e-5,
     "threshold-strict": 1e-9,
     "threshold-practical": 1e-9,

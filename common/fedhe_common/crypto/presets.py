@@ -111,6 +111,7 @@ class Preset:
 _OUTPUT_BITS = {
     "single-key": 20,
     "single-key-8k": 20,
+    "single-key-strict": 20,
     "single-key-real-weights": 17,
     "threshold-strict": 32,
     "threshold-practical": 32,
@@ -167,6 +168,23 @@ PRESETS: dict[str, Preset] = {
             baseline_only=False,
             summary="as single-key with scale 2^28 and real server-side weights at 2^26 "
             "(no rescale); sum|w| * B <= 8",
+        ),
+        Preset(
+            name="single-key-strict",
+            poly_modulus_degree=8192,
+            coeff_modulus_bits=(60, 60, 60),
+            scale_bits=72,
+            encryption="seeded-symmetric",
+            weight_mode="integer",
+            weight_scale_bits=0,
+            complex_packing=True,
+            clip_bound=16.0,
+            compression="none",
+            smudging_bits=None,
+            baseline_only=False,
+            summary="N=8192 [60,60|60], scale 2^72, seeded symmetric uploads, integer "
+            "weights: released values 2^-20 of the mean sit >= 44 bits above the "
+            "decryption noise (docs/crypto.md); 16 B/value up, 32 down",
         ),
         Preset(
             name="threshold-strict",
