@@ -25,9 +25,12 @@ def test_bench_threshold_contract(tmp_path: Path) -> None:
         "share_cpu_s_per_party_per_1m",
         "fusion_cpu_s_per_1m",
         "max_abs_err",
+        "verify_cpu_s_per_party_per_1m",
+        "verify_bytes_per_value_per_party",
     }
     for row in rows.values():
         assert keys <= set(row)
         assert row["max_abs_err"] < 1e-5
     assert rows["threshold-strict"]["upload_bytes_per_value"] <= 33
     assert rows["single-key"]["share_bytes_per_value"] == 0
+    assert rows["threshold-strict"]["verify_cpu_s_per_party_per_1m"] > 0
