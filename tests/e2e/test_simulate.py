@@ -12,19 +12,15 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 FEDHE = Path(sys.executable).parent / "fedhe"
-TINY = (
-    "participants: {min_clients: 2, wait_after_min_s: 0.5}\n"
-    "model: {name: mlp, hidden: 16}\n"
-    "training: {local_epochs: 1}\n"
-)
+TINY = "model: {name: mlp, hidden: 16}\ntraining: {local_epochs: 1}\n"
 
 
-def _simulate(tmp_path: Path, job_yaml: str, *extra: str) -> str:
+def _simulate(tmp_path: Path, job_yaml: str, *extra: str, clients: int = 2) -> str:
     job = tmp_path / "job.yaml"
     job.write_text(job_yaml)
     result = subprocess.run(
-        [str(FEDHE), "simulate", str(job), "--clients", "2", "--workdir", str(tmp_path / "run"),
-         "--timeout", "180", *extra],
+        [str(FEDHE), "simulate", str(job), "--clients", str(clients),
+         "--workdir", str(tmp_path / "run"), "--timeout", "180", *extra],
         capture_output=True,
         text=True,
         timeout=280,
@@ -54,19 +50,20 @@ def test_simulate_runs_a_user_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name,extra_yaml",
+    "name,clients,extra_yaml",
     [
-        ("single", "encryption: {mode: ckks, preset: single-key}\n"),
+        ("single", 2, "encryption: {mode: ckks, preset: single-key}\n"),
         # Round 0 is the mask round: no accuracy line (simulate used to wait for one forever).
-        ("selective", "selective: {ratio: 0.5, sensitivity: trueclass, samples: 8}\n"),
+        ("selective", 2, "selective: {ratio: 0.5, sensitivity: trueclass, samples: 8}\n"),
         # The job starts in KEYGEN (simulate used to stop at once: KeyError 'accuracy').
-        ("threshold", "keys: {mode: threshold, parties: 2, threshold: 2, "
+        ("threshold", 3, "keys: {mode: threshold, parties: 3, threshold: 2, "
          "preset: threshold-practical}\n"),
     ],
 )
-def test_simulate_encrypted_jobs(tmp_path: Path, name: str, extra_yaml: str) -> None:
-    out = _simulate(tmp_path, f"job: {{name: sim-{name}, rounds: 1}}\n{TINY}{extra_yaml}",
-                    "--no-compare")
+def test_simulate_encrypted_jobs(tmp_path: Path, name: str, clients: int, extra_yaml: str) -> None:
+    participants = f"participants: {{min_clients: {clients}, wait_after_min_s: 0.5}}\n"
+    job = f"job: {{name: sim-{name}, rounds: 1}}\n{participants}{TINY}{extra_yaml}"
+    out = _simulate(tmp_path, job, "--no-compare", clients=clients)
     assert len(re.findall(r"^round 1/1  accuracy 0\.\d{4} ", out, re.M)) == 1, out
     assert re.search(r"^final test accuracy \(HE, ckks\): 0\.\d{4}$", out, re.M), out
     assert ("round 0 (mask)" in out) == (name == "selective"), out
