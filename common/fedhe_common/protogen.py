@@ -33,21 +33,28 @@ def generate(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     include = str(Path(protoc.__file__).parent / "_proto")
+    plugins = Path(sys.executable).parent  # mypy-protobuf's protoc plugins (dev dependency)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--mypy_out={out_dir}",  # typed stubs (.pyi) for messages ...
+        f"--mypy_grpc_out={out_dir}",  # ... and for the service stubs
         *files,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written = []
-    for path in sorted(out_dir.rglob("*_pb2*.py")):
+    for path in sorted([*out_dir.rglob("*_pb2*.py"), *out_dir.rglob("*_pb2*.pyi")]):
         text = path.read_text()
         # Generated imports name the proto package; make them absolute in ours.
         text = text.replace("from fedhe.", f"from {IMPORT_PREFIX}fedhe.")
+        if path.suffix == ".pyi":  # stubs also name the package in annotations
+            text = text.replace("import fedhe.", f"import {IMPORT_PREFIX}fedhe.")
         path.write_text(text)
         written.append(path)
     for folder in {p.parent for p in written} | {out_dir}:
@@ -63,8 +70,10 @@ def generate(out_dir: Path) -> list[Path]:
 def differences(expected: Path, actual: Path) -> list[str]:
     """Relative paths of generated files that differ between two trees."""
     diffs = []
-    names = {p.relative_to(expected) for p in expected.rglob("*.py")}
-    names |= {p.relative_to(actual) for p in actual.rglob("*.py") if "__pycache__" not in p.parts}
+    generated = [*expected.rglob("*.py"), *expected.rglob("*.pyi")]
+    committed = [*actual.rglob("*.py"), *actual.rglob("*.pyi")]
+    names = {p.relative_to(expected) for p in generated}
+    names |= {p.relative_to(actual) for p in committed if "__pycache__" not in p.parts}
     for rel in sorted(names):
         a, b = expected / rel, actual / rel
         if not (a.exists() and b.exists() and filecmp.cmp(a, b, shallow=False)):
