@@ -58,11 +58,7 @@ class ThresholdDecryption:
 
     def active_set(self, number: int) -> list[int]:
         """The fixed active set of a round (empty until enough parties volunteered)."""
-        rows = self.db.query(
-            "SELECT alpha FROM decryptions WHERE job_id=? AND round=? AND active=1 ORDER BY alpha",
-            (self.run.job_id, number),
-        )
-        return [int(r[0]) for r in rows]  # type: ignore[call-overload]
+        return self.db.active_parties(self.run.job_id, number)
 
     def volunteer(self, client_id: str, number: int) -> pb.VolunteerDecryptionResponse:
         """Record an offer to decrypt; fix the active set at ``threshold`` offers."""
@@ -71,33 +67,11 @@ class ThresholdDecryption:
             row = self._round(number)
             threshold = self.run.config.keys.threshold
             assert threshold is not None
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "INSERT OR IGNORE INTO decryptions VALUES (?,?,?,?,?,0)",
-                    (self.run.job_id, number, alpha, client_id, self.run.clock()),
-                )
-                fixed = tx.execute(
-                    "SELECT COUNT(*) FROM decryptions WHERE job_id=? AND round=? AND active=1",
-                    (self.run.job_id, number),
-                ).fetchone()
-                offers = tx.execute(
-                    "SELECT alpha FROM decryptions WHERE job_id=? AND round=? "
-                    "ORDER BY volunteered, alpha",
-                    (self.run.job_id, number),
-                ).fetchall()
-                if fixed[0] == 0 and len(offers) >= threshold:
-                    for (a,) in offers[:threshold]:
-                        tx.execute(
-                            "UPDATE decryptions SET active=1 WHERE job_id=? AND "
-                            "round=? AND alpha=?",
-                            (self.run.job_id, number, a),
-                        )
-                    logger.info(
-                        "job %s round %d: active set %s",
-                        self.run.job_id,
-                        number,
-                        [a for (a,) in offers[:threshold]],
-                    )
+            fixed = self.db.volunteer(
+                self.run.job_id, number, alpha, client_id, self.run.clock(), threshold
+            )
+            if fixed:
+                logger.info("job %s round %d: active set %s", self.run.job_id, number, fixed)
         return pb.VolunteerDecryptionResponse(
             alpha=alpha, active_parties=self.active_set(number), contributors=row.contributors or 0
         )
@@ -122,21 +96,12 @@ class ThresholdDecryption:
             if len(chunk.payload) > 8 * ctx.k * ctx.n + SHARE_OVERHEAD_BYTES:
                 raise InvalidArgumentError("decryption share too large")
             digest = verified_digest(chunk.payload, chunk.sha256, "share")
-            have = self.db.query(
-                "SELECT sha256 FROM shares WHERE job_id=? AND round=? AND alpha=? AND idx=?",
-                (self.run.job_id, number, alpha, chunk.index),
-            )
+            have = self.db.share_hash(self.run.job_id, number, alpha, chunk.index)
             if is_repeat(have, digest, f"the share for chunk {chunk.index}"):
                 return True
             atomic_write(self.run.files.share_path(number, alpha, chunk.index), chunk.payload)
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "INSERT INTO shares VALUES (?,?,?,?,?)",
-                    (self.run.job_id, number, alpha, chunk.index, digest),
-                )
-            received = self.db.query(
-                "SELECT COUNT(*) FROM shares WHERE job_id=? AND round=?", (self.run.job_id, number)
-            )[0][0]
+            self.db.add_share(self.run.job_id, number, alpha, chunk.index, digest)
+            received = self.db.share_count(self.run.job_id, number)
             if received == len(active) * count:
                 header["active_parties"] = active
                 self.run.files.write_header(number, header)
@@ -150,19 +115,11 @@ class ThresholdDecryption:
         alpha = self.parties().get(client_id)
         if alpha is None:
             return False
-        offered = self.db.query(
-            "SELECT active FROM decryptions WHERE job_id=? AND round=? AND alpha=?",
-            (self.run.job_id, number, alpha),
-        )
-        if not offered:
+        if not self.db.has_volunteered(self.run.job_id, number, alpha):
             return True
         active = self.active_set(number)
         if not active or alpha not in active:
             return False
         header = self.run.files.read_aggregate_header(number)
         count = int(header["ciphertext_chunks"]) if header else 0  # type: ignore[call-overload]
-        sent = self.db.query(
-            "SELECT COUNT(*) FROM shares WHERE job_id=? AND round=? AND alpha=?",
-            (self.run.job_id, number, alpha),
-        )[0][0]
-        return int(sent) < count  # type: ignore[call-overload]
+        return self.db.share_count(self.run.job_id, number, alpha) < count

@@ -37,7 +37,7 @@ from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import StateDB, UploadState, now
+from fedhe_server.state import RoundState, StateDB, UploadState, now
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT
@@ -126,7 +126,7 @@ class JobRun(RoundStateMachine):
             if not self.selective:
                 raise ManifestMismatchError("this job does not use selective encryption")
             round0 = self.db.round(self.job_id, 0)
-            if round0 is None or round0.state != "PUBLISHED":
+            if round0 is None or round0.state != RoundState.PUBLISHED:
                 raise IncompleteUploadError("the sensitivity round is not published yet")
             mask = EncryptionMask.from_bytes(mask_bytes)
             if mask.mask_id != mask_id:
@@ -144,11 +144,7 @@ class JobRun(RoundStateMachine):
                 if current.mask_id != mask_id:
                     raise ConflictError("a different mask was already recorded for this job")
                 return False
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "UPDATE jobs SET mask_id=?, mask=? WHERE job_id=?",
-                    (mask_id, mask.to_bytes(), self.job_id),
-                )
+            self.db.record_mask(self.job_id, mask_id, mask.to_bytes())
             self._mask = mask
             logger.info(
                 "job %s: mask %s... recorded (%d of %d values encrypted)",

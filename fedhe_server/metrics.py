@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import FedHEError
-from fedhe_server.state import StateDB
+from fedhe_server.state import RoundState, StateDB, UploadState
 
 ROUND_SECONDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -48,14 +48,12 @@ class StateCollector(Collector):
         current = GaugeMetricFamily(
             "fedhe_round_current", "Latest round of each job (open or closed)", labels=["job"]
         )
-        for job_id, number in self.db.query(
-            "SELECT job_id, MAX(round) FROM rounds GROUP BY job_id"
-        ):
+        for job_id, number in self.db.latest_rounds():
             current.add_metric([str(job_id)], float(number))  # type: ignore[arg-type]
         yield current
 
         rounds = GaugeMetricFamily("fedhe_rounds", "Rounds by current state", labels=["state"])
-        for state, count in self.db.query("SELECT state, COUNT(*) FROM rounds GROUP BY state"):
+        for state, count in self.db.round_state_counts():
             rounds.add_metric([str(state).lower()], float(count))  # type: ignore[arg-type]
         yield rounds
 
@@ -78,7 +76,7 @@ class StateCollector(Collector):
         sent = CounterMetricFamily(
             "fedhe_upload_bytes", "Chunk payload bytes accepted", labels=["kind"]
         )
-        totals = dict(self.db.query("SELECT stream, SUM(nbytes) FROM chunks GROUP BY stream"))
+        totals = self.db.bytes_by_stream()
         for stream, kind in (
             (pb.STREAM_KIND_CIPHERTEXT, "ciphertext"),
             (pb.STREAM_KIND_PLAINTEXT, "plaintext"),
@@ -89,17 +87,14 @@ class StateCollector(Collector):
         yield self._round_durations()
 
     def _upload_counts(self) -> dict[str, float]:
-        rows = self.db.query(
-            "SELECT u.state, r.state, COUNT(*) FROM uploads u JOIN rounds r "
-            "ON r.job_id = u.job_id AND r.round = u.round GROUP BY u.state, r.state"
-        )
+        rows = self.db.upload_round_state_counts()
         totals: dict[str, float] = {}
         for upload_state, round_state, count in rows:
-            if upload_state == "COMMITTED":
+            if upload_state == UploadState.COMMITTED:
                 key = "accepted"
-            elif upload_state == "REJECTED":
+            elif upload_state == UploadState.REJECTED:
                 key = "rejected"
-            elif round_state == "OPEN":
+            elif round_state == RoundState.OPEN:
                 key = "inflight"
             else:
                 key = "timeout"
@@ -107,10 +102,7 @@ class StateCollector(Collector):
         return totals
 
     def _round_durations(self) -> HistogramMetricFamily:
-        seconds = [
-            float(d)  # type: ignore[arg-type]
-            for (d,) in self.db.query("SELECT closed - opened FROM rounds WHERE closed IS NOT NULL")
-        ]
+        seconds = self.db.round_durations()
         buckets = [(str(b), float(sum(s <= b for s in seconds))) for b in ROUND_SECONDS_BUCKETS]
         buckets.append(("+Inf", float(len(seconds))))
         return HistogramMetricFamily(

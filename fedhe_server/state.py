@@ -341,6 +341,11 @@ class StateDB:
             (t, job_id, number),
         )
 
+    def record_mask(self, job_id: str, mask_id: str, mask: bytes) -> None:
+        """Record the encryption mask a selective job's clients agreed on."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE jobs SET mask_id=?, mask=? WHERE job_id=?", (mask_id, mask, job_id))
+
     def pin_layout(self, tx: sqlite3.Connection, job_id: str, layout_id: str, n: int) -> None:
         """Fix the job's model layout."""
         tx.execute(
@@ -466,6 +471,109 @@ class StateDB:
             (job_id, number, UploadState.COMMITTED.value),
         )
         return int(rows[0][0] or 0)  # type: ignore[call-overload]
+
+    # ------------------------------------------------------- scrape-time metrics
+    def latest_rounds(self) -> list[tuple[str, int]]:
+        """(job, latest round) of every job with rounds."""
+        rows = self.query("SELECT job_id, MAX(round) FROM rounds GROUP BY job_id")
+        return [(str(j), int(n)) for j, n in rows]  # type: ignore[call-overload]
+
+    def round_state_counts(self) -> list[tuple[str, int]]:
+        """(round state, count) over all jobs."""
+        rows = self.query("SELECT state, COUNT(*) FROM rounds GROUP BY state")
+        return [(str(st), int(n)) for st, n in rows]  # type: ignore[call-overload]
+
+    def bytes_by_stream(self) -> dict[int, int]:
+        """Accepted chunk bytes per stream kind."""
+        rows = self.query("SELECT stream, SUM(nbytes) FROM chunks GROUP BY stream")
+        return {int(k): int(v or 0) for k, v in rows}  # type: ignore[call-overload]
+
+    def upload_round_state_counts(self) -> list[tuple[str, str, int]]:
+        """(upload state, its round's state, count)."""
+        rows = self.query(
+            "SELECT u.state, r.state, COUNT(*) FROM uploads u JOIN rounds r "
+            "ON r.job_id = u.job_id AND r.round = u.round GROUP BY u.state, r.state"
+        )
+        return [(str(a), str(b), int(n)) for a, b, n in rows]  # type: ignore[call-overload]
+
+    def round_durations(self) -> list[float]:
+        """Seconds from opening to closing of every closed round."""
+        rows = self.query("SELECT closed - opened FROM rounds WHERE closed IS NOT NULL")
+        return [float(d) for (d,) in rows]  # type: ignore[arg-type]
+
+    # -------------------------------------------------------- threshold decryption
+    def active_parties(self, job_id: str, number: int) -> list[int]:
+        """The fixed active set of a round's decryption (empty until fixed)."""
+        rows = self.query(
+            "SELECT alpha FROM decryptions WHERE job_id=? AND round=? AND active=1 ORDER BY alpha",
+            (job_id, number),
+        )
+        return [int(r[0]) for r in rows]  # type: ignore[call-overload]
+
+    def volunteer(
+        self, job_id: str, number: int, alpha: int, client_id: str, t: float, threshold: int
+    ) -> list[int]:
+        """Record an offer to decrypt; the active set it fixed now (else empty)."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO decryptions VALUES (?,?,?,?,?,0)",
+                (job_id, number, alpha, client_id, t),
+            )
+            fixed = tx.execute(
+                "SELECT COUNT(*) FROM decryptions WHERE job_id=? AND round=? AND active=1",
+                (job_id, number),
+            ).fetchone()[0]
+            offers = tx.execute(
+                "SELECT alpha FROM decryptions WHERE job_id=? AND round=? "
+                "ORDER BY volunteered, alpha",
+                (job_id, number),
+            ).fetchall()
+            if fixed or len(offers) < threshold:
+                return []
+            chosen = [int(a) for (a,) in offers[:threshold]]
+            tx.executemany(
+                "UPDATE decryptions SET active=1 WHERE job_id=? AND round=? AND alpha=?",
+                [(job_id, number, a) for a in chosen],
+            )
+            return chosen
+
+    def has_volunteered(self, job_id: str, number: int, alpha: int) -> bool:
+        """True when party ``alpha`` offered to decrypt the round."""
+        return bool(
+            self.query(
+                "SELECT 1 FROM decryptions WHERE job_id=? AND round=? AND alpha=?",
+                (job_id, number, alpha),
+            )
+        )
+
+    def share_hash(
+        self, job_id: str, number: int, alpha: int, index: int
+    ) -> list[tuple[object, ...]]:
+        """The stored hash of one decryption share as rows (empty if not received)."""
+        return self.query(
+            "SELECT sha256 FROM shares WHERE job_id=? AND round=? AND alpha=? AND idx=?",
+            (job_id, number, alpha, index),
+        )
+
+    def add_share(self, job_id: str, number: int, alpha: int, index: int, digest: bytes) -> None:
+        """Record a relayed share (its file is already durable)."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO shares VALUES (?,?,?,?,?)", (job_id, number, alpha, index, digest)
+            )
+
+    def share_count(self, job_id: str, number: int, alpha: int | None = None) -> int:
+        """Shares received for a round (of one party, or of all)."""
+        if alpha is None:
+            rows = self.query(
+                "SELECT COUNT(*) FROM shares WHERE job_id=? AND round=?", (job_id, number)
+            )
+        else:
+            rows = self.query(
+                "SELECT COUNT(*) FROM shares WHERE job_id=? AND round=? AND alpha=?",
+                (job_id, number, alpha),
+            )
+        return int(rows[0][0])  # type: ignore[call-overload]
 
     def is_registered(self, job_id: str, client_id: str) -> bool:
         """True when the client registered for the job."""

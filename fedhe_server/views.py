@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
-from fedhe_server.state import JobState, StateDB
+from fedhe_server.state import JobState, RoundState, StateDB
 
 if TYPE_CHECKING:
     from fedhe_server.service import AggregationServer
@@ -70,8 +70,8 @@ def job_status(
         rounds=int(job["rounds"]),  # type: ignore[call-overload]
         history=history,
         rounds_total=sum(totals.values()),
-        rounds_published=totals.get("PUBLISHED", 0),
-        rounds_aborted=totals.get("ABORTED", 0),
+        rounds_published=totals.get(RoundState.PUBLISHED, 0),
+        rounds_aborted=totals.get(RoundState.ABORTED, 0),
         history_truncated=truncated,
     )
 
