@@ -27,12 +27,18 @@ def test_aggregator_has_no_decrypt_and_rejects_key_material() -> None:
 
 
 def test_server_import_path_never_loads_secret_key_code() -> None:
+    """Every module of the server package, imported together, loads no secret-key code,
+    no threshold-party code, no client code and no torch."""
     code = (
-        "import sys, fedhe_common.crypto.aggregate, fedhe_common.mlbridge.accumulate;"
-        "bad=[m for m in sys.modules if m.endswith('crypto.secret') or m=='torch'];"
-        "sys.exit(1 if bad else 0)"
+        "import importlib, pkgutil, sys, fedhe_server;"
+        "[importlib.import_module(m.name) for m in "
+        "pkgutil.walk_packages(fedhe_server.__path__, 'fedhe_server.')];"
+        "bad=[m for m in sys.modules if m.endswith(('crypto.secret', 'crypto.threshold', "
+        "'crypto.smudging')) or m.startswith(('fedhe_client', 'torch'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
     )
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_public_key_encryptor_round_trip() -> None:
