@@ -4,7 +4,9 @@ A stalled call opens a unary method and never sends its request (no token either
 before grpc.aio, each held one of the synchronous server's 64 worker threads (16 on
 the key authority), so a handful of them, or 48 idle long-polls plus 16 stalled
 calls, froze every honest client. Here 64 stalled calls and 200 idle long-polls
-are held open while an honest client uploads and commits.
+are held open while an honest client uploads and commits. That is also 264 calls
+in flight at once: the threaded server refused every call past 256 with
+RESOURCE_EXHAUSTED (defect 8).
 """
 
 from __future__ import annotations
