@@ -93,7 +93,11 @@ def audit(
         "restarts": restarts,
         "conditions": rows,
     }
-    if find_ratio:
+    doc["baseline_success_rate"] = report.baseline_success(rows)
+    if find_ratio and report.baseline_success(rows) == 0.0:
+        console.print("--find-ratio skipped: the baseline attack failed, no ratio can be judged")
+        doc["find_ratio"] = None
+    elif find_ratio:
         found, probes = runner.find_ratio(target, settings, target_ssim, progress=console.log)
         console.print(
             f"smallest sensitivity-mask ratio with no mask-aware success at SSIM > "

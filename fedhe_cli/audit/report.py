@@ -49,18 +49,39 @@ def print_summary(rows: list[dict[str, object]], success_ssim: float) -> None:
     )
 
 
+def baseline_success(rows: list[dict[str, object]]) -> float | None:
+    """Success rate of the attack on the unprotected gradient (None: no baseline row)."""
+    base = [float(r["success_rate"]) for r in rows if r["mask"] == "none"]  # type: ignore[arg-type]
+    return max(base) if base else None
+
+
 def verdicts(rows: list[dict[str, object]]) -> list[str]:
-    """Plain sentences: which attacker each mask did and did not stop."""
+    """Plain sentences: which attacker each mask did and did not stop.
+
+    A mask only "stops" an attacker that succeeds without it: when the baseline attack on
+    the unprotected gradient failed too, the audit refuses to judge any mask.
+    """
+    base = baseline_success(rows)
+    if base == 0.0:
+        return [
+            "no conclusion: the baseline attack on the UNPROTECTED gradient also failed "
+            "(0% of attacks succeeded), so a failed attack says nothing about a mask; "
+            "raise --steps or --restarts (or lower --success-ssim) until the baseline succeeds"
+        ]
     out = []
     for r in rows:
         if r["mask"] == "none":
             continue
-        stopped = r["success_rate"] == 0.0
-        out.append(
+        rate = float(r["success_rate"])  # type: ignore[arg-type]
+        stopped = rate == 0.0
+        line = (
             f"{r['mask']} mask at ratio {r['ratio']:g}: "
             f"{'stopped' if stopped else 'did NOT stop'} the {r['attacker']} attacker "
-            f"({float(r['success_rate']):.0%} of attacks succeeded)"
-        )  # type: ignore[arg-type]
+            f"({rate:.0%} of attacks succeeded)"
+        )
+        if stopped and base is not None and base < 1.0:
+            line += f"; without a mask only {base:.0%} succeeded"
+        out.append(line)
     return out
 
 
