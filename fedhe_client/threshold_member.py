@@ -221,6 +221,8 @@ class ThresholdMember:
                         self.job.participants.min_clients,
                         request_active,
                         max(1, int(header.weight_sum)),
+                        self.parties,
+                        self.threshold,
                     ),
                 )
                 blob = e2e.group_encrypt(

@@ -314,3 +314,15 @@ def test_smudging_size_follows_the_weights_within_the_headroom() -> None:
     for bad in (0, float("nan"), 2.0**60):
         with pytest.raises(InvalidArgumentError):
             smudging_bits(strict, bad, 64)
+
+
+@pytest.mark.parametrize("active", [(1, 1, 2), (1, 2), (1, 2, 9), (0, 1, 2), (2, 3, 4), (1,)])
+def test_party_refuses_a_malformed_active_set(active: tuple[int, ...], tmp_path: Path) -> None:
+    _, members, params, pk_blob, ledgers = _setup("threshold-practical", 5, 3, tmp_path)
+    aggregate, _, _, _ = _round(params, pk_blob)
+    request = ShareRequest("job", 1, 0, 3, 3, active, 6, parties=5, threshold=3)
+    with pytest.raises(InvalidArgumentError, match="active set"):
+        decryption_share(members[0], ledgers[1], CKKSContext(params), aggregate, request)
+    assert ledgers[1].count() == 0
+    good = ShareRequest("job", 1, 0, 3, 3, (1, 2, 3), 6, parties=5, threshold=3)
+    assert decryption_share(members[0], ledgers[1], CKKSContext(params), aggregate, good)

@@ -203,6 +203,26 @@ class ShareRequest:
     min_clients: int
     active: tuple[int, ...] | None  # None: N-of-N
     weight_sum: int = 1  # the header's sum of weights: sizes the smudging noise
+    parties: int | None = None  # the job's N and t, to check the server's active set
+    threshold: int | None = None
+
+
+def check_active_set(
+    active: tuple[int, ...], alpha: int, parties: int | None, threshold: int | None
+) -> None:
+    """Refuse an active set from the server that is not t distinct parties including us."""
+    if len(set(active)) != len(active):
+        raise InvalidArgumentError(f"active set {active} names a party twice")
+    if any(a < 1 or (parties is not None and a > parties) for a in active):
+        raise InvalidArgumentError(f"active set {active} names parties outside 1..{parties}")
+    want = threshold if threshold is not None else max(len(active), MIN_THRESHOLD)
+    if len(active) != want:
+        raise InvalidArgumentError(
+            f"active set {active} must name exactly t={threshold} parties (at least "
+            f"{MIN_THRESHOLD})"
+        )
+    if alpha not in active:
+        raise InvalidArgumentError(f"party {alpha} is not in the active set {active}")
 
 
 class ShareLedger:
@@ -262,6 +282,8 @@ def decryption_share(
             f"(min_clients {request.min_clients}, never below {MIN_THRESHOLD_CLIENTS}): "
             "no share is produced for it"
         )
+    if request.active is not None:
+        check_active_set(request.active, party.alpha, request.parties, request.threshold)
     seal = _aggregate_raw(ctx, aggregate_blob)
     c1 = sealbytes.ciphertext_array(seal)[1]
     ring = party.ring
