@@ -37,6 +37,8 @@ PUBLISH_POINTS = (
     "publish.after_transaction",
     "publish.after_cleanup",
 )
+ABORT_POINTS = ("abort.after_transaction",)
+DECRYPT_POINTS = ("decrypt.after_transaction",)
 
 
 @dataclass
@@ -203,6 +205,7 @@ class RoundStateMachine:
         with self.db.transaction() as tx:
             self.db.set_round_state(tx, self.job_id, number, RoundState.PUBLISHED)
             finished = self._count_and_advance(tx, number, t)
+        self.faults("decrypt.after_transaction")
         row = self.db.round(self.job_id, number)
         assert row is not None
         self._cleanup_after(number)
@@ -227,6 +230,7 @@ class RoundStateMachine:
                 self.db.set_job_state(tx, self.job_id, JobState.FAILED)
             else:
                 self._insert_round(tx, number + 1, t)
+        self.faults("abort.after_transaction")
         self._acc = None
         self.files.drop_uploads(number)
         logger.warning(

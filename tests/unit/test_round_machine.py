@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
 from fedhe_server.jobrun import JobRun
 from fedhe_server.metrics import ServerMetrics
+from fedhe_server.rounds import ABORT_POINTS, PUBLISH_POINTS, no_faults
 from fedhe_server.staging import JobFiles
 from fedhe_server.state import JobState, RoundState, StateDB
 
@@ -36,7 +38,17 @@ class Clock:
         return self.t
 
 
-def _run(tmp_path: Path, clock: Clock, rounds: int = 3, expected: int = 3) -> JobRun:
+class Crash(BaseException):
+    """Stands in for the process dying at a fault point."""
+
+
+def _run(
+    tmp_path: Path,
+    clock: Clock,
+    rounds: int = 3,
+    expected: int = 3,
+    faults: Callable[[str], None] = no_faults,
+) -> JobRun:
     db = StateDB(tmp_path / "state.sqlite")
     text = JOB.format(rounds=rounds, expected=expected)
     if db.job("sm") is None:
@@ -53,6 +65,7 @@ def _run(tmp_path: Path, clock: Clock, rounds: int = 3, expected: int = 3) -> Jo
         threading.Condition(),
         ServerMetrics(db),
         clock=clock,
+        faults=faults,
     )
     run.start()
     return run
@@ -69,7 +82,11 @@ def _commit(run: JobRun, client: str, number: int, n: int = 10) -> None:
         num_values=NUM_VALUES,
         sample_count=n,
     )
-    upload_id = run.begin_upload(manifest).upload_id
+    begun = run.begin_upload(manifest)
+    upload_id = begun.upload_id
+    if begun.committed:  # a retry after a crash: nothing to send again
+        run.commit(upload_id, client)
+        return
     payload = np.full(NUM_VALUES, float(len(client)), dtype="<f4").tobytes()
     chunk = pb.Chunk(
         upload_id=upload_id,
@@ -172,3 +189,48 @@ def test_restart_rebuilds_a_missing_aggregate_from_staged_uploads(tmp_path: Path
     blob = run.files.aggregate_chunk_path(1, pb.STREAM_KIND_PLAINTEXT, 0).read_bytes()
     assert np.allclose(np.frombuffer(blob, dtype="<f4"), 10 * 1 + 10 * 2)
     assert run.db.open_round("sm") is not None
+
+
+def _crash_at(point: str) -> Callable[[str], None]:
+    def faults(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    return faults
+
+
+@pytest.mark.parametrize("point", [*PUBLISH_POINTS, "commit.after_transaction"])
+def test_crash_at_each_publish_point_resumes_with_the_same_result(
+    tmp_path: Path, point: str
+) -> None:
+    clock = Clock()
+    run = _run(tmp_path, clock, expected=2, faults=_crash_at(point))
+    with pytest.raises(Crash):
+        _commit(run, "a", 1, n=10)
+        _commit(run, "bbb", 1, n=30)
+        run.tick()
+    run = _run(tmp_path, clock, expected=2)  # restart on the same state
+    if run.db.round("sm", 1).state == RoundState.OPEN:  # type: ignore[union-attr]
+        for client, n in (("a", 10), ("bbb", 30)):  # clients retry (idempotent)
+            _commit(run, client, 1, n=n)
+        run.tick()
+    states = [r.state for r in run.db.rounds("sm")]
+    assert states == [RoundState.PUBLISHED, RoundState.OPEN]
+    header = run.files.read_aggregate_header(1)
+    assert header is not None and header["weight_sum"] == 40
+    blob = run.files.aggregate_chunk_path(1, pb.STREAM_KIND_PLAINTEXT, 0).read_bytes()
+    assert np.allclose(np.frombuffer(blob, dtype="<f4") / 40, (10 * 1 + 30 * 3) / 40)
+    assert not run.files.staged_rounds()  # round 1's staging is gone
+
+
+@pytest.mark.parametrize("point", ABORT_POINTS)
+def test_crash_after_an_abort_resumes_with_the_next_round(tmp_path: Path, point: str) -> None:
+    clock = Clock()
+    run = _run(tmp_path, clock, faults=_crash_at(point))
+    _commit(run, "a", 1)
+    clock.t += 100
+    with pytest.raises(Crash):
+        run.tick()
+    run = _run(tmp_path, clock)
+    assert [r.state for r in run.db.rounds("sm")] == [RoundState.ABORTED, RoundState.OPEN]
+    assert not run.files.staged_rounds()
