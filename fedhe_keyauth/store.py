@@ -99,6 +99,8 @@ class KeyStore:
         preset = get_preset(preset_name)
         if preset.baseline_only:
             raise InvalidArgumentError(f"preset {preset_name!r} is a benchmark baseline only")
+        if mode not in ("", "single", "threshold"):
+            raise InvalidArgumentError(f"unknown key mode {mode!r}")
         if mode == "threshold" and not 2 <= parties <= MAX_PARTIES:
             raise InvalidArgumentError(f"parties must be between 2 and {MAX_PARTIES}")
         for client in clients or ():
@@ -115,8 +117,6 @@ class KeyStore:
                     folder / "dkg", preset_name, parties, threshold
                 )
                 return self._fingerprint_or_empty(job_id), not existed
-            if mode not in ("", "single"):
-                raise InvalidArgumentError(f"unknown key mode {mode!r}")
             if (folder / "params.json").exists():
                 keys = self.load(job_id)
                 if keys.params.preset != preset or keys.secret_key is None:
