@@ -15,7 +15,8 @@ import numpy as np
 from fedhe_client.connection import ServerConnection
 from fedhe_client.heartbeat import HeartbeatSender
 from fedhe_client.keymodes import Threshold, key_mode
-from fedhe_client.learner import LocalLearner, check_global
+from fedhe_client.learner import check_global, check_layout, learner_for_client
+from fedhe_client.model_out import save_global
 from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
@@ -66,16 +67,8 @@ class ClientAgent:
         )
         self.conn = ServerConnection(config.server, reg.max_message_bytes)
         self.mode = key_mode(config, self.job_id, self.job, bytes(reg.context_fingerprint))
-        p = config.partition
-        self.learner = LocalLearner(
-            self.job,
-            p.index,
-            p.count,
-            p.num_samples,
-            config.device,
-            config.progress,
-            config.torch_threads,
-        )
+        # The task named in this client's own config; the job only names it (checked).
+        self.learner = learner_for_client(config, self.job)
         self.export = Path(config.export_dir) if config.export_dir else None
         if self.export:
             self.export.mkdir(parents=True, exist_ok=True)
@@ -106,6 +99,7 @@ class ClientAgent:
             fingerprint = bytes(plan.context_fingerprint)
             if fingerprint and fingerprint != self.mode.fingerprint:
                 raise KeyMaterialError("the server's job context differs from this client's keys")
+            check_layout(plan.layout_id, self.learner.manifest.layout_id)
             if plan.phase == pb.ROUND_PHASE_DECRYPT and isinstance(self.mode, Threshold):
                 self.mode.member.decrypt_duty(self.conn, self.config.client_id, plan.round)
                 continue
@@ -219,6 +213,10 @@ class ClientAgent:
         metrics["he_s"] = self.encrypt_s.pop(number, 0.0) + decrypt_s
         if self.export:
             np.save(self.export / f"global-r{number}.npy", vector, allow_pickle=False)
+        if self.config.state_dir:  # the model out: <state_dir>/models/<job>/
+            learner = self.learner
+            save_global(self.config.state_dir, self.job_id, number, learner.model,
+                        learner.manifest.layout_id, learner.task.name, metrics)  # fmt: skip
         self.conn.report(self.job_id, self.config.client_id, number, metrics)
         logger.info(
             "round %d global model: accuracy %.4f loss %.4f (%d contributors)",

@@ -1,15 +1,18 @@
-"""A client's local learner: its data partition, its model, train/evaluate/load."""
+"""A client's local learner: a task (model + this site's data), train/evaluate/load."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
-from fedhe_client.data import load_dataset, partition
-from fedhe_client.models import build_model
-from fedhe_client.trainer import evaluate, pick_device, train
-from fedhe_common.config.models import JobConfig
-from fedhe_common.errors import InvalidArgumentError
+from fedhe_client.tasks.base import ArrayData, FitConfig, Task
+from fedhe_client.tasks.builtin import BuiltinTask
+from fedhe_client.tasks.loading import resolve_task
+from fedhe_client.trainer import pick_device
+from fedhe_common.config.models import ClientConfig, JobConfig
+from fedhe_common.errors import ConfigError, InvalidArgumentError, ManifestMismatchError
 from fedhe_common.mlbridge.flatten import flatten, unflatten
 from fedhe_common.mlbridge.sensitivity import sensitivity_map
 
@@ -26,6 +29,7 @@ class LocalLearner:
         device: str = "auto",
         progress: bool = False,
         torch_threads: int | None = None,
+        task: Task | None = None,
     ) -> None:
         self.job = job
         self.index = index
@@ -33,36 +37,35 @@ class LocalLearner:
         self.progress = progress
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        data = load_dataset(job.data, job.job.seed)
-        self.x, self.y = partition(data, job.data, index, count, job.job.seed, num_samples)
-        self.x_test, self.y_test = data.x_test, data.y_test
+        self.task: Task = task or BuiltinTask(job, index, count, num_samples)
+        self.train_set = self.task.train_data()
+        self.val_set = self.task.val_data()
         torch.manual_seed(job.job.seed)  # every client starts from the same model
-        self.model = build_model(
-            job.model.name, data.shape, data.classes, job.model.hidden, job.model.init
-        )
+        self.model = self.task.build_model()
         _, self.manifest = flatten(self.model.state_dict())
+        pinned = job.task.layout_id if job.task is not None else None
+        check_layout(pinned, self.manifest.layout_id)
 
     @property
     def sample_count(self) -> int:
         """n_i, this client's number of training samples (its FedAvg weight)."""
-        return len(self.y)
+        return len(self.train_set)
 
     def train_round(self, number: int) -> tuple[np.ndarray, float]:
-        """Train locally; return the flat model vector and the last epoch's loss."""
-        seed = self.job.job.seed * 100_003 + number * 1009 + self.index
-        loss = train(
-            self.model,
-            self.x,
-            self.y,
-            self.job.training,
-            seed,
-            self.device,
-            self.progress,
-            f"round {number}",
+        """Train locally; return the flat model vector and the fit's loss."""
+        hyper = FitConfig(
+            training=self.job.training,
+            params=self.job.task.params if self.job.task is not None else {},
+            seed=self.job.job.seed * 100_003 + number * 1009 + self.index,
+            round=number,
+            device=self.device,
+            progress=self.progress,
         )
+        metrics = self.task.fit(self.model, self.train_set, hyper)
         vector, manifest = flatten(self.model.state_dict())
-        assert manifest.layout_id == self.manifest.layout_id
-        return vector, loss
+        if manifest.layout_id != self.manifest.layout_id:
+            raise ManifestMismatchError("the task's fit changed the model's layout")
+        return vector, float(metrics.get("loss", math.nan))
 
     def load_vector(self, vector: np.ndarray) -> None:
         """Replace the model's float parameters with ``vector`` (a global model)."""
@@ -71,14 +74,45 @@ class LocalLearner:
 
     def sensitivity(self, method: str, samples: int) -> np.ndarray:
         """Sensitivity map of the current model on (up to) ``samples`` of this client's data."""
-        x = torch.from_numpy(self.x[:samples])
-        y = torch.from_numpy(self.y[:samples])
+        pick = getattr(self.task, "sensitivity_batches", None)
+        if pick is not None:
+            x, y = pick(samples)
+        elif isinstance(self.train_set, ArrayData):
+            x = torch.from_numpy(self.train_set.x[:samples])
+            y = torch.from_numpy(self.train_set.y[:samples])
+        else:
+            raise ConfigError(f"task {self.task.name!r} has no sensitivity_batches")
         seed = self.job.job.seed * 7919 + self.index
         return sensitivity_map(self.model, x, y, method, seed)  # type: ignore[arg-type]
 
     def evaluate(self) -> dict[str, float]:
-        """Accuracy and loss on the shared test split."""
-        return evaluate(self.model, self.x_test, self.y_test, self.device)
+        """The task's metrics on this site's validation split."""
+        return dict(self.task.evaluate(self.model, self.val_set))
+
+
+def learner_for_client(config: ClientConfig, job: JobConfig) -> LocalLearner:
+    """The learner of the task named in the client's own config (checked against the job)."""
+    p = config.partition
+    task = resolve_task(config, job)
+    return LocalLearner(
+        job,
+        p.index,
+        p.count,
+        p.num_samples,
+        config.device,
+        config.progress,
+        config.torch_threads,
+        task=task,
+    )
+
+
+def check_layout(expected: str | None, actual: str) -> None:
+    """Refuse a model whose layout fingerprint differs from the job's."""
+    if expected and expected != actual:
+        raise ManifestMismatchError(
+            f"this client's model layout {actual[:16]}... differs from the job's "
+            f"{expected[:16]}...: the sites must build the same model; refusing the job"
+        )
 
 
 def check_global(vector: np.ndarray, bound: float) -> None:

@@ -123,6 +123,31 @@ class DataSection(_Model):
         return self
 
 
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TaskParam = str | int | float | bool | list[str | int | float | bool]
+
+
+class TaskSection(_Model):
+    """A job names a task by its registered name and hyperparameters, never by code path."""
+
+    name: str
+    params: dict[str, TaskParam] = {}
+    # Optional: the model layout fingerprint every client's model must have (checked
+    # before round 1); without it the first committed upload pins the layout.
+    layout_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,128}$")
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        if any(c in value for c in ":./\\"):
+            raise ValueError(
+                "a job names a task by its registered name only, never a module path"
+            )
+        if not _TASK_NAME.match(value):
+            raise ValueError("task name must be 1-64 characters of letters, digits, '_', '-'")
+        return value
+
+
 class TrainingSection(_Model):
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -172,6 +197,8 @@ class JobConfig(_Model):
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
+    # None: the built-in task chosen by the model and data sections.
+    task: TaskSection | None = None
 
     @property
     def threshold_keys(self) -> bool:
@@ -296,6 +323,28 @@ class PartitionSection(_Model):
         return self
 
 
+class SiteDataSection(_Model):
+    """This site's own data (read locally; nothing downloads)."""
+
+    format: Literal["images", "npz", "csv", "parquet", "hf"]
+    path: str
+    # A separate validation set in the same format; else val_fraction of path.
+    val_path: str | None = None
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+    # images: class sub-folders; every image resized to image_size, 1 or 3 channels.
+    image_size: list[int] = Field(default=[28, 28], min_length=2, max_length=2)
+    channels: Literal[1, 3] = 1
+    # Class names in label order (keeps labels equal across sites); default: sorted folders.
+    classes: list[str] | None = None
+    # Tables (csv, parquet, hf): the label column; features: the other numeric columns.
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+
+
+_TASK_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*|[A-Za-z0-9][\w-]*)$")
+
+
 class ClientConfig(_Model):
     """``fedhe-client run`` configuration."""
 
@@ -312,5 +361,9 @@ class ClientConfig(_Model):
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
     export_dir: str | None = None
     progress: bool = True
+    # This site's task: "module:attr" or an entry point name in group fedhe.tasks
+    # (None: the built-in task of the job's model/data sections).
+    task: str | None = Field(default=None, pattern=_TASK_REF.pattern)
+    data: SiteDataSection | None = None
 
     _id = field_validator("client_id")(_check_id)
