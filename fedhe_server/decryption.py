@@ -23,7 +23,7 @@ from fedhe_common.errors import (
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.jobrun import JobRun
-from fedhe_server.state import RoundRow
+from fedhe_server.store import RoundRow
 
 logger = logging.getLogger(__name__)
 SHARE = pb.STREAM_KIND_DECRYPTION_SHARE

@@ -37,7 +37,7 @@ from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import RoundState, StateDB, UploadState, now
+from fedhe_server.store import RoundState, StateDB, UploadState, now
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import FedHEError
-from fedhe_server.state import RoundState, StateDB, UploadState
+from fedhe_server.store import RoundState, StateDB, UploadState
 
 ROUND_SECONDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 

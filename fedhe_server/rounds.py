@@ -22,7 +22,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import JobState, RoundRow, RoundState, StateDB, UploadRow
+from fedhe_server.store import JobState, RoundRow, RoundState, StateDB, UploadRow
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT

@@ -28,7 +28,7 @@ from fedhe_server.limits import MAX_METRIC_NAMES_PER_ROUND, validated_metrics
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import JobState, StateDB, now
+from fedhe_server.store import JobState, StateDB, now
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.2

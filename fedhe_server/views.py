@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
-from fedhe_server.state import JobState, RoundState, StateDB
+from fedhe_server.store import JobState, RoundState, StateDB
 
 if TYPE_CHECKING:
     from fedhe_server.service import AggregationServer

@@ -17,7 +17,7 @@ from fedhe_server.jobrun import JobRun
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import ABORT_POINTS, PUBLISH_POINTS, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.state import JobState, RoundState, StateDB
+from fedhe_server.store import JobState, RoundState, StateDB
 
 NUM_VALUES = 10
 JOB = """

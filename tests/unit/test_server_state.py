@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from fedhe_server.state import StateDB
+from fedhe_server.store import StateDB
 
 
 def test_state_from_before_heartbeats_gains_last_seen(tmp_path: Path) -> None:
