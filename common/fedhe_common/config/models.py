@@ -363,7 +363,14 @@ class ClientConfig(_Model):
     progress: bool = True
     # This site's task: "module:attr" or an entry point name in group fedhe.tasks
     # (None: the built-in task of the job's model/data sections).
-    task: str | None = Field(default=None, pattern=_TASK_REF.pattern)
+    task: str | None = None
     data: SiteDataSection | None = None
 
     _id = field_validator("client_id")(_check_id)
+
+    @field_validator("task")
+    @classmethod
+    def _task_ref(cls, value: str | None) -> str | None:
+        if value is not None and not _TASK_REF.match(value):
+            raise ValueError("task must be 'module:attr' or an entry point name in fedhe.tasks")
+        return value
