@@ -31,7 +31,7 @@ from fedhe_common.errors import (
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator, decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
-from fedhe_common.mlbridge.streams import stream_plans
+from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
@@ -91,14 +91,13 @@ class JobRun(RoundStateMachine):
 
     def encrypted_count(self, num_values: int, number: int) -> int:
         """How many values of an upload in round ``number`` travel encrypted."""
-        if self.config.encryption.mode != "ckks":
-            return 0
-        if not self.selective or number == 0:
-            return num_values
-        mask = self.mask()
-        if mask is None:
-            raise IncompleteUploadError("the job's encryption mask is not agreed yet")
-        return mask.count
+        mask_count = None
+        if self.selective and number > 0:  # round 0 (the sensitivity sum) is all encrypted
+            mask = self.mask()
+            if mask is None:
+                raise IncompleteUploadError("the job's encryption mask is not agreed yet")
+            mask_count = mask.count
+        return encrypted_count(num_values, self.config.encryption.mode == "ckks", mask_count)
 
     def plans(self, num_values: int, number: int) -> tuple[ChunkPlan, ChunkPlan]:
         """Chunk plans of the ciphertext and plaintext streams of round ``number``."""
