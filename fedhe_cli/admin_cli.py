@@ -18,6 +18,7 @@ from fedhe_common.config.models import (
     ServerConfig,
 )
 from fedhe_common.errors import ConfigError, FedHEError
+from fedhe_common.rpc.states import job_state_name, round_state_name
 
 KINDS = {"job": JobConfig, "server": ServerConfig, "client": ClientConfig, "keyauth": KeyAuthConfig}
 
@@ -115,14 +116,15 @@ def status(job_id: str, server: str, token_file: str, ca_file: str | None, insec
         reply = _admin(server, token_file, ca_file, insecure).job_status(job_id)
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
-    console.print(f"job {reply.job_id}: {reply.state}, round {reply.current_round}/{reply.rounds}")
+    state = job_state_name(reply.state)
+    console.print(f"job {reply.job_id}: {state}, round {reply.current_round}/{reply.rounds}")
     print_table(
         "rounds",
         ["round", "state", "clients", "weight sum", "seconds", "accuracy"],
         [
             [
                 r.round,
-                r.state,
+                round_state_name(r.state),
                 r.contributors,
                 r.weight_sum,
                 r.seconds,

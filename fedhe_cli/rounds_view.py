@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from fedhe_common.rpc.states import round_state_name
+
 ACTIVE_JOB_STATES = frozenset({"KEYGEN", "RUNNING"})
 DONE_ROUND_STATES = frozenset({"PUBLISHED", "ABORTED"})
 
@@ -18,7 +20,7 @@ class RoundSummary(Protocol):
     """The fields of ``fedhe.aggregation.v1.RoundSummary`` this view reads."""
 
     round: int
-    state: str
+    state: int  # RoundState enum value
     contributors: int
     seconds: float
     upload_bytes: int
@@ -43,7 +45,7 @@ class RoundLines:
         """Lines for rounds newly done; ``final``: the job ended, print even without metrics."""
         out: list[str] = []
         for r in sorted(history, key=lambda s: s.round):
-            state = r.state.upper()
+            state = round_state_name(r.state)
             if r.round in self.printed or state not in DONE_ROUND_STATES:
                 continue
             metrics = {str(k): float(v) for k, v in dict(r.metrics).items()}  # type: ignore[call-overload]

@@ -13,8 +13,10 @@ from fedhe_cli.output import console
 from fedhe_cli.plain_fedavg import run_plain_fedavg
 from fedhe_cli.rounds_view import RoundLines, job_active
 from fedhe_client.connection import ServerConnection
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import JobConfig, PeerSection
+from fedhe_common.rpc.states import job_state_name
 
 DEMO_JOB = """\
 version: 1
@@ -50,20 +52,20 @@ def follow_job(
         status = admin.job_status(job.job.name)
         now = time.monotonic()
         clients_gone = cluster.clients_exited()
-        if not job_active(status.state):
+        if not job_active(job_state_name(status.state)):
             ended_at = ended_at if ended_at is not None else now
         elif clients_gone:
             exited_at = exited_at if exited_at is not None else now
             if now - exited_at > STRANDED_S:
-                raise click.ClickException(
-                    f"every client exited but the job is still {status.state.lower()}"
-                )
+                state = job_state_name(status.state).lower()
+                raise click.ClickException(f"every client exited but the job is still {state}")
         final = ended_at is not None and (clients_gone or now - ended_at > FINAL_GRACE_S)
         for line in view.lines(status.history, final):
             console.print(line)
         if final:
-            if status.state.upper() != "FINISHED":
-                raise click.ClickException(f"the job ended {status.state.lower()}")
+            if status.state != pb.JOB_STATE_FINISHED:
+                state = job_state_name(status.state).lower()
+                raise click.ClickException(f"the job ended {state}")
             return view.last
         time.sleep(0.3)
     raise click.ClickException(f"job did not finish within {timeout_s:.0f}s")

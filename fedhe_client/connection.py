@@ -182,7 +182,7 @@ class ServerConnection(PeerConnection):
             status = self.call("GetUploadStatus", pb.GetUploadStatusRequest(upload_id=upload_id))
             missing = [(pb.STREAM_KIND_CIPHERTEXT, k) for k in status.missing_ciphertext]  # type: ignore[attr-defined]
             missing += [(pb.STREAM_KIND_PLAINTEXT, k) for k in status.missing_plaintext]  # type: ignore[attr-defined]
-            if not missing or status.state == "COMMITTED":  # type: ignore[attr-defined]
+            if not missing or status.state == pb.UPLOAD_STATE_COMMITTED:  # type: ignore[attr-defined]
                 return upload_id
             requests = self._chunk_requests(upload_id, missing, streams, on_chunk)
             try:

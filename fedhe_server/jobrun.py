@@ -32,6 +32,7 @@ from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumula
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
+from fedhe_common.rpc.states import upload_state
 from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
@@ -289,7 +290,7 @@ class JobRun(RoundStateMachine):
         missing_ct, missing_pt = self._missing(row)
         return pb.GetUploadStatusResponse(
             upload_id=upload_id,
-            state=row.state,
+            state=upload_state(row.state),
             missing_ciphertext=missing_ct,
             missing_plaintext=missing_pt,
             missing_ciphertext_ranges=_ranges(missing_ct),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
+from fedhe_common.rpc.states import job_state, round_state
 from fedhe_server.store import JobState, RoundState, StateDB
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def job_status(
     history = [
         pb.RoundSummary(
             round=r.round,
-            state=r.state,
+            state=round_state(r.state),
             contributors=r.contributors or 0,
             weight_sum=r.weight_sum or 0,
             seconds=(r.closed or now) - r.opened,
@@ -65,7 +66,7 @@ def job_status(
     open_row = db.open_round(job_id)
     return pb.GetJobStatusResponse(
         job_id=job_id,
-        state=str(job["state"]),
+        state=job_state(str(job["state"])),
         current_round=open_row.round if open_row else db.last_published(job_id),
         rounds=int(job["rounds"]),  # type: ignore[call-overload]
         history=history,

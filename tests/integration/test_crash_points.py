@@ -189,14 +189,14 @@ def test_sigkill_at_each_transition_point_resumes_with_exact_fedavg(
         while True:
             status = server.status()
             states = {r.round: r.state for r in status.history}
-            if states.get(1) == "PUBLISHED":
+            if states.get(1) == pb.ROUND_STATE_PUBLISHED:
                 break
             assert time.monotonic() < deadline, (states, server.log())
             for c in CLIENTS:  # clients retry: already committed uploads are no-ops
                 server.upload(c, 1)
             time.sleep(0.3)
-        assert states.get(2) == "OPEN", (states, server.log())  # not wedged
-        assert status.state == "RUNNING"
+        assert states.get(2) == pb.ROUND_STATE_OPEN, (states, server.log())  # not wedged
+        assert status.state == pb.JOB_STATE_RUNNING
         weight_sum, model = server.aggregate(1)
         assert weight_sum == sum(CLIENTS.values())  # counted once each
         assert np.abs(model - _exact_fedavg()).max() <= 1e-6
@@ -204,7 +204,7 @@ def test_sigkill_at_each_transition_point_resumes_with_exact_fedavg(
         for c in CLIENTS:
             server.upload(c, 2)
         deadline = time.monotonic() + 20
-        while server.status().state != "FINISHED":
+        while server.status().state != pb.JOB_STATE_FINISHED:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
     finally:

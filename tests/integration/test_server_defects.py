@@ -255,7 +255,7 @@ def test_upload_status_of_another_client_is_not_revealed(services: Services) -> 
     own = stub.GetUploadStatus(
         pb.GetUploadStatusRequest(upload_id=upload_id), metadata=services.metadata("c1")
     )
-    assert own.state == "RECEIVING"
+    assert own.state == pb.UPLOAD_STATE_RECEIVING
     assert [(r.start, r.stop) for r in own.missing_plaintext_ranges] == [(0, 1)]
 
 

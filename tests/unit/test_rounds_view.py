@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fedhe_cli.rounds_view import RoundLines, job_active
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+from fedhe_common.rpc.states import round_state
 
 
 def _round(number: int, state: str, **metrics: float) -> pb.RoundSummary:
     return pb.RoundSummary(
-        round=number, state=state, contributors=2, seconds=1.5, upload_bytes=2_000_000,
+        round=number, state=round_state(state), contributors=2, seconds=1.5, upload_bytes=2_000_000,
         metrics=metrics,
     )
 

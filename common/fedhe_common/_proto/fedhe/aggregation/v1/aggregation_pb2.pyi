@@ -44,6 +44,78 @@ STREAM_KIND_DECRYPTION_SHARE: StreamKind.ValueType  # 3
 """A party's decryption share of one aggregate chunk, sealed to the group key."""
 Global___StreamKind: _TypeAlias = StreamKind  # noqa: Y015
 
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    JOB_STATE_KEYGEN: _JobState.ValueType  # 1
+    """Threshold keys: waiting for the parties' distributed key generation."""
+    JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    JOB_STATE_FINISHED: _JobState.ValueType  # 3
+    JOB_STATE_FAILED: _JobState.ValueType  # 4
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """A job's life on the server (JobState in fedhe_server.store)."""
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+JOB_STATE_KEYGEN: JobState.ValueType  # 1
+"""Threshold keys: waiting for the parties' distributed key generation."""
+JOB_STATE_RUNNING: JobState.ValueType  # 2
+JOB_STATE_FINISHED: JobState.ValueType  # 3
+JOB_STATE_FAILED: JobState.ValueType  # 4
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _RoundState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUND_STATE_UNSPECIFIED: _RoundState.ValueType  # 0
+    ROUND_STATE_OPEN: _RoundState.ValueType  # 1
+    ROUND_STATE_DECRYPTING: _RoundState.ValueType  # 2
+    """Threshold keys: closed, waiting for decryption shares."""
+    ROUND_STATE_PUBLISHED: _RoundState.ValueType  # 3
+    ROUND_STATE_ABORTED: _RoundState.ValueType  # 4
+
+class RoundState(_RoundState, metaclass=_RoundStateEnumTypeWrapper):
+    """A round's life on the server."""
+
+ROUND_STATE_UNSPECIFIED: RoundState.ValueType  # 0
+ROUND_STATE_OPEN: RoundState.ValueType  # 1
+ROUND_STATE_DECRYPTING: RoundState.ValueType  # 2
+"""Threshold keys: closed, waiting for decryption shares."""
+ROUND_STATE_PUBLISHED: RoundState.ValueType  # 3
+ROUND_STATE_ABORTED: RoundState.ValueType  # 4
+Global___RoundState: _TypeAlias = RoundState  # noqa: Y015
+
+class _UploadState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UploadStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPLOAD_STATE_UNSPECIFIED: _UploadState.ValueType  # 0
+    UPLOAD_STATE_RECEIVING: _UploadState.ValueType  # 1
+    UPLOAD_STATE_COMMITTED: _UploadState.ValueType  # 2
+    UPLOAD_STATE_SUPERSEDED: _UploadState.ValueType  # 3
+    """Replaced by a newer attempt of the same client in the same round."""
+    UPLOAD_STATE_REJECTED: _UploadState.ValueType  # 4
+
+class UploadState(_UploadState, metaclass=_UploadStateEnumTypeWrapper):
+    """An upload attempt's life on the server."""
+
+UPLOAD_STATE_UNSPECIFIED: UploadState.ValueType  # 0
+UPLOAD_STATE_RECEIVING: UploadState.ValueType  # 1
+UPLOAD_STATE_COMMITTED: UploadState.ValueType  # 2
+UPLOAD_STATE_SUPERSEDED: UploadState.ValueType  # 3
+"""Replaced by a newer attempt of the same client in the same round."""
+UPLOAD_STATE_REJECTED: UploadState.ValueType  # 4
+Global___UploadState: _TypeAlias = UploadState  # noqa: Y015
+
 class _RoundPhase:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -257,7 +329,7 @@ class RoundSummary(_message.Message):
     UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
-    state: _builtins.str
+    state: Global___RoundState.ValueType
     contributors: _builtins.int
     weight_sum: _builtins.int
     seconds: _builtins.float
@@ -268,7 +340,7 @@ class RoundSummary(_message.Message):
         self,
         *,
         round: _builtins.int = ...,
-        state: _builtins.str = ...,
+        state: Global___RoundState.ValueType = ...,
         contributors: _builtins.int = ...,
         weight_sum: _builtins.int = ...,
         seconds: _builtins.float = ...,
@@ -297,7 +369,7 @@ class GetJobStatusResponse(_message.Message):
     ROUNDS_ABORTED_FIELD_NUMBER: _builtins.int
     HISTORY_TRUNCATED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    state: _builtins.str
+    state: Global___JobState.ValueType
     current_round: _builtins.int
     rounds: _builtins.int
     rounds_total: _builtins.int
@@ -314,7 +386,7 @@ class GetJobStatusResponse(_message.Message):
         self,
         *,
         job_id: _builtins.str = ...,
-        state: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
         current_round: _builtins.int = ...,
         rounds: _builtins.int = ...,
         history: _abc.Iterable[Global___RoundSummary] | None = ...,
@@ -720,7 +792,7 @@ class GetUploadStatusResponse(_message.Message):
     MISSING_CIPHERTEXT_RANGES_FIELD_NUMBER: _builtins.int
     MISSING_PLAINTEXT_RANGES_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
-    state: _builtins.str
+    state: Global___UploadState.ValueType
     @_builtins.property
     def missing_ciphertext(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -733,7 +805,7 @@ class GetUploadStatusResponse(_message.Message):
         self,
         *,
         upload_id: _builtins.str = ...,
-        state: _builtins.str = ...,
+        state: Global___UploadState.ValueType = ...,
         missing_ciphertext: _abc.Iterable[_builtins.int] | None = ...,
         missing_plaintext: _abc.Iterable[_builtins.int] | None = ...,
         missing_ciphertext_ranges: _abc.Iterable[Global___IndexRange] | None = ...,
