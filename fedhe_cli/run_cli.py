@@ -71,13 +71,43 @@ def follow_job(
     raise click.ClickException(f"job did not finish within {timeout_s:.0f}s")
 
 
+def client_ids(job: JobConfig, clients: int | None) -> list[str]:
+    """The client identities to run: the job's enrolled clients, else client-1..N.
+
+    Refuses counts with which the job could never finish (fewer than ``min_clients``,
+    fewer than the threshold parties that key generation waits for, more than enrolled).
+    """
+    enrolled = job.participants.clients
+    parties = job.keys.parties if job.threshold_keys else None
+    if clients is None:
+        clients = len(enrolled) if enrolled else max(3, job.participants.min_clients, parties or 0)
+    if enrolled and clients > len(enrolled):
+        raise click.ClickException(
+            f"--clients {clients}: the job enrols only {len(enrolled)} clients "
+            "(participants.clients)"
+        )
+    if clients < job.participants.min_clients:
+        raise click.ClickException(
+            f"--clients {clients}: the job needs participants.min_clients = "
+            f"{job.participants.min_clients} clients per round"
+        )
+    if parties is not None and clients < parties:
+        raise click.ClickException(
+            f"--clients {clients}: threshold key generation waits for all "
+            f"keys.parties = {parties} clients"
+        )
+    return list(enrolled[:clients]) if enrolled else [f"client-{i + 1}" for i in range(clients)]
+
+
 def run_federation(
-    job_yaml: str, clients: int, workdir: Path | None, compare: bool, timeout_s: float
+    job_yaml: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
 ) -> None:
-    """Run keyauth, server and ``clients`` clients on loopback; print the rounds."""
+    """Run keyauth, server and the job's clients on loopback; print the rounds."""
     job = parse_yaml(job_yaml, JobConfig, "job")
+    names = client_ids(job, clients)
+    clients = len(names)
     base = workdir or Path(tempfile.mkdtemp(prefix="fedhe-"))
-    specs = [ClientSpec(f"client-{i + 1}", i, clients) for i in range(clients)]
+    specs = [ClientSpec(name, i, clients) for i, name in enumerate(names)]
     keys = "threshold " if job.threshold_keys else ""
     console.print(
         f"[bold]FedHE[/bold]: key authority, server and {clients} clients on loopback "
@@ -122,7 +152,12 @@ def demo(workdir: Path | None, timeout_s: float) -> None:
 
 @click.command("simulate")
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--clients", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 64),
+    help="client processes (default: the job's enrolled clients, else max(3, min_clients, "
+    "keys.parties))",
+)
 @click.option("--workdir", type=click.Path(path_type=Path))
 @click.option(
     "--compare/--no-compare",
@@ -132,7 +167,7 @@ def demo(workdir: Path | None, timeout_s: float) -> None:
 )
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
 def simulate(
-    job_file: str, clients: int, workdir: Path | None, compare: bool, timeout_s: float
+    job_file: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
 ) -> None:
     """Run JOB_FILE with N client processes on loopback."""
     load_yaml(job_file, JobConfig)  # clear, file-named errors before anything starts
