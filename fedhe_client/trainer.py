@@ -12,6 +12,8 @@ from torch import nn
 
 from fedhe_common.config.models import TrainingSection
 
+EVAL_BATCH = 1024
+
 
 def pick_device(preference: str) -> torch.device:
     """``auto`` uses CUDA when present."""
@@ -60,11 +62,19 @@ def train(
 def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on a labelled set."""
+    """Accuracy and mean cross-entropy on a labelled set (in batches of ``EVAL_BATCH``)."""
     model.to(device).train(False)  # evaluation mode
-    logits = model(torch.from_numpy(x).to(device))
-    labels = torch.from_numpy(y).to(device)
-    return {
-        "accuracy": float((logits.argmax(1) == labels).float().mean()),
-        "loss": float(F.cross_entropy(logits, labels)),
-    }
+    if len(y) <= EVAL_BATCH:  # one batch: the exact figures of earlier versions
+        logits = model(torch.from_numpy(x).to(device))
+        labels = torch.from_numpy(y).to(device)
+        return {
+            "accuracy": float((logits.argmax(1) == labels).float().mean()),
+            "loss": float(F.cross_entropy(logits, labels)),
+        }
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(y), EVAL_BATCH):
+        logits = model(torch.from_numpy(x[start : start + EVAL_BATCH]).to(device))
+        labels = torch.from_numpy(y[start : start + EVAL_BATCH]).to(device)
+        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+    return {"accuracy": correct / len(y), "loss": loss_sum / len(y)}

@@ -254,3 +254,14 @@ def test_kept_model_exports_to_a_plain_torch_state_dict(tmp_path: Path) -> None:
         load_kept_model(card)
     bad = CliRunner().invoke(cli, ["model", "export", str(tmp_path / "none"), "--out", str(out)])
     assert bad.exit_code != 0 and "cannot read the model card" in bad.output
+
+
+def test_task_from_an_entry_point(tmp_path: Path, user_module: str) -> None:
+    dist = tmp_path / "site_tasks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: site-tasks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[fedhe.tasks]\ntiny = {user_module}:make_task\n")
+    _images(tmp_path / "img", size=4)
+    data = SiteDataSection(format="images", path=str(tmp_path / "img"), image_size=[4, 4])
+    task = build_task("tiny", TaskSetup(params={}, data=data, seed=0))
+    assert task.name == "tiny" and len(task.train_data()) == 10
