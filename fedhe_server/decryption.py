@@ -23,6 +23,7 @@ from fedhe_common.errors import (
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
 from fedhe_server.jobrun import JobRun
+from fedhe_server.keymodes import Threshold
 from fedhe_server.store import RoundRow
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class ThresholdDecryption:
             count = int(header["ciphertext_chunks"])  # type: ignore[call-overload]
             if not 0 <= chunk.index < count:
                 raise ManifestMismatchError(f"share index {chunk.index} beyond {count} chunks")
-            ctx = self.run.aggregator.ctx if self.run.aggregator else None
-            assert ctx is not None
+            if not isinstance(self.run.mode, Threshold):
+                raise InvalidArgumentError("this job has no threshold keys")
+            ctx = self.run.mode.ctx
             if len(chunk.payload) > 8 * ctx.k * ctx.n + SHARE_OVERHEAD_BYTES:
                 raise InvalidArgumentError("decryption share too large")
             digest = verified_digest(chunk.payload, chunk.sha256, "share")

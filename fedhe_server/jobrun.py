@@ -15,7 +15,6 @@ import threading
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
-from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.errors import (
     ConflictError,
     ContextMismatchError,
@@ -28,12 +27,13 @@ from fedhe_common.errors import (
     RoundClosedError,
     WrongRoundError,
 )
-from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator, decode_float32
+from fedhe_common.mlbridge.accumulate import PlainAccumulator, decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_common.rpc.states import upload_state
 from fedhe_server.idempotency import is_repeat, verified_digest
+from fedhe_server.keymodes import AggregationMode
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
@@ -54,9 +54,7 @@ class JobRun(RoundStateMachine):
         files: JobFiles,
         job_id: str,
         config: JobConfig,
-        aggregator: CiphertextAggregator | None,
-        fingerprint: bytes,
-        values_per_chunk: int,
+        mode: AggregationMode,
         changed: threading.Condition,
         metrics: ServerMetrics,
         clock: Clock = now,
@@ -68,14 +66,22 @@ class JobRun(RoundStateMachine):
         self.files = files
         self.job_id = job_id
         self.config = config
-        self.aggregator = aggregator
-        self.fingerprint = fingerprint
-        self.values_per_chunk = values_per_chunk
+        self.mode = mode
         self.changed = changed
         self.metrics = metrics
         self.lock = threading.RLock()
         self._acc: RoundAccumulators | None = None
         self._mask: EncryptionMask | None = None
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The job's CKKS context fingerprint (empty for plaintext jobs)."""
+        return self.mode.fingerprint
+
+    @property
+    def values_per_chunk(self) -> int:
+        """Values per chunk of either stream."""
+        return self.mode.values_per_chunk
 
     # ------------------------------------------------------------------ layout
     def _layout(self) -> tuple[str, int] | None:
@@ -98,7 +104,7 @@ class JobRun(RoundStateMachine):
             if mask is None:
                 raise IncompleteUploadError("the job's encryption mask is not agreed yet")
             mask_count = mask.count
-        return encrypted_count(num_values, self.config.encryption.mode == "ckks", mask_count)
+        return encrypted_count(num_values, self.mode.encrypts, mask_count)
 
     def plans(self, num_values: int, number: int) -> tuple[ChunkPlan, ChunkPlan]:
         """Chunk plans of the ciphertext and plaintext streams of round ``number``."""
@@ -160,13 +166,10 @@ class JobRun(RoundStateMachine):
             layout = self._layout()
             assert layout is not None
             ct_plan, pt_plan = self.plans(layout[1], number)
-            enc = (
-                EncryptedAccumulator(self.aggregator, ct_plan)
-                if self.aggregator is not None and ct_plan.count
-                else None
-            )
             self._acc = RoundAccumulators(
-                number, enc, PlainAccumulator(pt_plan) if pt_plan.count else None
+                number,
+                self.mode.accumulator(ct_plan),
+                PlainAccumulator(pt_plan) if pt_plan.count else None,
             )
         return self._acc
 
@@ -239,10 +242,10 @@ class JobRun(RoundStateMachine):
                 f"manifest declares {m.ciphertext_chunks}+{m.plaintext_chunks} chunks; "
                 f"the layout needs {ct_plan.count}+{pt_plan.count}"
             )
-        if self.aggregator is not None:
+        if self.mode.encrypts:
             committed = self.db.committed_weight(self.job_id, number)
             try:
-                self.aggregator.preset.check_weight_sum(committed + m.sample_count)
+                self.mode.check_weight_sum(committed + m.sample_count)
             except FedHEError as exc:
                 raise type(exc)(
                     f"round {number}: clients already committed weight {committed}; adding "
@@ -324,8 +327,7 @@ class JobRun(RoundStateMachine):
         if is_repeat(have, digest, f"chunk {chunk.index}"):
             return True
         if chunk.stream == CT:
-            assert self.aggregator is not None
-            self.aggregator.check_upload(chunk.payload)
+            self.mode.check_ciphertext(chunk.payload)
         else:
             decode_float32(chunk.payload, chunk.num_values)
         path = self.files.chunk_path(row.round, chunk.upload_id, chunk.stream, chunk.index)
@@ -386,8 +388,7 @@ class JobRun(RoundStateMachine):
     def _add_upload(self, acc: RoundAccumulators, row: object) -> None:
         m = pb.UploadManifest.FromString(row.manifest)  # type: ignore[attr-defined]
         weight = int(m.sample_count)
-        if acc.encrypted is not None:
-            acc.encrypted.aggregator.preset.check_weight_sum(acc.weight_sum + weight)
+        self.mode.check_weight_sum(acc.weight_sum + weight)
         for stream, count in ((CT, m.ciphertext_chunks), (PT, m.plaintext_chunks)):
             for k in range(count):
                 path = self.files.chunk_path(row.round, row.upload_id, stream, k)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator
+from fedhe_server.keymodes import AggregationMode
 from fedhe_server.staging import JobFiles
 from fedhe_server.store import JobState, RoundRow, RoundState, StateDB, UploadRow
 
@@ -61,6 +62,7 @@ class RoundStateMachine:
     db: StateDB
     files: JobFiles
     config: JobConfig
+    mode: AggregationMode
     job_id: str
     lock: threading.RLock
     changed: threading.Condition
@@ -143,7 +145,7 @@ class RoundStateMachine:
                 tx,
                 self.job_id,
                 number,
-                RoundState.DECRYPTING if self.config.threshold_keys else RoundState.PUBLISHED,
+                self.mode.closed_state,
                 t,
                 int(header["weight_sum"]),
                 contributors,
@@ -151,13 +153,13 @@ class RoundStateMachine:
                 t + self.config.participants.round_timeout_s,
             )
             finished = False
-            if not self.config.threshold_keys:
+            if self.mode.closed_state == RoundState.PUBLISHED:
                 finished = self._count_and_advance(tx, number, t)
         self.faults("publish.after_transaction")
         self._acc = None
         self._cleanup_after(number)
         self.faults("publish.after_cleanup")
-        if self.config.threshold_keys:
+        if self.mode.closed_state == RoundState.DECRYPTING:
             logger.info(
                 "job %s round %d closed with %d clients; waiting for %d decryption shares",
                 self.job_id,

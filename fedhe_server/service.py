@@ -10,9 +10,6 @@ from pathlib import Path
 
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig, ServerConfig
-from fedhe_common.crypto.aggregate import CiphertextAggregator
-from fedhe_common.crypto.context import PublicParams
-from fedhe_common.crypto.presets import get_preset
 from fedhe_common.errors import (
     ConflictError,
     FedHEError,
@@ -24,6 +21,7 @@ from fedhe_common.rpc.transport import MESSAGE_MARGIN_BYTES
 from fedhe_server.changes import ChangeSignal
 from fedhe_server.jobrun import JobRun
 from fedhe_server.keyauth_client import KeyAuthClient
+from fedhe_server.keymodes import aggregation_mode
 from fedhe_server.limits import MAX_METRIC_NAMES_PER_ROUND, validated_metrics
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, no_faults
@@ -121,23 +119,18 @@ class AggregationServer:
         job = self.db.job(job_id)
         assert job is not None
         config = parse_yaml(str(job["config_yaml"]), JobConfig)
-        aggregator = None
-        if config.encryption.mode == "ckks":
-            params = PublicParams.from_json(str(job["params_json"]))
-            aggregator = CiphertextAggregator(params)
-            if aggregator.fingerprint != bytes(job["fingerprint"]):  # type: ignore[arg-type]
-                raise KeyMaterialError(f"job {job_id}: stored fingerprint does not match params")
-            values_per_chunk = params.preset.values_per_ciphertext
-        else:
-            values_per_chunk = get_preset(config.preset_name).values_per_ciphertext
+        params_json = str(job["params_json"]) if job["params_json"] else None
+        try:
+            fingerprint = bytes(job["fingerprint"] or b"")  # type: ignore[arg-type]
+            mode = aggregation_mode(config, params_json, fingerprint)
+        except KeyMaterialError as exc:
+            raise KeyMaterialError(f"job {job_id}: {exc.message}") from None
         run = JobRun(
             self.db,
             JobFiles(self.state_dir, job_id),
             job_id,
             config,
-            aggregator,
-            bytes(job["fingerprint"] or b""),
-            values_per_chunk,  # type: ignore[arg-type]
+            mode,
             self.changed,
             self.metrics,
             clock=self.clock,

@@ -14,6 +14,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
 from fedhe_server.jobrun import JobRun
+from fedhe_server.keymodes import Plain
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import ABORT_POINTS, PUBLISH_POINTS, no_faults
 from fedhe_server.staging import JobFiles
@@ -59,9 +60,7 @@ def _run(
         JobFiles(tmp_path, "sm"),
         "sm",
         config,
-        None,
-        b"",
-        4096,
+        Plain(4096),
         threading.Condition(),
         ServerMetrics(db),
         clock=clock,
