@@ -42,7 +42,7 @@ class ThresholdDecryption:
         """client_id -> alpha, as fixed by the key generation."""
         job = self.db.job(self.run.job_id)
         assert job is not None
-        return json.loads(str(job["parties_json"] or "{}"))  # type: ignore[no-any-return]
+        return json.loads(str(job.parties_json or "{}"))  # type: ignore[no-any-return]
 
     def alpha_of(self, client_id: str) -> int:
         """A client's party number, or PermissionDenied."""

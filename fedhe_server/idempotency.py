@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from fedhe_common.errors import ConflictError, InvalidArgumentError
 
@@ -15,10 +16,10 @@ def verified_digest(payload: bytes, claimed: bytes, what: str) -> bytes:
     return digest
 
 
-def is_repeat(stored: list[tuple[object, ...]], digest: bytes, what: str) -> bool:
+def is_repeat(stored: list[tuple[Any, ...]], digest: bytes, what: str) -> bool:
     """True if the identical piece was already received; a different one is a conflict."""
     if not stored:
         return False
-    if bytes(stored[0][0]) != digest:  # type: ignore[arg-type]
+    if bytes(stored[0][0]) != digest:
         raise ConflictError(f"{what} was already received with another hash")
     return True

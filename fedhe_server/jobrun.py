@@ -87,9 +87,9 @@ class JobRun(RoundStateMachine):
     def _layout(self) -> tuple[str, int] | None:
         job = self.db.job(self.job_id)
         assert job is not None
-        if job["layout_id"] is None:
+        if job.layout_id is None or job.num_values is None:
             return None
-        return str(job["layout_id"]), int(job["num_values"])  # type: ignore[call-overload]
+        return job.layout_id, job.num_values
 
     @property
     def selective(self) -> bool:
@@ -117,8 +117,8 @@ class JobRun(RoundStateMachine):
         if self._mask is None:
             job = self.db.job(self.job_id)
             assert job is not None
-            if job["mask"] is not None:
-                self._mask = EncryptionMask.from_bytes(bytes(job["mask"]))  # type: ignore[arg-type]
+            if job.mask is not None:
+                self._mask = EncryptionMask.from_bytes(bytes(job.mask))  # type: ignore[arg-type]
         return self._mask
 
     def mask_id(self) -> str:

@@ -270,7 +270,7 @@ class RoundStateMachine:
         fixed: list[str] = []
         job = self.db.job(self.job_id)
         assert job is not None
-        if job["state"] not in (JobState.RUNNING,):
+        if job.state not in (JobState.RUNNING,):
             return fixed
         rounds = self.db.rounds(self.job_id)
         closed = (RoundState.PUBLISHED, RoundState.DECRYPTING)

@@ -79,7 +79,7 @@ class AggregationServer:
         with self._lock:
             existing = self.db.job(job_id)
             if existing is not None:
-                if parse_yaml(str(existing["config_yaml"]), JobConfig) != config:
+                if parse_yaml(str(existing.config_yaml), JobConfig) != config:
                     raise ConflictError(f"job {job_id!r} exists with another configuration")
                 return job_id, False
             params_json, fingerprint, state = None, b"", JobState.RUNNING
@@ -118,10 +118,10 @@ class AggregationServer:
     def _start_run(self, job_id: str) -> None:
         job = self.db.job(job_id)
         assert job is not None
-        config = parse_yaml(str(job["config_yaml"]), JobConfig)
-        params_json = str(job["params_json"]) if job["params_json"] else None
+        config = parse_yaml(str(job.config_yaml), JobConfig)
+        params_json = str(job.params_json) if job.params_json else None
         try:
-            fingerprint = bytes(job["fingerprint"] or b"")  # type: ignore[arg-type]
+            fingerprint = bytes(job.fingerprint or b"")  # type: ignore[arg-type]
             mode = aggregation_mode(config, params_json, fingerprint)
         except KeyMaterialError as exc:
             raise KeyMaterialError(f"job {job_id}: {exc.message}") from None
@@ -136,7 +136,7 @@ class AggregationServer:
             clock=self.clock,
             faults=self.faults,
         )
-        if job["state"] == JobState.RUNNING:
+        if job.state == JobState.RUNNING:
             run.start()  # opens, repairs or resumes rounds; a finished job's run only reads
         self.runs[job_id] = run
 
@@ -158,7 +158,7 @@ class AggregationServer:
             job = self.db.job(job_id)
             if job is None:
                 raise NotFoundError(f"unknown job {job_id!r}")
-            config = parse_yaml(str(job["config_yaml"]), JobConfig)
+            config = parse_yaml(str(job.config_yaml), JobConfig)
             self._configs[job_id] = config
         return config
 
@@ -169,7 +169,7 @@ class AggregationServer:
         ensure_may_register(self, job_id, client_id)
         job = self.db.job(job_id)
         assert job is not None
-        run = self.run_for(job_id) if job["state"] != JobState.KEYGEN else None
+        run = self.run_for(job_id) if job.state != JobState.KEYGEN else None
         self.db.register_client(job_id, client_id, self.clock())
         logger.info("client %s registered for job %s", client_id, job_id)
         return run

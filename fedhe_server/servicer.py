@@ -85,7 +85,7 @@ class AggregationServicer:
         run = self.server.register_client(job_id, who.id)
         return pb.RegisterClientResponse(
             job_id=job_id,
-            job_yaml=str(job["config_yaml"]),
+            job_yaml=str(job.config_yaml),
             context_fingerprint=run.fingerprint if run else b"",
             values_per_chunk=run.values_per_chunk if run else 0,
             max_message_bytes=max_message_bytes(),

@@ -66,9 +66,9 @@ def job_status(
     open_row = db.open_round(job_id)
     return pb.GetJobStatusResponse(
         job_id=job_id,
-        state=job_state(str(job["state"])),
+        state=job_state(str(job.state)),
         current_round=open_row.round if open_row else db.last_published(job_id),
-        rounds=int(job["rounds"]),  # type: ignore[call-overload]
+        rounds=int(job.rounds),  # type: ignore[call-overload]
         history=history,
         rounds_total=sum(totals.values()),
         rounds_published=totals.get(RoundState.PUBLISHED, 0),
@@ -87,21 +87,21 @@ def round_plan(
     job = db.job(job_id)
     if job is None:
         raise NotFoundError(f"unknown job {job_id!r}")
-    if job["state"] == JobState.KEYGEN:  # threshold keys not generated yet
+    if job.state == JobState.KEYGEN:  # threshold keys not generated yet
         return pb.GetRoundPlanResponse(job_id=job_id, retry=True)
     config = server.job_config(job_id)
     run = server.runs.get(job_id)
     base = {
         "job_id": job_id,
         "aggregate_round": db.last_published(job_id),
-        "layout_id": str(job["layout_id"] or ""),
-        "context_fingerprint": bytes(job["fingerprint"] or b""),  # type: ignore[arg-type]
+        "layout_id": str(job.layout_id or ""),
+        "context_fingerprint": bytes(job.fingerprint or b""),  # type: ignore[arg-type]
         "mask_required": config.encryption.mode == "ckks" and config.selective.enabled,
-        "mask_id": str(job["mask_id"] or ""),
+        "mask_id": str(job.mask_id or ""),
     }
-    if job["state"] == JobState.FINISHED:
+    if job.state == JobState.FINISHED:
         return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
-    if job["state"] != JobState.RUNNING or run is None:
+    if job.state != JobState.RUNNING or run is None:
         return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
     decrypting = run.decrypting_round()
     if decrypting is not None:

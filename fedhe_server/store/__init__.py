@@ -10,7 +10,15 @@ from __future__ import annotations
 from fedhe_server.store.clients import ClientsStore
 from fedhe_server.store.decryptions import DecryptionsStore
 from fedhe_server.store.jobs import JobsStore
-from fedhe_server.store.model import JobState, RoundRow, RoundState, UploadRow, UploadState, now
+from fedhe_server.store.model import (
+    JobRow,
+    JobState,
+    RoundRow,
+    RoundState,
+    UploadRow,
+    UploadState,
+    now,
+)
 from fedhe_server.store.rounds import RoundsStore
 from fedhe_server.store.telemetry import TelemetryStore
 from fedhe_server.store.uploads import UploadsStore
@@ -23,6 +31,7 @@ class StateDB(
 
 
 __all__ = [
+    "JobRow",
     "JobState",
     "RoundRow",
     "RoundState",

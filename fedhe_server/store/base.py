@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fedhe_server.store.model import SCHEMA
 
@@ -36,7 +37,7 @@ class StoreBase:
                 raise
             self._conn.execute("COMMIT")
 
-    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Run a read query."""
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (SQLite values are dynamically typed; rows are built from them)."""
         with self._lock:
             return self._conn.execute(sql, args).fetchall()

@@ -5,38 +5,16 @@ from __future__ import annotations
 import sqlite3
 
 from fedhe_server.store.base import StoreBase
-from fedhe_server.store.model import JobState
+from fedhe_server.store.model import JOB_COLUMNS, JobRow, JobState
 
 
 class JobsStore(StoreBase):
     """Jobs queries of the state database."""
 
-    def job(self, job_id: str) -> dict[str, object] | None:
-        """A job row as a dict, or None."""
-        rows = self.query(
-            "SELECT job_id, config_yaml, state, params_json, public_key, fingerprint, "
-            "layout_id, num_values, rounds, published, mask_id, mask, parties_json "
-            "FROM jobs WHERE job_id=?",
-            (job_id,),
-        )
-        if not rows:
-            return None
-        keys = (
-            "job_id",
-            "config_yaml",
-            "state",
-            "params_json",
-            "public_key",
-            "fingerprint",
-            "layout_id",
-            "num_values",
-            "rounds",
-            "published",
-            "mask_id",
-            "mask",
-            "parties_json",
-        )
-        return dict(zip(keys, rows[0], strict=True))
+    def job(self, job_id: str) -> JobRow | None:
+        """A job's row, or None."""
+        rows = self.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,))  # noqa: S608
+        return JobRow.from_sql(rows[0]) if rows else None
 
     def insert_job(
         self,

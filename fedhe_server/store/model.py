@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class JobState(StrEnum):
@@ -65,6 +66,52 @@ CREATE TABLE IF NOT EXISTS metrics (
   job_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, name TEXT NOT NULL,
   value REAL NOT NULL, PRIMARY KEY (job_id, round, client_id, name));
 """
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job's persisted state."""
+
+    job_id: str
+    config_yaml: str
+    state: JobState
+    params_json: str | None
+    public_key: bytes | None
+    fingerprint: bytes
+    layout_id: str | None
+    num_values: int | None
+    rounds: int
+    published: int
+    mask_id: str | None
+    mask: bytes | None
+    parties_json: str | None
+
+    @classmethod
+    def from_sql(cls, row: tuple[Any, ...]) -> JobRow:
+        """Build from a ``SELECT`` of :data:`JOB_COLUMNS`, in that order."""
+        (job_id, config_yaml, state, params_json, public_key, fingerprint, layout_id,
+         num_values, rounds, published, mask_id, mask, parties_json) = row
+        return cls(
+            str(job_id),
+            str(config_yaml),
+            JobState(str(state)),
+            None if params_json is None else str(params_json),
+            None if public_key is None else bytes(public_key),
+            bytes(fingerprint or b""),
+            None if layout_id is None else str(layout_id),
+            None if num_values is None else int(num_values),
+            int(rounds),
+            int(published),
+            None if mask_id is None else str(mask_id),
+            None if mask is None else bytes(mask),
+            None if parties_json is None else str(parties_json),
+        )
+
+
+JOB_COLUMNS = (
+    "job_id, config_yaml, state, params_json, public_key, fingerprint, layout_id, "
+    "num_values, rounds, published, mask_id, mask, parties_json"
+)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def test_refused_first_manifest_does_not_pin_the_layout(services: Services) -> N
     reply = _begin(stub, services, _manifest("c2", num_values=9000, plaintext_chunks=3))
     assert list(reply.missing_plaintext) == [0, 1, 2]
     assert [(r.start, r.stop) for r in reply.missing_plaintext_ranges] == [(0, 3)]
-    assert services.server.db.job("plain")["layout_id"] is None  # type: ignore[index]
+    assert services.server.db.job("plain").layout_id is None  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("num_values", [2**36, 2**40, 20_000_001])

@@ -140,7 +140,7 @@ def test_three_aborts_fail_the_job_and_the_last_round_finishes_it(tmp_path: Path
     for _ in range(3):
         clock.t += 100
         run.tick()
-    assert run.db.job("sm")["state"] == JobState.FAILED  # type: ignore[index]
+    assert run.db.job("sm").state == JobState.FAILED  # type: ignore[union-attr]
     assert [r.state for r in run.db.rounds("sm")] == [RoundState.ABORTED] * 3
 
     other = tmp_path / "other"
@@ -149,7 +149,7 @@ def test_three_aborts_fail_the_job_and_the_last_round_finishes_it(tmp_path: Path
     _commit(run, "a", 1)
     _commit(run, "b", 1)
     run.tick()
-    assert run.db.job("sm")["state"] == JobState.FINISHED  # type: ignore[index]
+    assert run.db.job("sm").state == JobState.FINISHED  # type: ignore[union-attr]
     assert run.db.open_round("sm") is None
 
 
@@ -170,7 +170,7 @@ def test_restart_repairs_a_published_round_without_a_next_round(tmp_path: Path) 
     run = _run(tmp_path, clock, expected=2)  # restart
     nxt = run.db.round("sm", 2)
     assert nxt is not None and nxt.state == RoundState.OPEN
-    assert run.db.job("sm")["published"] == 1  # type: ignore[index]
+    assert run.db.job("sm").published == 1  # type: ignore[union-attr]
     assert not (tmp_path / "jobs" / "sm" / "rounds" / "1" / "uploads").exists()
 
 

@@ -69,7 +69,7 @@ def test_a_failed_transition_changes_nothing(tmp_path: Path) -> None:
         raise RuntimeError("crash before the next round is opened")
     row = db.round("j", 1)
     assert row is not None and row.state == RoundState.OPEN and row.weight_sum is None
-    assert db.job("j")["published"] == 0  # type: ignore[index]
+    assert db.job("j").published == 0  # type: ignore[union-attr]
 
 
 def test_close_round_and_counts(tmp_path: Path) -> None:
