@@ -8,23 +8,12 @@ whose clients never reported metrics, so that following a job always terminates.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.rpc.states import round_state_name
 
 ACTIVE_JOB_STATES = frozenset({"KEYGEN", "RUNNING"})
 DONE_ROUND_STATES = frozenset({"PUBLISHED", "ABORTED"})
-
-
-class RoundSummary(Protocol):
-    """The fields of ``fedhe.aggregation.v1.RoundSummary`` this view reads."""
-
-    round: int
-    state: int  # RoundState enum value
-    contributors: int
-    seconds: float
-    upload_bytes: int
-    metrics: object
 
 
 def job_active(state: str) -> bool:
@@ -41,14 +30,14 @@ class RoundLines:
         self.printed: set[int] = set()
         self.last: dict[str, float] = {}
 
-    def lines(self, history: Iterable[RoundSummary], final: bool) -> list[str]:
+    def lines(self, history: Iterable[pb.RoundSummary], final: bool) -> list[str]:
         """Lines for rounds newly done; ``final``: the job ended, print even without metrics."""
         out: list[str] = []
         for r in sorted(history, key=lambda s: s.round):
             state = round_state_name(r.state)
             if r.round in self.printed or state not in DONE_ROUND_STATES:
                 continue
-            metrics = {str(k): float(v) for k, v in dict(r.metrics).items()}  # type: ignore[call-overload]
+            metrics = {str(k): float(v) for k, v in r.metrics.items()}
             mb = r.upload_bytes / max(1, r.contributors) / 1e6
             if state == "ABORTED":
                 out.append(f"round {r.round}: aborted ({r.contributors} commits)")

@@ -88,7 +88,7 @@ def verdicts(rows: list[dict[str, object]]) -> list[str]:
 def _tile(image: np.ndarray) -> Image.Image:
     pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     return Image.fromarray(pixels, "L").resize(
-        (pixels.shape[1] * SCALE, pixels.shape[0] * SCALE), Image.NEAREST
+        (pixels.shape[1] * SCALE, pixels.shape[0] * SCALE), Image.Resampling.NEAREST
     )
 
 
