@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 
 import click
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from fedhe_cli.output import console, parse_list, print_table, write_json
 
@@ -179,9 +179,11 @@ def bench_selective(json_path: Path | None, sizes: str, ratios: str) -> None:
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         for n in _sizes(sizes):
             task = progress.add_task(f"n={n:,}", total=n * len(ratio_list))
-            results += run_selective_bench(
-                n, ratio_list, on_block=lambda r, k, t=task: progress.advance(t, k)
-            )
+
+            def advance(_ratio: float, k: int, t: TaskID = task) -> None:
+                progress.advance(t, k)
+
+            results += run_selective_bench(n, ratio_list, on_block=advance)
     print_table(
         "fedhe bench selective (single-key, 3 clients; process CPU s per client)",
         [
