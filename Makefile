@@ -22,10 +22,12 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 proto: install
 	$(PY) -m fedhe_common.protogen
@@ -37,4 +39,4 @@ bench: install
 	$(VENV)/bin/fedhe bench crypto --json bench-crypto.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

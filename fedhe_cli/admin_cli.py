@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import yaml
+from pydantic import BaseModel
 
 from fedhe_cli.output import console, print_table
 from fedhe_client.connection import ServerConnection
@@ -20,7 +21,12 @@ from fedhe_common.config.models import (
 from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.rpc.states import job_state_name, round_state_name
 
-KINDS = {"job": JobConfig, "server": ServerConfig, "client": ClientConfig, "keyauth": KeyAuthConfig}
+KINDS: dict[str, type[BaseModel]] = {
+    "job": JobConfig,
+    "server": ServerConfig,
+    "client": ClientConfig,
+    "keyauth": KeyAuthConfig,
+}
 
 
 def guess_kind(path: Path) -> str:

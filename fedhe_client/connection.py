@@ -199,8 +199,8 @@ class ServerConnection(PeerConnection):
     def _chunk_requests(
         self,
         upload_id: str,
-        missing: list[tuple[int, int]],
-        streams: dict[int, tuple[list[bytes], ChunkPlan]],
+        missing: list[tuple[pb.StreamKind.ValueType, int]],
+        streams: dict[pb.StreamKind.ValueType, tuple[list[bytes], ChunkPlan]],
         on_chunk: Callable[[int], None],
     ) -> Iterator[pb.UploadChunksRequest]:
         for stream, k in missing:

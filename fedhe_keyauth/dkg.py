@@ -13,6 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class DKGSession:
         """True when a session was created here."""
         return (self.folder / "session.json").exists()
 
-    def meta(self) -> dict[str, object]:
+    def meta(self) -> dict[str, Any]:
         """The session's JSON document."""
         return json.loads((self.folder / "session.json").read_text())  # type: ignore[no-any-return]
 

@@ -20,7 +20,7 @@ class KeyAuthClient:
     """Public-only access: this client never asks for or receives a secret key."""
 
     def __init__(self, peer: PeerSection) -> None:
-        self._conn = PeerConnection(peer, pb_grpc.KeyAuthorityServiceStub, 4 * 1024 * 1024)
+        self._conn = PeerConnection(peer, pb_grpc.KeyAuthorityServiceStub, 4 * 1024 * 1024)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close the channel."""

@@ -8,7 +8,7 @@ the runs the server already holds. Callers check the caller's identity first and
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
@@ -91,32 +91,34 @@ def round_plan(
         return pb.GetRoundPlanResponse(job_id=job_id, retry=True)
     config = server.job_config(job_id)
     run = server.runs.get(job_id)
-    base = {
-        "job_id": job_id,
-        "aggregate_round": db.last_published(job_id),
-        "layout_id": str(job.layout_id or ""),
-        "context_fingerprint": bytes(job.fingerprint or b""),  # type: ignore[arg-type]
-        "mask_required": config.encryption.mode == "ckks" and config.selective.enabled,
-        "mask_id": str(job.mask_id or ""),
-    }
+    base = pb.GetRoundPlanResponse(
+        job_id=job_id,
+        aggregate_round=db.last_published(job_id),
+        layout_id=job.layout_id or "",
+        context_fingerprint=job.fingerprint,
+        mask_required=config.encryption.mode == "ckks" and config.selective.enabled,
+        mask_id=job.mask_id or "",
+    )
+
+    def plan(phase: pb.RoundPhase.ValueType, **fields: Any) -> pb.GetRoundPlanResponse:
+        reply = pb.GetRoundPlanResponse(phase=phase, **fields)
+        reply.MergeFrom(base)
+        return reply
+
     if job.state == JobState.FINISHED:
-        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FINISHED, **base)
+        return plan(pb.ROUND_PHASE_JOB_FINISHED)
     if job.state != JobState.RUNNING or run is None:
-        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_JOB_FAILED, **base)
+        return plan(pb.ROUND_PHASE_JOB_FAILED)
     decrypting = run.decrypting_round()
     if decrypting is not None:
         if ThresholdDecryption(run).pending_for(client_id, decrypting.round):
-            return pb.GetRoundPlanResponse(
-                phase=pb.ROUND_PHASE_DECRYPT, round=decrypting.round, **base
-            )
-        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+            return plan(pb.ROUND_PHASE_DECRYPT, round=decrypting.round)
+        return plan(pb.ROUND_PHASE_TRAIN, retry=True)
     row = db.open_round(job_id)
     if row is None or not _is_new_for(db, row.round, after_round, job_id, client_id):
-        return pb.GetRoundPlanResponse(phase=pb.ROUND_PHASE_TRAIN, retry=True, **base)
+        return plan(pb.ROUND_PHASE_TRAIN, retry=True)
     phase = pb.ROUND_PHASE_MASK if row.round == 0 else pb.ROUND_PHASE_TRAIN
-    return pb.GetRoundPlanResponse(
-        phase=phase, round=row.round, deadline_unix_ms=int(row.deadline * 1000), **base
-    )
+    return plan(phase, round=row.round, deadline_unix_ms=int(row.deadline * 1000))
 
 
 def _is_new_for(db: StateDB, number: int, after_round: int, job_id: str, client_id: str) -> bool:

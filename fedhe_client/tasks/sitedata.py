@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ def load_site_data(section: SiteDataSection) -> tuple[ArrayData, ArrayData, list
     n_val = max(1, round(len(full) * section.val_fraction))
     if n_val >= len(full):
         raise ConfigError(f"{section.path}: {len(full)} samples are too few to split")
-    val, train = order[:n_val], order[n_val:]
-    return ArrayData(full.x[train], full.y[train]), ArrayData(full.x[val], full.y[val]), names
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train = ArrayData(full.x[train_idx], full.y[train_idx])
+    return train, ArrayData(full.x[val_idx], full.y[val_idx]), names
 
 
 def _load(
@@ -132,7 +134,7 @@ def load_hf_dataset(path: Path, label: str, features: list[str] | None) -> Array
 
 
 def _from_columns(
-    path: Path, columns: dict[str, list[object]], label: str, features: list[str] | None
+    path: Path, columns: Mapping[str, Sequence[object]], label: str, features: list[str] | None
 ) -> ArrayData:
     if label not in columns:
         raise ConfigError(f"{path}: no label column {label!r} (columns: {sorted(columns)})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -23,7 +24,7 @@ from fedhe_common.errors import KeyMaterialError
 _SELF_TEST = np.array([1.0, -2.5, 3.25, 0.125])
 
 
-def _raw_seal_bytes(obj: object) -> bytes:
+def _raw_seal_bytes(obj: Any) -> bytes:
     return sealbytes.to_uncompressed(sealbytes.save_bytes(obj))
 
 

@@ -10,13 +10,20 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import Any, Protocol
 
 from fedhe_common.config.models import IdentitySection
 from fedhe_common.errors import AuthenticationError, ConfigError, PermissionDeniedError
 
 METADATA_KEY = "authorization"
+
+
+class CallContext(Protocol):
+    """The part of a servicer context (sync or ``grpc.aio``) that authentication reads."""
+
+    def invocation_metadata(self) -> Any:
+        """The call's metadata as (key, value) pairs."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,9 @@ class TokenAuthority:
     def __init__(self, identities: Iterable[IdentitySection]) -> None:
         self._by_hash = {i.token_sha256: Identity(i.id, i.role) for i in identities}
 
-    def identify(self, context: grpc.ServicerContext) -> Identity:
+    def identify(self, context: CallContext) -> Identity:
         """The caller's identity, or :class:`AuthenticationError`."""
-        value = dict(context.invocation_metadata()).get(METADATA_KEY, "")
+        value = dict(context.invocation_metadata() or ()).get(METADATA_KEY, "")
         if not isinstance(value, str) or not value.startswith("Bearer "):
             raise AuthenticationError("missing bearer token")
         digest = token_sha256(value[len("Bearer ") :])
@@ -81,7 +88,7 @@ class TokenAuthority:
                 return identity
         raise AuthenticationError("unknown token")
 
-    def require(self, context: grpc.ServicerContext, *roles: str) -> Identity:
+    def require(self, context: CallContext, *roles: str) -> Identity:
         """Identify the caller and check its role."""
         identity = self.identify(context)
         if identity.role not in roles:

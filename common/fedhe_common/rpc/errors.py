@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -55,7 +55,8 @@ def is_certificate_error(detail: str | None) -> bool:
 def _error_class(exc: grpc.RpcError) -> type[e.FedHEError] | None:
     """The FedHE error class the peer named in its trailing metadata, if a known one."""
     trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailers or ():
+    pairs: Sequence[tuple[str, str | bytes]] = trailers or ()  # type: ignore[assignment]
+    for key, value in pairs:
         if key == ERROR_CLASS_KEY:
             cls = getattr(e, str(value), None)
             if isinstance(cls, type) and issubclass(cls, e.FedHEError):
