@@ -99,6 +99,25 @@ def client_ids(job: JobConfig, clients: int | None) -> list[str]:
     return list(enrolled[:clients]) if enrolled else [f"client-{i + 1}" for i in range(clients)]
 
 
+def _run(
+    cluster: LocalCluster, job: JobConfig, job_yaml: str, timeout_s: float
+) -> dict[str, float]:
+    """Start the services, follow the job, check every client exited cleanly."""
+    cluster.start_keyauth()
+    cluster.start_server(job_yaml)
+    cluster.start_clients()
+    try:
+        final = follow_job(cluster, job, timeout_s)
+    except Exception:
+        for name in cluster.procs:
+            console.print(f"--- {name} ---\n{cluster.log_tail(name, 10)}")
+        raise
+    for client_id in cluster.clients:
+        if cluster.wait(client_id, 60) != 0:
+            raise click.ClickException(f"{client_id} failed:\n{cluster.log_tail(client_id)}")
+    return final
+
+
 def run_federation(
     job_yaml: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
 ) -> None:
@@ -115,20 +134,10 @@ def run_federation(
         f"{job.encryption.mode}/{keys}{job.preset_name}); logs in {base / 'logs'}"
     )
     with terminate_on_sigterm(), LocalCluster(base, specs) as cluster:
-        cluster.start_keyauth()
-        cluster.start_server(job_yaml)
-        cluster.start_clients()
         try:
-            final = follow_job(cluster, job, timeout_s)
-        except Exception:
-            for name in cluster.procs:
-                console.print(f"--- {name} ---\n{cluster.log_tail(name, 10)}")
-            raise
-        for spec in specs:
-            if cluster.wait(spec.client_id, 60) != 0:
-                raise click.ClickException(
-                    f"{spec.client_id} failed:\n{cluster.log_tail(spec.client_id)}"
-                )
+            final = _run(cluster, job, job_yaml, timeout_s)
+        except (RuntimeError, TimeoutError) as exc:  # a service did not start or stop
+            raise click.ClickException(str(exc)) from None
     if "accuracy" not in final:
         raise click.ClickException("the job finished but no client reported a test accuracy")
     console.print(f"final test accuracy (HE, {job.encryption.mode}): {final['accuracy']:.4f}")

@@ -71,3 +71,23 @@ def test_simulate_encrypted_jobs(tmp_path: Path, name: str, clients: int, extra_
     assert len(re.findall(r"^round 1/1  accuracy 0\.\d{4} ", out, re.M)) == 1, out
     assert re.search(r"^final test accuracy \(HE, ckks\): 0\.\d{4}$", out, re.M), out
     assert ("round 0 (mask)" in out) == name.endswith("selective"), out
+
+
+def test_simulate_stops_when_every_client_failed(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "job: {name: sim-bad-data, rounds: 1}\n"
+        f"data: {{dataset: npz, path: {tmp_path / 'missing.npz'}}}\n{TINY}"
+    )
+    result = subprocess.run(
+        [str(FEDHE), "simulate", str(job), "--clients", "2", "--workdir", str(tmp_path / "run"),
+         "--no-compare", "--timeout", "90"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Error: every client exited but the job is still running" in out  # not the timeout
+    assert "missing.npz" in out and "Traceback" not in out
