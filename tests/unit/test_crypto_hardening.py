@@ -27,7 +27,6 @@ from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.crypto.smudging import smudging_bits, statistical_distance_log2
 from fedhe_common.crypto.threshold import (
     ShareRequest,
-    decryption_share,
     fuse,
     parse_share,
     ring_for,
@@ -45,7 +44,7 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.encrypted_vector import decrypt_chunks
 from fedhe_keyauth.dkg import DKGSession
 from tests.conftest import holder_for
-from tests.unit.test_threshold import _request, _round, _setup
+from tests.unit.test_threshold import _request, _round, _setup, _share
 
 
 def _secret_ntt(holder: SecretKeyHolder) -> np.ndarray:
@@ -123,7 +122,7 @@ def test_every_decryption_output_is_on_the_release_grid(tmp_path: Path) -> None:
     aggregate, _, _, expected = _round(params, pk_blob)
     ctx = CKKSContext(params)
     shares = [
-        decryption_share(p, ledgers[p.alpha], ctx, aggregate, _request(None)) for p in members
+        _share(p, ledgers[p.alpha], ctx, aggregate, _request(None)) for p in members
     ]
     fused = fuse(ctx, ring, aggregate, shares, weight_sum=6)
     assert _on_grid(fused, output_grid(ctx.preset, 6))
@@ -170,7 +169,7 @@ def test_threshold_core_and_key_authority_refuse_t1_and_single_uploads(tmp_path:
     single = agg.to_blob(agg.add_weighted(None, agg.load_upload(uploads[0]), 1))
     request = ShareRequest("job", 1, 0, contributors=1, min_clients=1, active=None)
     with pytest.raises(PermissionDeniedError, match="fewer than 3"):
-        decryption_share(members[0], ledgers[1], CKKSContext(params), single, request)
+        _share(members[0], ledgers[1], CKKSContext(params), single, request)
     assert ledgers[1].count() == 0
 
 
@@ -201,14 +200,14 @@ def test_parties_inflate_zstd_aggregates_with_a_bound(tmp_path: Path) -> None:
     for name, bomb in bombs.items():
         blob = envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, bomb)
         with pytest.raises(InvalidCiphertextError):
-            decryption_share(members[0], ledgers[1], ctx, blob, _request(None))
+            _share(members[0], ledgers[1], ctx, blob, _request(None))
         with pytest.raises(InvalidCiphertextError):
             fuse(ctx, ring_for(ctx.preset), blob, [])
         assert ledgers[1].count() == 0, name
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB"
     # The genuine zstd aggregate still decrypts.
-    assert decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))
+    assert _share(members[0], ledgers[1], ctx, aggregate, _request(None))
 
 
 def _centered_max(ring, ntt: np.ndarray) -> float:  # type: ignore[no-untyped-def]
@@ -258,7 +257,7 @@ def test_smudging_drowns_the_noise_of_sample_count_weights(weight: int, tmp_path
         exact = ring_add(exact, term, q)
     noise_max = _centered_max(ring, submod(noisy, exact, q))
     request = ShareRequest("job", 1, 0, 3, 3, None, weight_sum=3 * weight)
-    share = decryption_share(members[0], ledgers[1], ctx, aggregate, request)
+    share = _share(members[0], ledgers[1], ctx, aggregate, request)
     _, d = parse_share(ctx, ring, share, aggregate)
     smudge_max = _centered_max(
         ring, submod(d, ring.multiply(c1, members[0].secret[: ctx.k], "data"), q)
@@ -277,11 +276,11 @@ def test_ledger_refuses_a_re_encoded_ciphertext_under_another_active_set(tmp_pat
     raw[4] = 2  # header minor version 4.2: still accepted, other bytes
     older = envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, bytes(raw))
     party = members[0]
-    decryption_share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
+    _share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
     for variant, active in ((plain, (1, 4, 5)), (older, (1, 2, 4))):
         assert variant != aggregate
         with pytest.raises(ConflictError):
-            decryption_share(party, ledgers[1], ctx, variant, _request(active))
+            _share(party, ledgers[1], ctx, variant, _request(active))
     assert ledgers[1].count() == 1
 
 
@@ -322,7 +321,7 @@ def test_party_refuses_a_malformed_active_set(active: tuple[int, ...], tmp_path:
     aggregate, _, _, _ = _round(params, pk_blob)
     request = ShareRequest("job", 1, 0, 3, 3, active, 6, parties=5, threshold=3)
     with pytest.raises(InvalidArgumentError, match="active set"):
-        decryption_share(members[0], ledgers[1], CKKSContext(params), aggregate, request)
+        _share(members[0], ledgers[1], CKKSContext(params), aggregate, request)
     assert ledgers[1].count() == 0
     good = ShareRequest("job", 1, 0, 3, 3, (1, 2, 3), 6, parties=5, threshold=3)
-    assert decryption_share(members[0], ledgers[1], CKKSContext(params), aggregate, good)
+    assert _share(members[0], ledgers[1], CKKSContext(params), aggregate, good)

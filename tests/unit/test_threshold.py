@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext
 from fedhe_common.crypto.presets import get_preset
+from fedhe_common.crypto.provenance import VerifiedAggregate
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.threshold import (
     ShareLedger,
@@ -23,6 +25,22 @@ from fedhe_common.crypto.threshold import (
     ring_for,
 )
 from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
+
+
+def _share(party, ledger, ctx, blob, request):  # type: ignore[no-untyped-def]
+    """decryption_share with the aggregate taken as verified (as many clients as the request
+    names): these tests are about the share, the ledger and the active set; verification
+    against signed uploads has its own tests (test_verified_aggregates.py)."""
+    clients = tuple(f"c{i}" for i in range(request.contributors))
+    verified = VerifiedAggregate(
+        request.job_id,
+        request.round,
+        request.chunk,
+        clients,
+        max(request.weight_sum, len(clients)),
+        hashlib.sha256(blob).digest(),
+    )
+    return decryption_share(party, ledger, ctx, blob, request, verified)
 
 
 def _setup(preset_name: str, parties: int, threshold: int | None, tmp: Path):  # type: ignore[no-untyped-def]
@@ -62,7 +80,7 @@ def test_n_of_n_decrypts_the_weighted_sum(preset: str, tmp_path: Path) -> None:
     ctx = CKKSContext(params)
     aggregate, _, _, expected = _round(params, pk)
     shares = [
-        decryption_share(p, ledgers[p.alpha], ctx, aggregate, _request(None)) for p in members
+        _share(p, ledgers[p.alpha], ctx, aggregate, _request(None)) for p in members
     ]
     got = fuse(ctx, ring, aggregate, shares)
     assert np.abs(got - expected).max() < 1e-5
@@ -76,7 +94,7 @@ def test_three_of_five_with_any_active_set(tmp_path: Path) -> None:
     for chunk, active in enumerate([(1, 2, 3), (3, 4, 5), (1, 3, 5)]):
         aggregate, _, _, expected = _round(params, pk)
         shares = [
-            decryption_share(members[a - 1], ledgers[a], ctx, aggregate, _request(active, chunk))
+            _share(members[a - 1], ledgers[a], ctx, aggregate, _request(active, chunk))
             for a in active
         ]
         assert np.abs(fuse(ctx, ring, aggregate, shares) - expected).max() < 1e-5
@@ -100,7 +118,7 @@ def test_coalition_of_server_and_t_minus_1_parties_cannot_decrypt(tmp_path: Path
                         CiphertextAggregator(params).load_upload(target)
                     )
                 )
-                shares.append(decryption_share(p, ledger, ctx, blob, request))
+                shares.append(_share(p, ledger, ctx, blob, request))
             got = fuse(ctx, ring, blob, shares)
             assert np.abs(got - truth).max() > 1e3, guess
 
@@ -110,14 +128,14 @@ def test_one_share_per_ciphertext_even_across_active_sets_and_restarts(tmp_path:
     ctx = CKKSContext(params)
     aggregate, _, _, _ = _round(params, pk)
     party = members[0]
-    decryption_share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
+    _share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
     with pytest.raises(ConflictError):
-        decryption_share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
+        _share(party, ledgers[1], ctx, aggregate, _request((1, 2, 3)))
     with pytest.raises(ConflictError):
-        decryption_share(party, ledgers[1], ctx, aggregate, _request((1, 4, 5)))
+        _share(party, ledgers[1], ctx, aggregate, _request((1, 4, 5)))
     restarted = ShareLedger(tmp_path / "ledger-1.sqlite")
     with pytest.raises(ConflictError):
-        decryption_share(party, restarted, ctx, aggregate, _request((1, 2, 5)))
+        _share(party, restarted, ctx, aggregate, _request((1, 2, 5)))
     assert restarted.count() == 1
 
 
@@ -126,11 +144,11 @@ def test_too_few_contributors_or_bad_shares_are_refused(tmp_path: Path) -> None:
     ctx = CKKSContext(params)
     aggregate, uploads, _, _ = _round(params, pk)
     with pytest.raises(PermissionDeniedError):
-        decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None, contributors=1))
+        _share(members[0], ledgers[1], ctx, aggregate, _request(None, contributors=1))
     assert ledgers[1].count() == 0
     with pytest.raises(InvalidArgumentError):  # not a ciphertext of this context at all
-        decryption_share(members[0], ledgers[1], ctx, uploads[0][:-5], _request(None))
-    share = decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))
+        _share(members[0], ledgers[1], ctx, uploads[0][:-5], _request(None))
+    share = _share(members[0], ledgers[1], ctx, aggregate, _request(None))
     other, _, _, _ = _round(params, pk)
     with pytest.raises(InvalidArgumentError, match="another ciphertext"):
         fuse(ctx, ring, other, [share])
@@ -150,7 +168,7 @@ def test_practical_shares_are_compressed_and_bombs_refused(tmp_path: Path) -> No
     ring, members, params, pk, ledgers = _setup("threshold-practical", 3, None, tmp_path)
     ctx = CKKSContext(params)
     aggregate, _, _, _ = _round(params, pk)
-    share = decryption_share(members[0], ledgers[1], ctx, aggregate, _request(None))
+    share = _share(members[0], ledgers[1], ctx, aggregate, _request(None))
     raw_size = 8 * len(ring.q_data) * ring.n
     assert len(share) < 0.8 * raw_size  # 40-bit residues compress
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))

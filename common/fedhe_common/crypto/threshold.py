@@ -36,6 +36,7 @@ from fedhe_common.crypto import envelope, packing, release, sealbytes
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.crypto.presets import MIN_THRESHOLD, MIN_THRESHOLD_CLIENTS, Preset
+from fedhe_common.crypto.provenance import VerifiedAggregate
 from fedhe_common.crypto.ring import RingArithmetic, addmod, submod
 from fedhe_common.crypto.sampling import (
     crs_polynomial,
@@ -45,7 +46,12 @@ from fedhe_common.crypto.sampling import (
 )
 from fedhe_common.crypto.smudging import smudging_bits
 from fedhe_common.crypto.validate import AGGREGATE_KINDS, raw_ciphertext_bytes
-from fedhe_common.errors import ConflictError, InvalidArgumentError, PermissionDeniedError
+from fedhe_common.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    KeyMaterialError,
+    PermissionDeniedError,
+)
 
 MAX_PARTIES = 64  # keys.parties is at most 64 (config)
 SHARE_HEADER = struct.Struct("<4sIII32s")  # magic, alpha, k, N, sha256 of the ciphertext
@@ -113,6 +119,51 @@ def collective_public_key(
     params = PublicParams(ring.preset, hashlib.sha256(seal).digest())
     fingerprint = CKKSContext(params).fingerprint
     return params, envelope.wrap(BlobKind.PUBLIC_KEY, fingerprint, seal)
+
+
+_COMMIT_DOMAIN = b"fedhe-pk-share-commitment-v1\x00"
+
+
+def pk_share_commitment(job_id: str, alpha: int, share: bytes) -> bytes:
+    """sha256 commitment to party ``alpha``'s public-key share (sent before the share)."""
+    return hashlib.sha256(_COMMIT_DOMAIN + f"{job_id}|{alpha}|".encode() + share).digest()
+
+
+def check_collective_key(
+    ring: RingArithmetic,
+    crs_seed: bytes,
+    job_id: str,
+    shares: dict[int, bytes],
+    commitments: dict[int, bytes],
+    handed_out: bytes,
+) -> tuple[PublicParams, bytes]:
+    """Recompute the collective key from published shares; refuse any substitution.
+
+    Every share must open its party's commitment, and the collective key the key
+    authority hands out must hash to the one recomputed here.
+    """
+    if not shares or sorted(shares) != sorted(commitments):
+        raise KeyMaterialError("published public-key shares and commitments do not match up")
+    expected = 8 * len(ring.q_key) * ring.n
+    arrays = []
+    for alpha in sorted(shares):
+        share = shares[alpha]
+        if pk_share_commitment(job_id, alpha, share) != commitments[alpha]:
+            raise KeyMaterialError(
+                f"public-key share of party {alpha} does not open its commitment"
+            )
+        if len(share) != expected:
+            raise KeyMaterialError(f"public-key share of party {alpha} has the wrong length")
+        array = np.frombuffer(share, dtype="<u8").reshape(-1, ring.n)
+        if not (array < ring.primes("key")).all():
+            raise KeyMaterialError(f"public-key share of party {alpha} is not reduced")
+        arrays.append(array)
+    params, pk_blob = collective_public_key(ring, arrays, crs_for(crs_seed, ring))
+    if hashlib.sha256(pk_blob).digest() != hashlib.sha256(handed_out).digest():
+        raise KeyMaterialError(
+            "the key authority's collective public key is not the sum of the committed shares"
+        )
+    return params, pk_blob
 
 
 class ThresholdParty:
@@ -273,12 +324,26 @@ def decryption_share(
     ctx: CKKSContext,
     aggregate_blob: bytes,
     request: ShareRequest,
+    verified: VerifiedAggregate,
 ) -> bytes:
-    """``d = c1 * s' + E`` for one aggregate ciphertext, once; returns a share blob."""
+    """``d = c1 * s' + E`` for one aggregate ciphertext, once; returns a share blob.
+
+    ``verified`` comes from :func:`.provenance.verify_aggregate` for exactly this blob:
+    no share exists for a ciphertext that is not the weighted sum of enough signed
+    uploads (the contributor count and weight sum are the verified ones, not the
+    server's header).
+    """
+    if (verified.job_id, verified.round, verified.chunk) != (
+        request.job_id,
+        request.round,
+        request.chunk,
+    ) or verified.aggregate_sha256 != hashlib.sha256(aggregate_blob).digest():
+        raise PermissionDeniedError("aggregate was not verified against signed uploads")
+    contributors = len(verified.clients)
     floor = max(request.min_clients, MIN_THRESHOLD_CLIENTS)
-    if request.contributors < floor:
+    if contributors < floor:
         raise PermissionDeniedError(
-            f"aggregate has {request.contributors} contributors, fewer than {floor} "
+            f"aggregate has {contributors} verified contributors, fewer than {floor} "
             f"(min_clients {request.min_clients}, never below {MIN_THRESHOLD_CLIENTS}): "
             "no share is produced for it"
         )
@@ -290,7 +355,7 @@ def decryption_share(
     secret = party.effective_secret(list(request.active) if request.active else None)
     # Each upload weighs >= 1, so the weight sum is at least the contributor count.
     bits = smudging_bits(
-        ring.preset, max(request.weight_sum, request.contributors), MAX_PARTIES
+        ring.preset, max(request.weight_sum, verified.weight_sum, contributors), MAX_PARTIES
     )
     ct_sha = _content_id(ctx, seal)
     ledger.claim(ct_sha, request)
