@@ -60,6 +60,7 @@ class LocalLearner:
             round=number,
             device=self.device,
             progress=self.progress,
+            rounds=self.job.job.rounds,
         )
         metrics = self.task.fit(self.model, self.train_set, hyper)
         vector, manifest = flatten(self.model.state_dict())
@@ -83,7 +84,9 @@ class LocalLearner:
         else:
             raise ConfigError(f"task {self.task.name!r} has no sensitivity_batches")
         seed = self.job.job.seed * 7919 + self.index
-        return sensitivity_map(self.model, x, y, method, seed)  # type: ignore[arg-type]
+        model = self.model.to(self.device)  # the map runs where training does
+        x, y = x.to(self.device), y.to(self.device)
+        return sensitivity_map(model, x, y, method, seed)  # type: ignore[arg-type]
 
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on this site's validation split."""

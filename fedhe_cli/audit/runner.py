@@ -22,7 +22,7 @@ from fedhe_common.mlbridge.sensitivity import sensitivity_map
 
 BUILTIN_JOB = """
 job: {name: audit-lenet-digits, rounds: 1, seed: 0}
-model: {name: lenet, init: dlg}
+model: {name: lenet-dlg, init: dlg}
 data: {dataset: digits32}
 selective: {ratio: 0.1, sensitivity: exact, samples: 32}
 """

@@ -39,6 +39,7 @@ class FitConfig:
     round: int
     device: torch.device
     progress: bool = False
+    rounds: int = 1  # the job's rounds (for the learning-rate schedule)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,16 @@ class ArrayTask:
         self.device = hyper.device
         label = f"round {hyper.round}"
         loss = train(
-            model, data.x, data.y, hyper.training, hyper.seed, hyper.device, hyper.progress, label
+            model,
+            data.x,
+            data.y,
+            hyper.training,
+            hyper.seed,
+            hyper.device,
+            hyper.progress,
+            label,
+            number=hyper.round,
+            rounds=hyper.rounds,
         )
         return {"loss": loss}
 

@@ -1,14 +1,15 @@
-"""The built-in task: a registry model (job ``model:``) on the job's data set or site data."""
+"""The built-in task: a zoo model (job ``model:``) on the job's data set or site data."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from fedhe_client.data import load_dataset, partition
-from fedhe_client.models import build_model
 from fedhe_client.tasks.base import ArrayData, ArrayTask
 from fedhe_client.tasks.sitedata import load_site_data
+from fedhe_client.zoo import build_model, zoo_model
 from fedhe_common.config.models import JobConfig, SiteDataSection
+from fedhe_common.errors import ConfigError
 
 BUILTIN_TASK = "builtin"
 
@@ -36,12 +37,19 @@ class BuiltinTask(ArrayTask):
             train, val, names = load_site_data(site)
             self.classes = len(names) if names else int(max(train.y.max(), val.y.max())) + 1
         super().__init__(train, val)
-        if train.x.ndim != 4:
-            raise ValueError("the built-in models need images (N, C, H, W)")
-        c, h, w = train.x.shape[1:]
-        self.shape = (int(c), int(h), int(w))
+        entry = zoo_model(job.model.name)
+        want = 4 if entry.inputs == "image" else 2
+        if train.x.ndim != want:
+            kind = "images (N, C, H, W)" if want == 4 else "token ids (N, L)"
+            raise ConfigError(
+                f"model {entry.name!r} needs {kind}; this data has shape {train.x.shape}"
+            )
+        self.shape = tuple(int(d) for d in train.x.shape[1:])
 
     def build_model(self) -> nn.Module:
-        """The job's registry model for this data's shape and classes."""
+        """The job's zoo model for this data's shape and classes."""
         m = self.job.model
-        return build_model(m.name, self.shape, self.classes, m.hidden, m.init)
+        try:
+            return build_model(m.name, self.shape, self.classes, m.hidden, m.init)
+        except ValueError as exc:
+            raise ConfigError(f"model {m.name!r}: {exc}") from None

@@ -103,8 +103,25 @@ class KeysSection(_Model):
         return self
 
 
+# The client's model zoo (fedhe_client.zoo; a unit test keeps the two lists equal).
+ZooName = Literal[
+    "linear",
+    "mlp",
+    "lenet",
+    "lenet-dlg",
+    "cnn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenetv2",
+    "vit-base",
+    "bert-base",
+    "gpt-mini",
+]
+
+
 class ModelSection(_Model):
-    name: Literal["mlp", "lenet", "cnn"] = "mlp"
+    name: ZooName = "mlp"
     hidden: int = Field(default=64, ge=1)
     init: Literal["default", "dlg"] = "default"
 
@@ -154,6 +171,28 @@ class TrainingSection(_Model):
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     max_update_abs: float = Field(default=1e3, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
+    # Learning rate per round: constant, cosine from lr to lr_min over the job's rounds,
+    # or step (times lr_gamma every lr_step_rounds rounds).
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_min: float = Field(default=0.0, ge=0)
+    lr_step_rounds: int = Field(default=10, ge=1)
+    lr_gamma: float = Field(default=0.1, gt=0, le=1)
+    # Clip the gradient's global L2 norm to this before each step (None: no clipping).
+    clip_grad_norm: float | None = Field(default=None, gt=0)
+    # FedProx: adds prox_mu / 2 * ||w - w_global||^2 to the local loss (0: plain FedAvg).
+    prox_mu: float = Field(default=0.0, ge=0, le=1e3)
+    # Mixed precision (float16 autocast + gradient scaling) on CUDA clients; ignored on CPU.
+    amp: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSection:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("training.momentum applies to optimizer sgd only")
+        if self.lr_min >= self.lr and self.lr_schedule == "cosine":
+            raise ValueError("training.lr_min must be below training.lr")
+        return self
 
 
 class SelectiveSection(_Model):

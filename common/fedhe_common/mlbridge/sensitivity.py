@@ -64,7 +64,8 @@ def sensitivity_map(
     vector = np.zeros(manifest.total, dtype=np.float64)
     for e in manifest.entries:  # buffers (e.g. BatchNorm statistics) keep sensitivity 0
         if e.name in scores:
-            vector[e.offset : e.offset + e.length] = scores[e.name].reshape(-1).double().numpy()
+            score = scores[e.name].reshape(-1).double().cpu()  # from the training device
+            vector[e.offset : e.offset + e.length] = score.numpy()
     return vector
 
 
