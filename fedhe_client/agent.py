@@ -67,6 +67,8 @@ class ClientAgent:
         )
         self.conn = ServerConnection(config.server, reg.max_message_bytes)
         self.mode = key_mode(config, self.job_id, self.job, bytes(reg.context_fingerprint))
+        if isinstance(self.mode, Threshold):  # parties verify aggregates against signed uploads
+            self.conn.signer = self.mode.member.sign_upload
         # The task named in this client's own config; the job only names it (checked).
         self.learner = learner_for_client(config, self.job)
         self.export = Path(config.export_dir) if config.export_dir else None

@@ -39,6 +39,8 @@ class ServerConnection(PeerConnection):
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        # Threshold jobs: signs each upload (manifest, ciphertext chunks) at commit.
+        self.signer: Callable[[pb.UploadManifest, list[bytes]], tuple[bytes, bytes]] | None = None
 
     def register(self, client_id: str, job_id: str | None) -> pb.RegisterClientResponse:
         """Register for a job (or the server's only running job)."""
@@ -155,8 +157,11 @@ class ServerConnection(PeerConnection):
         update: EncodedUpdate,
         on_chunk: Callable[[int], None] = lambda n: None,
     ) -> bytes:
-        """Resumable upload then commit; returns the receipt."""
-        return self.commit(self.send(manifest, update, on_chunk))
+        """Resumable upload then commit (signed in threshold jobs); returns the receipt."""
+        upload_id = self.send(manifest, update, on_chunk)
+        if self.signer is None:
+            return self.commit(upload_id)
+        return self.commit(upload_id, *self.signer(manifest, list(update.ciphertext)))
 
     def send(
         self,
@@ -221,8 +226,11 @@ class ServerConnection(PeerConnection):
             self.chunks_sent += 1
             on_chunk(self.chunks_sent)
 
-    def commit(self, upload_id: str) -> bytes:
+    def commit(self, upload_id: str, statement: bytes = b"", signature: bytes = b"") -> bytes:
         """Commit a complete upload (idempotent); returns the receipt."""
-        reply = self.call("CommitUpload", pb.CommitUploadRequest(upload_id=upload_id))
+        reply = self.call(
+            "CommitUpload",
+            pb.CommitUploadRequest(upload_id=upload_id, statement=statement, signature=signature),
+        )
         return bytes(reply.receipt_sha256)  # type: ignore[attr-defined]
 

@@ -8,9 +8,12 @@ retry re-sends the identical share instead of making a second one).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +23,44 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as apb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as kpb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2_grpc as kpb_grpc
 from fedhe_common.config.models import ClientConfig, JobConfig
-from fedhe_common.crypto import e2e
+from fedhe_common.crypto import e2e, identity
 from fedhe_common.crypto.context import CKKSContext, PublicParams
-from fedhe_common.crypto.presets import get_preset
+from fedhe_common.crypto.presets import MIN_THRESHOLD_CLIENTS, get_preset
+from fedhe_common.crypto.provenance import (
+    SignedContribution,
+    manifest_digest,
+    sign_upload,
+    upload_statement,
+    verify_aggregate,
+)
 from fedhe_common.crypto.threshold import (
     ShareLedger,
     ShareRequest,
     ThresholdParty,
+    check_collective_key,
     crs_for,
     decryption_share,
     fuse,
+    pk_share_commitment,
     ring_for,
 )
-from fedhe_common.errors import ConfigError, FedHEError, KeyMaterialError, WrongRoundError
+from fedhe_common.errors import (
+    ConfigError,
+    FedHEError,
+    KeyMaterialError,
+    PermissionDeniedError,
+    WrongRoundError,
+)
 from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.rpc.auth import read_secret_file, write_secret_file
 from fedhe_common.rpc.connection import PeerConnection
+from fedhe_common.rpc.errors import rpc_errors
 from fedhe_common.storage.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 POLL_S = 0.5
 KEYGEN_TIMEOUT_S = 600.0
+CONTRIBUTIONS_TIMEOUT_S = 120.0
 
 
 def _aad(*parts: object) -> bytes:
@@ -55,14 +75,20 @@ class ThresholdMember:
             raise ConfigError("a threshold job needs state_dir in the client config")
         self.job_id = job_id
         self.job = job
+        self.client_id = config.client_id
         self.folder = Path(config.state_dir) / job_id
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._keyauth = PeerConnection(config.keyauth, kpb_grpc.KeyAuthorityServiceStub, 8 << 20)
-        self.e2e_private = self._load_or_create_e2e_key()
+        self.e2e_private = self._load_or_create_key("e2e.key", e2e.new_private_key)
+        self.identity_private = self._load_or_create_key("identity.key", identity.new_private_key)
+        e2e_public = e2e.public_key(self.e2e_private)
         join = self._keyauth.call(
             "JoinKeyGeneration",
             kpb.JoinKeyGenerationRequest(
-                job_id=job_id, e2e_public_key=e2e.public_key(self.e2e_private)
+                job_id=job_id,
+                e2e_public_key=e2e_public,
+                identity_public_key=identity.public_key(self.identity_private),
+                e2e_key_signature=self._sign(identity.SEALING_KEY, self.client_id, e2e_public),
             ),
         )
         self.alpha, self.parties, self.threshold = join.alpha, join.parties, join.threshold
@@ -77,6 +103,10 @@ class ThresholdMember:
         self.params: PublicParams | None = None
         self.public_key = b""
         self.ctx: CKKSContext | None = None
+        self.identity_keys: dict[str, bytes] = {}
+        self._alpha_identity: dict[int, bytes] = {}
+        self._peers: dict[int, bytes] = {}
+        self.pinned: dict[str, object] = {}
         logger.info(
             "threshold party %d of %d (t=%d) for job %s",
             self.alpha,
@@ -90,11 +120,12 @@ class ThresholdMember:
         path = self.folder / name
         return bytes.fromhex(read_secret_file(path)) if path.exists() else None
 
-    def _load_or_create_e2e_key(self) -> bytes:
-        key = self._read_secret("e2e.key")
+    def _load_or_create_key(self, name: str, new: Callable[[], bytes]) -> bytes:
+        """A private key kept 0600 in the state dir (made once)."""
+        key = self._read_secret(name)
         if key is None:
-            key = e2e.new_private_key()
-            write_secret_file(self.folder / "e2e.key", key.hex())
+            key = new()
+            write_secret_file(self.folder / name, key.hex())
         return key
 
     def _load(self, name: str) -> np.ndarray | None:
@@ -109,23 +140,59 @@ class ThresholdMember:
 
     # ---------------------------------------------------------- key generation
     def generate_keys(self) -> tuple[PublicParams, bytes]:
-        """Run the distributed key generation; return the collective public key."""
+        """Run the distributed key generation; return the collective public key.
+
+        Nothing from the key authority is believed unchecked: identity keys (pinned
+        by the job when it names them), signed sealing keys, signed commitments to
+        every public-key share, and the collective key recomputed from the shares.
+        """
         deadline = time.monotonic() + KEYGEN_TIMEOUT_S
         status = self._wait(
             lambda s: len(s.parties) == s.expected_parties, deadline, "all parties to join"
         )
+        self.identity_keys = self._check_parties(status)
+        a = crs_for(self.crs_seed, self.ring)
+        share_path = self.folder / "pkshare.bin"
+        if not share_path.exists():  # one share, ever: a retry commits to the same bytes
+            atomic_write(share_path, self.party.public_key_share(a).astype("<u8").tobytes())
+        own_share = share_path.read_bytes()
+        commitment = pk_share_commitment(self.job_id, self.alpha, own_share)
+        self._keyauth.call(
+            "CommitKeyShare",
+            kpb.CommitKeyShareRequest(
+                job_id=self.job_id,
+                alpha=self.alpha,
+                pk_share_commitment=commitment,
+                commitment_signature=self._sign(identity.COMMITMENT, self.alpha, commitment),
+            ),
+        )
+        status = self._wait(
+            lambda s: all(p.pk_share_commitment for p in s.parties), deadline, "commitments"
+        )
+        commitments = self._check_commitments(status)
+        if commitments[self.alpha] != commitment:
+            raise KeyMaterialError("the key authority altered this party's commitment")
         if not (self.folder / "submitted").exists():
-            self._submit_shares(status)
+            self._submit_shares(status, own_share)
             (self.folder / "submitted").write_text("yes")
 
         def ready(s: kpb.GetKeyGenerationResponse) -> bool:
             shares_in = self.threshold == self.parties or len(s.secret_shares) == self.parties
-            return bool(s.complete and shares_in and s.HasField("group_key"))
+            published = all(p.public_key_share for p in s.parties)
+            return bool(s.complete and shares_in and s.HasField("group_key") and published)
 
         status = self._wait(ready, deadline, "the other parties' shares")
+        shares = {p.alpha: bytes(p.public_key_share) for p in status.parties}
+        if shares[self.alpha] != own_share:
+            raise KeyMaterialError("the key authority published another share for this party")
+        self.params, self.public_key = check_collective_key(
+            self.ring, self.crs_seed, self.job_id, shares, commitments, bytes(status.public_key)
+        )
         if self.group_key is None:
             self.group_key = e2e.open_sealed(
-                self.e2e_private, status.group_key.blob, _aad(self.job_id, "group-key", self.alpha)
+                self.e2e_private,
+                self._verified_blob(status.group_key, "group-key"),
+                _aad(self.job_id, "group-key", self.alpha),
             )
             write_secret_file(self.folder / "group.key", self.group_key.hex())
         if self.threshold < self.parties and self.party.shamir is None:
@@ -133,7 +200,7 @@ class ThresholdMember:
                 np.frombuffer(
                     e2e.open_sealed(
                         self.e2e_private,
-                        s.blob,
+                        self._verified_blob(s, "shamir"),
                         _aad(self.job_id, "shamir", s.from_alpha, self.alpha),
                     ),
                     dtype="<u8",
@@ -142,10 +209,91 @@ class ThresholdMember:
             ]
             self.party.receive_shares(parts)
             self._save("shamir", self.party.shamir)  # type: ignore[arg-type]
-        self.params = PublicParams.from_json(status.public_params_json)
-        self.public_key = bytes(status.public_key)
         self.ctx = CKKSContext(self.params)
+        self.pinned = self._pin()
         return self.params, self.public_key
+
+    def _sign(self, domain: str, *parts: bytes | str | int) -> bytes:
+        return identity.sign(self.identity_private, domain, self.job_id, *parts)
+
+    def _check_parties(self, status: kpb.GetKeyGenerationResponse) -> dict[str, bytes]:
+        """Identity keys by client (pins checked) after verifying every signed X25519 key."""
+        pins = getattr(self.job.participants, "identity_keys", None)
+        keys: dict[str, bytes] = {}
+        alphas = sorted(p.alpha for p in status.parties)
+        if alphas != list(range(1, self.parties + 1)):
+            raise KeyMaterialError(f"the key authority lists parties {alphas}")
+        for p in status.parties:
+            public = bytes(p.identity_public_key)
+            identity.check_pin(p.client_id, public, pins)
+            identity.verify(
+                public,
+                bytes(p.e2e_key_signature),
+                identity.SEALING_KEY,
+                self.job_id,
+                p.client_id,
+                bytes(p.e2e_public_key),
+            )
+            if p.client_id in keys:
+                raise KeyMaterialError(f"client {p.client_id!r} holds two party numbers")
+            keys[p.client_id] = public
+        if keys.get(self.client_id) != identity.public_key(self.identity_private):
+            raise KeyMaterialError("the key authority lists another identity key for this party")
+        self._alpha_identity = {p.alpha: bytes(p.identity_public_key) for p in status.parties}
+        self._peers = {p.alpha: bytes(p.e2e_public_key) for p in status.parties}
+        return keys
+
+    def _check_commitments(self, status: kpb.GetKeyGenerationResponse) -> dict[int, bytes]:
+        out = {}
+        for p in status.parties:
+            commitment = bytes(p.pk_share_commitment)
+            identity.verify(
+                self._alpha_identity[p.alpha],
+                bytes(p.commitment_signature),
+                identity.COMMITMENT,
+                self.job_id,
+                p.alpha,
+                commitment,
+            )
+            out[p.alpha] = commitment
+        return out
+
+    def _verified_blob(self, sealed: kpb.SealedShare, purpose: str) -> bytes:
+        """A sealed blob after checking its sender's identity signature."""
+        sender = self._alpha_identity.get(sealed.from_alpha)
+        if sender is None or sealed.to_alpha != self.alpha:
+            raise KeyMaterialError(f"sealed {purpose} blob from an unknown party")
+        identity.verify(
+            sender,
+            bytes(sealed.signature),
+            identity.SEALED,
+            self.job_id,
+            purpose,
+            sealed.from_alpha,
+            sealed.to_alpha,
+            bytes(sealed.blob),
+        )
+        return bytes(sealed.blob)
+
+    def _pin(self) -> dict[str, object]:
+        """Record (once) what this party decrypts under; refuse a job that changed it."""
+        now = {
+            "min_clients": max(self.job.participants.min_clients, MIN_THRESHOLD_CLIENTS),
+            "parties": self.parties,
+            "threshold": self.threshold,
+            "identity_keys": {c: k.hex() for c, k in sorted(self.identity_keys.items())},
+        }
+        path = self.folder / "pinned.json"
+        if path.exists():
+            before = json.loads(path.read_text())
+            if before != now:
+                raise KeyMaterialError(
+                    "the job's min_clients, parties, threshold or identity keys changed "
+                    "since key generation: this party refuses to decrypt under them"
+                )
+        else:
+            atomic_write(path, json.dumps(now, sort_keys=True).encode(), 0o600)
+        return now
 
     def _wait(self, done, deadline: float, what: str) -> kpb.GetKeyGenerationResponse:  # type: ignore[no-untyped-def]
         while True:
@@ -158,14 +306,11 @@ class ThresholdMember:
                 raise KeyMaterialError(f"timed out waiting for {what}")
             time.sleep(POLL_S)
 
-    def _submit_shares(self, status: kpb.GetKeyGenerationResponse) -> None:
-        a = crs_for(self.crs_seed, self.ring)
+    def _submit_shares(self, status: kpb.GetKeyGenerationResponse, own_share: bytes) -> None:
         request = kpb.SubmitKeySharesRequest(
-            job_id=self.job_id,
-            alpha=self.alpha,
-            public_key_share=self.party.public_key_share(a).astype("<u8").tobytes(),
+            job_id=self.job_id, alpha=self.alpha, public_key_share=own_share
         )
-        peers = {p.alpha: bytes(p.e2e_public_key) for p in status.parties}
+        peers = self._peers
         if self.threshold < self.parties:
             for to, share in self.party.deal(self.threshold, sorted(peers)).items():
                 blob = e2e.seal_to(
@@ -173,14 +318,57 @@ class ThresholdMember:
                     share.astype("<u8").tobytes(),
                     _aad(self.job_id, "shamir", self.alpha, to),
                 )
-                request.secret_shares.add(from_alpha=self.alpha, to_alpha=to, blob=blob)
+                sig = self._sign(identity.SEALED, "shamir", self.alpha, to, blob)
+                request.secret_shares.add(
+                    from_alpha=self.alpha, to_alpha=to, blob=blob, signature=sig
+                )
         if self.alpha == 1:
             group_key = os.urandom(32)
             for to, pub in peers.items():
                 blob = e2e.seal_to(pub, group_key, _aad(self.job_id, "group-key", to))
-                request.group_keys.add(from_alpha=1, to_alpha=to, blob=blob)
+                sig = self._sign(identity.SEALED, "group-key", 1, to, blob)
+                request.group_keys.add(from_alpha=1, to_alpha=to, blob=blob, signature=sig)
         self._keyauth.call("SubmitKeyShares", request)
         logger.info("party %d: public-key share and sealed shares submitted", self.alpha)
+
+    # ------------------------------------------------------------- uploads
+    def sign_upload(
+        self, manifest: apb.UploadManifest, ciphertext: list[bytes]
+    ) -> tuple[bytes, bytes]:
+        """(statement, signature) for one upload: what parties verify aggregates against."""
+        statement = upload_statement(
+            manifest.job_id,
+            manifest.round,
+            manifest.client_id,
+            manifest.sample_count,
+            bytes(manifest.context_fingerprint),
+            [hashlib.sha256(c).digest() for c in ciphertext],
+            manifest_digest(manifest),
+        )
+        return statement, sign_upload(self.identity_private, statement)
+
+    def contributions(
+        self, conn: ServerConnection, client_id: str, number: int, chunk: int
+    ) -> list[SignedContribution]:
+        """The signed uploads the server says went into one aggregate chunk."""
+        with rpc_errors():
+            stream = conn.stub.GetContributions(
+                apb.GetContributionsRequest(
+                    job_id=self.job_id, client_id=client_id, round=number, chunk=chunk
+                ),
+                timeout=CONTRIBUTIONS_TIMEOUT_S,
+                metadata=conn.metadata,
+            )
+            out: list[SignedContribution] = []
+            for c in stream:
+                if len(out) >= len(self.identity_keys):
+                    raise PermissionDeniedError("more contributions than enrolled parties")
+                out.append(
+                    SignedContribution(
+                        c.client_id, bytes(c.statement), bytes(c.signature), bytes(c.payload)
+                    )
+                )
+            return out
 
     # ------------------------------------------------------------- decryption
     def decrypt_duty(self, conn: ServerConnection, client_id: str, number: int) -> None:
@@ -208,6 +396,16 @@ class ThresholdMember:
                 continue
             path = self.folder / f"share-{number}-{chunk.index}.bin"
             if not path.exists():  # produced once; a retry re-sends the same bytes
+                verified = verify_aggregate(
+                    self.params,  # type: ignore[arg-type]
+                    chunk.payload,
+                    self.job_id,
+                    number,
+                    chunk.index,
+                    self.contributions(conn, client_id, number, chunk.index),
+                    self.identity_keys,
+                    int(self.pinned["min_clients"]),  # type: ignore[call-overload]
+                )
                 share = decryption_share(
                     self.party,
                     self.ledger,
@@ -218,12 +416,13 @@ class ThresholdMember:
                         number,
                         chunk.index,
                         header.contributors,
-                        self.job.participants.min_clients,
+                        int(self.pinned["min_clients"]),  # type: ignore[call-overload]
                         request_active,
                         max(1, int(header.weight_sum)),
                         self.parties,
                         self.threshold,
                     ),
+                    verified,
                 )
                 blob = e2e.group_encrypt(
                     self.group_key, share, _aad(self.job_id, number, chunk.index, self.alpha)

@@ -49,6 +49,11 @@ class KeyAuthorityServicer:
     ) -> pb.JoinKeyGenerationResponse:
         return await blocking(self._join_key_generation, request, context)
 
+    async def CommitKeyShare(
+        self, request: pb.CommitKeyShareRequest, context: Context
+    ) -> pb.CommitKeyShareResponse:
+        return await blocking(self._commit_key_share, request, context)
+
     async def SubmitKeyShares(
         self, request: pb.SubmitKeySharesRequest, context: Context
     ) -> pb.SubmitKeySharesResponse:
@@ -112,7 +117,12 @@ class KeyAuthorityServicer:
         who = self.auth.require(context, "client")
         self.store.check_enrolled(request.job_id, who.id)
         session = self.store.dkg(request.job_id)
-        alpha = session.join(who.id, bytes(request.e2e_public_key))
+        alpha = session.join(
+            who.id,
+            bytes(request.e2e_public_key),
+            bytes(request.identity_public_key),
+            bytes(request.e2e_key_signature),
+        )
         meta = session.meta()
         return pb.JoinKeyGenerationResponse(
             alpha=alpha,
@@ -121,6 +131,18 @@ class KeyAuthorityServicer:
             preset=str(meta["preset"]),
             crs_seed=bytes.fromhex(str(meta["crs_seed"])),
         )
+
+    def _commit_key_share(
+        self, request: pb.CommitKeyShareRequest, context: Context
+    ) -> pb.CommitKeyShareResponse:
+        who = self.auth.require(context, "client")
+        session = self.store.dkg(request.job_id)
+        if request.alpha != session.alpha_of(who.id):
+            raise PermissionDeniedError("a party may only commit to its own share")
+        committed = session.commit(
+            request.alpha, bytes(request.pk_share_commitment), bytes(request.commitment_signature)
+        )
+        return pb.CommitKeyShareResponse(committed=committed)
 
     def _submit_key_shares(
         self, request: pb.SubmitKeySharesRequest, context: Context
@@ -136,8 +158,8 @@ class KeyAuthorityServicer:
         session.submit(
             alpha,
             bytes(request.public_key_share),
-            {s.to_alpha: bytes(s.blob) for s in request.secret_shares},
-            {s.to_alpha: bytes(s.blob) for s in request.group_keys},
+            {s.to_alpha: (bytes(s.blob), bytes(s.signature)) for s in request.secret_shares},
+            {s.to_alpha: (bytes(s.blob), bytes(s.signature)) for s in request.group_keys},
         )
         if self.store.finalize(request.job_id):
             logger.info("job %s: collective public key published", request.job_id)
@@ -151,7 +173,16 @@ class KeyAuthorityServicer:
         meta = session.meta()
         reply = pb.GetKeyGenerationResponse(
             parties=[
-                pb.Party(alpha=m.alpha, client_id=m.client_id, e2e_public_key=m.e2e_public_key)
+                pb.Party(
+                    alpha=m.alpha,
+                    client_id=m.client_id,
+                    e2e_public_key=m.e2e_public_key,
+                    identity_public_key=m.identity_public_key,
+                    e2e_key_signature=m.e2e_key_signature,
+                    pk_share_commitment=m.commitment,
+                    commitment_signature=m.commitment_signature,
+                    public_key_share=session.public_key_share(m.alpha),
+                )
                 for m in session.members()
             ],
             expected_parties=int(meta["parties"]),
@@ -161,12 +192,14 @@ class KeyAuthorityServicer:
             alpha = session.alpha_of(who.id)
             shares, group_key = session.sealed_for(alpha)
             reply.secret_shares.extend(
-                pb.SealedShare(from_alpha=f, to_alpha=alpha, blob=b)
-                for f, b in sorted(shares.items())
+                pb.SealedShare(from_alpha=f, to_alpha=alpha, blob=b, signature=sig)
+                for f, (b, sig) in sorted(shares.items())
             )
             if group_key is not None:
                 reply.group_key.CopyFrom(
-                    pb.SealedShare(from_alpha=1, to_alpha=alpha, blob=group_key)
+                    pb.SealedShare(
+                        from_alpha=1, to_alpha=alpha, blob=group_key[0], signature=group_key[1]
+                    )
                 )
         if self.store.finalize(request.job_id):
             keys = self.store.load(request.job_id)

@@ -77,6 +77,33 @@ class ThresholdDecryption:
             alpha=alpha, active_parties=self.active_set(number), contributors=row.contributors or 0
         )
 
+    def contributions(self, client_id: str, number: int, chunk: int) -> list[pb.Contribution]:
+        """Every committed upload's ciphertext chunk and signed statement (parties only):
+        what a party recomputes the aggregate from before it releases a share."""
+        self.alpha_of(client_id)
+        with self.run.lock:
+            self._round(number)
+            header = self.run.files.read_aggregate_header(number)
+            assert header is not None
+            if not 0 <= chunk < int(header["ciphertext_chunks"]):  # type: ignore[call-overload]
+                raise ManifestMismatchError(f"round {number} has no ciphertext chunk {chunk}")
+            out = []
+            for row in self.db.committed_uploads(self.run.job_id, number):
+                statement, signature = self.run.files.signature_paths(number, row.upload_id)
+                if not statement.exists():
+                    continue  # unsigned (not a threshold upload): parties refuse the sum
+                out.append(
+                    pb.Contribution(
+                        client_id=row.client_id,
+                        statement=statement.read_bytes(),
+                        signature=signature.read_bytes(),
+                        payload=self.run.files.chunk_path(
+                            number, row.upload_id, pb.STREAM_KIND_CIPHERTEXT, chunk
+                        ).read_bytes(),
+                    )
+                )
+            return out
+
     def put_share(self, client_id: str, number: int, chunk: pb.Chunk) -> bool:
         """Keep one sealed share; True if it was a duplicate. Publishes when complete."""
         alpha = self.alpha_of(client_id)

@@ -15,6 +15,7 @@ import threading
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
+from fedhe_common.crypto.provenance import manifest_digest, verify_upload
 from fedhe_common.errors import (
     ConflictError,
     ContextMismatchError,
@@ -32,13 +33,14 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_common.rpc.states import upload_state
+from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
-from fedhe_server.keymodes import AggregationMode
+from fedhe_server.keymodes import AggregationMode, Threshold
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
 from fedhe_server.staging import JobFiles
-from fedhe_server.store import RoundState, StateDB, UploadState, now
+from fedhe_server.store import RoundState, StateDB, UploadRow, UploadState, now
 
 logger = logging.getLogger(__name__)
 CT = pb.STREAM_KIND_CIPHERTEXT
@@ -335,8 +337,12 @@ class JobRun(RoundStateMachine):
         self.db.add_chunk(chunk.upload_id, chunk.stream, chunk.index, digest, len(chunk.payload))
         return False
 
-    def commit(self, upload_id: str, client_id: str) -> bytes:
-        """Add a complete upload into the round's sums; idempotent (same receipt)."""
+    def commit(
+        self, upload_id: str, client_id: str, statement: bytes = b"", signature: bytes = b""
+    ) -> bytes:
+        """Add a complete upload into the round's sums; idempotent (same receipt).
+
+        Threshold jobs: the client's signed statement must match the upload."""
         with self.lock:
             row = self.db.upload(upload_id)
             if row is None or row.job_id != self.job_id:
@@ -356,6 +362,8 @@ class JobRun(RoundStateMachine):
                     f"{len(missing_ct) + len(missing_pt)} chunks still missing"
                 )
             m = pb.UploadManifest.FromString(row.manifest)
+            if isinstance(self.mode, Threshold):
+                self._check_signed(row, m, statement, signature)
             self._pin_layout(m.layout_id, int(m.num_values))
             acc = self._accumulators(row.round)
             try:
@@ -402,6 +410,40 @@ class JobRun(RoundStateMachine):
         acc.weight_sum += weight
         if acc.encrypted is not None:
             acc.encrypted.weight_sum += weight
+
+    def _check_signed(
+        self, row: UploadRow, m: pb.UploadManifest, statement: bytes, signature: bytes
+    ) -> None:
+        """The statement names this upload and verifies under its client's identity key;
+        it is kept next to the chunks for the decrypting parties (issue 10, finding 3)."""
+        key = self.files.identity_keys().get(row.client_id)
+        if key is None:
+            raise PermissionDeniedError(f"client {row.client_id!r} has no identity key")
+        st = verify_upload(key, statement, signature)
+        hashes = self.db.chunk_hashes(row.upload_id)
+        want = (
+            self.job_id,
+            row.round,
+            row.client_id,
+            int(m.sample_count),
+            bytes(m.context_fingerprint),
+            tuple(hashes[(CT, k)] for k in range(m.ciphertext_chunks)),
+            manifest_digest(m),
+        )
+        got = (
+            st.job_id,
+            st.round,
+            st.client_id,
+            st.sample_count,
+            st.fingerprint,
+            st.ciphertext_sha256,
+            st.manifest_sha256,
+        )
+        if got != want:
+            raise ManifestMismatchError("the signed upload statement does not match the upload")
+        statement_path, signature_path = self.files.signature_paths(row.round, row.upload_id)
+        atomic_write(statement_path, statement)
+        atomic_write(signature_path, signature)
 
     def _receipt(self, row: object) -> bytes:
         h = hashlib.sha256(row.manifest)  # type: ignore[attr-defined]

@@ -72,8 +72,11 @@ class KeyAuthClient:
             ),
         )
 
-    def threshold_keys(self, job_id: str) -> tuple[PublicParams, bytes, dict[str, int]] | None:
-        """(params, fingerprint, client_id -> alpha) once key generation completed.
+    def threshold_keys(
+        self, job_id: str
+    ) -> tuple[PublicParams, bytes, dict[str, int], dict[str, str]] | None:
+        """(params, fingerprint, client_id -> alpha, client_id -> identity key hex) once key
+        generation completed.
 
         Polled by the round keeper, so a single attempt (no retry loop)."""
         with rpc_errors():
@@ -89,4 +92,5 @@ class KeyAuthClient:
             params,
             bytes(reply.context_fingerprint),
             {p.client_id: p.alpha for p in reply.parties},
+            {p.client_id: bytes(p.identity_public_key).hex() for p in reply.parties},
         )

@@ -14,6 +14,7 @@ from fedhe_common.config.models import JobConfig
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.presets import get_preset
+from fedhe_common.crypto.provenance import check_c1_plausible
 from fedhe_common.errors import InvalidArgumentError, KeyMaterialError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
@@ -96,6 +97,10 @@ class Threshold(SingleKey):
 
     name = "threshold"
     closed_state = RoundState.DECRYPTING
+
+    def check_ciphertext(self, payload: bytes) -> None:
+        """Form checks, then refuse a c1 that is not plausibly uniform (issue 10, finding 2)."""
+        check_c1_plausible(self.ctx, self.aggregator.load_upload(payload))
 
 
 def aggregation_mode(

@@ -157,7 +157,8 @@ class RoundStateMachine:
                 finished = self._count_and_advance(tx, number, t)
         self.faults("publish.after_transaction")
         self._acc = None
-        self._cleanup_after(number)
+        # A decrypting round keeps its uploads: parties verify the aggregate against them.
+        self._cleanup_after(number, keep_uploads=self.mode.closed_state == RoundState.DECRYPTING)
         self.faults("publish.after_cleanup")
         if self.mode.closed_state == RoundState.DECRYPTING:
             logger.info(
@@ -181,9 +182,10 @@ class RoundStateMachine:
             self._insert_round(tx, number + 1, t)
         return finished
 
-    def _cleanup_after(self, number: int) -> None:
+    def _cleanup_after(self, number: int, keep_uploads: bool = False) -> None:
         """Delete what a closed round no longer needs (after its transaction)."""
-        self.files.drop_uploads(number)
+        if not keep_uploads:
+            self.files.drop_uploads(number)
         if number - 2 >= 1:  # round 0 (the mask's sensitivity sum) stays for late joiners
             self.files.drop_round(number - 2)
 

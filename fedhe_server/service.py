@@ -217,7 +217,9 @@ class AggregationServer:
                 continue
             if result is None:
                 continue
-            params, fingerprint, parties = result
+            params, fingerprint, parties, identities = result
+            # Uploads of threshold jobs must verify against these (issue 10, finding 3).
+            JobFiles(self.state_dir, job_id).write_identity_keys(identities)
             self.db.keys_ready(job_id, params.to_json(), fingerprint, json.dumps(parties))
             self._start_run(job_id)
             logger.info("job %s: collective public key in; %d parties", job_id, len(parties))

@@ -182,6 +182,17 @@ class AggregationServicer:
         run = await blocking(self.server.run_for, request.job_id)
         return await blocking(ThresholdDecryption(run).volunteer, who.id, request.round)
 
+    async def GetContributions(
+        self, request: pb.GetContributionsRequest, context: Context
+    ) -> AsyncIterator[pb.Contribution]:
+        who = self._client(context, request.client_id)
+        run = await blocking(self.server.run_for, request.job_id)
+        items = await blocking(
+            ThresholdDecryption(run).contributions, who.id, request.round, request.chunk
+        )
+        for item in items:
+            yield item
+
     async def SubmitDecryptionShares(
         self,
         request_iterator: AsyncIterator[pb.SubmitDecryptionSharesRequest],
@@ -242,7 +253,8 @@ class AggregationServicer:
     ) -> pb.CommitUploadResponse:
         who = self.auth.require(context, "client")
         run = await blocking(self._run_of_upload, request.upload_id)
-        receipt = await blocking(run.commit, request.upload_id, who.id)
+        signed = (bytes(request.statement), bytes(request.signature))
+        receipt = await blocking(run.commit, request.upload_id, who.id, *signed)
         return pb.CommitUploadResponse(upload_id=request.upload_id, receipt_sha256=receipt)
 
     async def SendHeartbeat(

@@ -75,6 +75,22 @@ class JobFiles:
             return None
         return json.loads(path.read_text())  # type: ignore[no-any-return]
 
+    def write_identity_keys(self, keys: dict[str, str]) -> None:
+        """Threshold jobs: the parties' Ed25519 identity keys (client_id -> hex)."""
+        atomic_write(self.root / "identity_keys.json", json.dumps(keys, sort_keys=True).encode())
+
+    def identity_keys(self) -> dict[str, bytes]:
+        """The parties' identity keys (empty before key generation completed)."""
+        path = self.root / "identity_keys.json"
+        if not path.exists():
+            return {}
+        return {c: bytes.fromhex(k) for c, k in json.loads(path.read_text()).items()}
+
+    def signature_paths(self, number: int, upload_id: str) -> tuple[Path, Path]:
+        """Where an upload's signed statement and its signature are kept."""
+        folder = self.round_dir(number) / "uploads" / upload_id
+        return folder / "statement.json", folder / "signature.bin"
+
     def drop_uploads(self, number: int) -> None:
         """Delete the staged uploads of a published or aborted round."""
         shutil.rmtree(self.round_dir(number) / "uploads", ignore_errors=True)

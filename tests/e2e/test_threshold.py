@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_common.crypto.context import CKKSContext, PublicParams
+from fedhe_common.crypto.provenance import VerifiedAggregate
 from fedhe_common.crypto.threshold import (
     ShareLedger,
     ShareRequest,
@@ -89,11 +91,12 @@ def test_three_of_five_decrypt_after_two_clients_leave(tmp_path: Path) -> None:
             state = {n: np.load(folder / f"{n}.npy") for n in ("secret", "shamir")}
             party = ThresholdParty(ring, alpha, state["secret"], state["shamir"])
             ledger = ShareLedger(tmp_path / f"coalition-{alpha}.sqlite")
-            shares.append(
-                decryption_share(
-                    party, ledger, ctx, aggregate, ShareRequest("coalition", 1, 0, 5, 3, (1, 2))
-                )
+            # The coalition runs its own code: it skips the verification (a token it makes).
+            verified = VerifiedAggregate(
+                "coalition", 1, 0, ("a", "b", "c"), 5, hashlib.sha256(aggregate).digest()
             )
+            request = ShareRequest("coalition", 1, 0, 5, 3, (1, 2))
+            shares.append(decryption_share(party, ledger, ctx, aggregate, request, verified))
         got = fuse(ctx, ring, aggregate, shares)[:4096]
         truth = expected[:4096] * header["weight_sum"]
         assert np.abs(got - truth).max() > 1e3

@@ -46,6 +46,18 @@ class ParticipantsSection(_Model):
     # Largest sample_count (FedAvg weight) one client may declare; None: derived from
     # the preset's weight budget and the expected client count (see the server).
     max_sample_count: int | None = Field(default=None, ge=1, le=2**53)
+    # Threshold keys: pinned Ed25519 identity keys (client_id -> sha256 hex of the key),
+    # the admin's word; parties refuse any other key. None: trust on first use.
+    identity_keys: dict[str, str] | None = Field(default=None, max_length=10_000)
+
+    @field_validator("identity_keys")
+    @classmethod
+    def _identity_pins(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for client, digest in (value or {}).items():
+            _check_id(client)
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError(f"identity_keys[{client!r}] must be a sha256 hex digest")
+        return value
 
     @field_validator("clients")
     @classmethod

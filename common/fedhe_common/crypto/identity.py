@@ -26,6 +26,10 @@ KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 _RAW = serialization.Encoding.Raw
 _PREFIX = b"fedhe-identity-v1\x00"
+# Signature domains (parts in brackets).
+SEALING_KEY = "sealing-key"  # (job_id, client_id, X25519 public key)
+COMMITMENT = "pk-share-commitment"  # (job_id, alpha, sha256 commitment)
+SEALED = "sealed-blob"  # (job_id, purpose, from_alpha, to_alpha, blob)
 
 
 def new_private_key() -> bytes:

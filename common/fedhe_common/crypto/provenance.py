@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -217,3 +218,15 @@ def verify_aggregate(
         weight_sum,
         hashlib.sha256(aggregate_blob).digest(),
     )
+
+
+def manifest_digest(manifest: Any) -> bytes:
+    """sha256 over an UploadManifest's fields that the statement does not name itself."""
+    doc = {
+        "layout_id": manifest.layout_id,
+        "mask_id": manifest.mask_id,
+        "ciphertext_chunks": int(manifest.ciphertext_chunks),
+        "plaintext_chunks": int(manifest.plaintext_chunks),
+        "num_values": int(manifest.num_values),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).digest()

@@ -824,15 +824,24 @@ class CommitUploadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
+    statement: _builtins.bytes
+    """Threshold keys: the client's signed upload statement (manifest fields and every
+    chunk's sha256, fedhe_common.crypto.provenance) and its Ed25519 signature.
+    """
+    signature: _builtins.bytes
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "statement", b"statement", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1114,3 +1123,60 @@ class SubmitDecryptionSharesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitDecryptionSharesResponse: _TypeAlias = SubmitDecryptionSharesResponse  # noqa: Y015
+
+@_typing.final
+class GetContributionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    client_id: _builtins.str
+    round: _builtins.int
+    chunk: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        chunk: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "client_id", b"client_id", "job_id", b"job_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContributionsRequest: _TypeAlias = GetContributionsRequest  # noqa: Y015
+
+@_typing.final
+class Contribution(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    statement: _builtins.bytes
+    signature: _builtins.bytes
+    payload: _builtins.bytes
+    """The uploaded ciphertext chunk (c0 and c1)."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "payload", b"payload", "signature", b"signature", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contribution: _TypeAlias = Contribution  # noqa: Y015

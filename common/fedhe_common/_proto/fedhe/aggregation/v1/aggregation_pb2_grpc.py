@@ -104,6 +104,11 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.FromString,
                 _registered_method=True)
+        self.GetContributions = channel.unary_stream(
+                '/fedhe.aggregation.v1.AggregationService/GetContributions',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -203,6 +208,14 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetContributions(self, request, context):
+        """Threshold keys: every upload that went into one chunk of a decrypting round's
+        aggregate (its chunk and signed statement), so a party can recompute the sum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +288,11 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.SubmitDecryptionShares,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.SerializeToString,
+            ),
+            'GetContributions': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetContributions,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -655,6 +673,33 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/SubmitDecryptionShares',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.SubmitDecryptionSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContributions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/GetContributions',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.FromString,
             options,
             channel_credentials,
             insecure,

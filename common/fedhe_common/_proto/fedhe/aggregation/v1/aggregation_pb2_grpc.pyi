@@ -58,6 +58,10 @@ class AggregationServiceStub:
     """Threshold keys: an active party's decryption shares, sealed to the clients'
     group key (the server relays them and cannot read them).
     """
+    GetContributions: _grpc.UnaryStreamMultiCallable[_aggregation_pb2.GetContributionsRequest, _aggregation_pb2.Contribution]
+    """Threshold keys: every upload that went into one chunk of a decrypting round's
+    aggregate (its chunk and signed statement), so a party can recompute the sum.
+    """
 
 @_typing.type_check_only
 class AggregationServiceAsyncStub(AggregationServiceStub):
@@ -88,6 +92,10 @@ class AggregationServiceAsyncStub(AggregationServiceStub):
     SubmitDecryptionShares: _aio.StreamUnaryMultiCallable[_aggregation_pb2.SubmitDecryptionSharesRequest, _aggregation_pb2.SubmitDecryptionSharesResponse]  # type: ignore[assignment]
     """Threshold keys: an active party's decryption shares, sealed to the clients'
     group key (the server relays them and cannot read them).
+    """
+    GetContributions: _aio.UnaryStreamMultiCallable[_aggregation_pb2.GetContributionsRequest, _aggregation_pb2.Contribution]  # type: ignore[assignment]
+    """Threshold keys: every upload that went into one chunk of a decrypting round's
+    aggregate (its chunk and signed statement), so a party can recompute the sum.
     """
 
 class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +208,16 @@ class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_aggregation_pb2.SubmitDecryptionSharesResponse, _abc.Awaitable[_aggregation_pb2.SubmitDecryptionSharesResponse]]:
         """Threshold keys: an active party's decryption shares, sealed to the clients'
         group key (the server relays them and cannot read them).
+        """
+
+    @_abc_1.abstractmethod
+    def GetContributions(
+        self,
+        request: _aggregation_pb2.GetContributionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_aggregation_pb2.Contribution], _abc.AsyncIterator[_aggregation_pb2.Contribution]]:
+        """Threshold keys: every upload that went into one chunk of a decrypting round's
+        aggregate (its chunk and signed statement), so a party can recompute the sum.
         """
 
 def add_AggregationServiceServicer_to_server(servicer: AggregationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

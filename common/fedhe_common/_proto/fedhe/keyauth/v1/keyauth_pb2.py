@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64he/keyauth/v1/keyauth.proto\x12\x10\x66\x65\x64he.keyauth.v1\"\x8d\x01\n\x14\x43reateJobKeysRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x12\n\nclip_bound\x18\x03 \x01(\x01\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0f\n\x07parties\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x0f\n\x07\x63lients\x18\x07 \x03(\t\"E\n\x15\x43reateJobKeysResponse\x12\x1b\n\x13\x63ontext_fingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x17GetPublicContextRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x18GetPublicContextResponse\x12\x1a\n\x12public_params_json\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\x03 \x01(\x0c\"\'\n\x15\x46\x65tchClientKeyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"y\n\x16\x46\x65tchClientKeyResponse\x12\x1a\n\x12public_params_json\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x12\n\nsecret_key\x18\x03 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\x04 \x01(\x0c\"B\n\x18JoinKeyGenerationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65\x32\x65_public_key\x18\x02 \x01(\x0c\"p\n\x19JoinKeyGenerationResponse\x12\r\n\x05\x61lpha\x18\x01 \x01(\r\x12\x0f\n\x07parties\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x10\n\x08\x63rs_seed\x18\x05 \x01(\x0c\"A\n\x05Party\x12\r\n\x05\x61lpha\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65\x32\x65_public_key\x18\x03 \x01(\x0c\"A\n\x0bSealedShare\x12\x12\n\nfrom_alpha\x18\x01 \x01(\r\x12\x10\n\x08to_alpha\x18\x02 \x01(\r\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\"\xba\x01\n\x16SubmitKeySharesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61lpha\x18\x02 \x01(\r\x12\x18\n\x10public_key_share\x18\x03 \x01(\x0c\x12\x34\n\rsecret_shares\x18\x04 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x31\n\ngroup_keys\x18\x05 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\"\x19\n\x17SubmitKeySharesResponse\")\n\x17GetKeyGenerationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb8\x02\n\x18GetKeyGenerationResponse\x12(\n\x07parties\x18\x01 \x03(\x0b\x32\x17.fedhe.keyauth.v1.Party\x12\x18\n\x10\x65xpected_parties\x18\x02 \x01(\r\x12\x11\n\tsubmitted\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x34\n\rsecret_shares\x18\x05 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x30\n\tgroup_key\x18\x06 \x01(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x1a\n\x12public_params_json\x18\x07 \x01(\t\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\t \x01(\x0c\x32\x88\x05\n\x13KeyAuthorityService\x12`\n\rCreateJobKeys\x12&.fedhe.keyauth.v1.CreateJobKeysRequest\x1a\'.fedhe.keyauth.v1.CreateJobKeysResponse\x12i\n\x10GetPublicContext\x12).fedhe.keyauth.v1.GetPublicContextRequest\x1a*.fedhe.keyauth.v1.GetPublicContextResponse\x12\x63\n\x0e\x46\x65tchClientKey\x12\'.fedhe.keyauth.v1.FetchClientKeyRequest\x1a(.fedhe.keyauth.v1.FetchClientKeyResponse\x12l\n\x11JoinKeyGeneration\x12*.fedhe.keyauth.v1.JoinKeyGenerationRequest\x1a+.fedhe.keyauth.v1.JoinKeyGenerationResponse\x12\x66\n\x0fSubmitKeyShares\x12(.fedhe.keyauth.v1.SubmitKeySharesRequest\x1a).fedhe.keyauth.v1.SubmitKeySharesResponse\x12i\n\x10GetKeyGeneration\x12).fedhe.keyauth.v1.GetKeyGenerationRequest\x1a*.fedhe.keyauth.v1.GetKeyGenerationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64he/keyauth/v1/keyauth.proto\x12\x10\x66\x65\x64he.keyauth.v1\"\x8d\x01\n\x14\x43reateJobKeysRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x12\n\nclip_bound\x18\x03 \x01(\x01\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0f\n\x07parties\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x0f\n\x07\x63lients\x18\x07 \x03(\t\"E\n\x15\x43reateJobKeysResponse\x12\x1b\n\x13\x63ontext_fingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x17GetPublicContextRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x18GetPublicContextResponse\x12\x1a\n\x12public_params_json\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\x03 \x01(\x0c\"\'\n\x15\x46\x65tchClientKeyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"y\n\x16\x46\x65tchClientKeyResponse\x12\x1a\n\x12public_params_json\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x12\n\nsecret_key\x18\x03 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\x04 \x01(\x0c\"z\n\x18JoinKeyGenerationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65\x32\x65_public_key\x18\x02 \x01(\x0c\x12\x1b\n\x13identity_public_key\x18\x03 \x01(\x0c\x12\x19\n\x11\x65\x32\x65_key_signature\x18\x04 \x01(\x0c\"p\n\x19JoinKeyGenerationResponse\x12\r\n\x05\x61lpha\x18\x01 \x01(\r\x12\x0f\n\x07parties\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x10\n\x08\x63rs_seed\x18\x05 \x01(\x0c\"\xce\x01\n\x05Party\x12\r\n\x05\x61lpha\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65\x32\x65_public_key\x18\x03 \x01(\x0c\x12\x1b\n\x13identity_public_key\x18\x04 \x01(\x0c\x12\x19\n\x11\x65\x32\x65_key_signature\x18\x05 \x01(\x0c\x12\x1b\n\x13pk_share_commitment\x18\x06 \x01(\x0c\x12\x1c\n\x14\x63ommitment_signature\x18\x07 \x01(\x0c\x12\x18\n\x10public_key_share\x18\x08 \x01(\x0c\"T\n\x0bSealedShare\x12\x12\n\nfrom_alpha\x18\x01 \x01(\r\x12\x10\n\x08to_alpha\x18\x02 \x01(\r\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"q\n\x15\x43ommitKeyShareRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61lpha\x18\x02 \x01(\r\x12\x1b\n\x13pk_share_commitment\x18\x03 \x01(\x0c\x12\x1c\n\x14\x63ommitment_signature\x18\x04 \x01(\x0c\"+\n\x16\x43ommitKeyShareResponse\x12\x11\n\tcommitted\x18\x01 \x01(\r\"\xba\x01\n\x16SubmitKeySharesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61lpha\x18\x02 \x01(\r\x12\x18\n\x10public_key_share\x18\x03 \x01(\x0c\x12\x34\n\rsecret_shares\x18\x04 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x31\n\ngroup_keys\x18\x05 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\"\x19\n\x17SubmitKeySharesResponse\")\n\x17GetKeyGenerationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb8\x02\n\x18GetKeyGenerationResponse\x12(\n\x07parties\x18\x01 \x03(\x0b\x32\x17.fedhe.keyauth.v1.Party\x12\x18\n\x10\x65xpected_parties\x18\x02 \x01(\r\x12\x11\n\tsubmitted\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x34\n\rsecret_shares\x18\x05 \x03(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x30\n\tgroup_key\x18\x06 \x01(\x0b\x32\x1d.fedhe.keyauth.v1.SealedShare\x12\x1a\n\x12public_params_json\x18\x07 \x01(\t\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\x12\x1b\n\x13\x63ontext_fingerprint\x18\t \x01(\x0c\x32\xed\x05\n\x13KeyAuthorityService\x12`\n\rCreateJobKeys\x12&.fedhe.keyauth.v1.CreateJobKeysRequest\x1a\'.fedhe.keyauth.v1.CreateJobKeysResponse\x12i\n\x10GetPublicContext\x12).fedhe.keyauth.v1.GetPublicContextRequest\x1a*.fedhe.keyauth.v1.GetPublicContextResponse\x12\x63\n\x0e\x46\x65tchClientKey\x12\'.fedhe.keyauth.v1.FetchClientKeyRequest\x1a(.fedhe.keyauth.v1.FetchClientKeyResponse\x12l\n\x11JoinKeyGeneration\x12*.fedhe.keyauth.v1.JoinKeyGenerationRequest\x1a+.fedhe.keyauth.v1.JoinKeyGenerationResponse\x12\x63\n\x0e\x43ommitKeyShare\x12\'.fedhe.keyauth.v1.CommitKeyShareRequest\x1a(.fedhe.keyauth.v1.CommitKeyShareResponse\x12\x66\n\x0fSubmitKeyShares\x12(.fedhe.keyauth.v1.SubmitKeySharesRequest\x1a).fedhe.keyauth.v1.SubmitKeySharesResponse\x12i\n\x10GetKeyGeneration\x12).fedhe.keyauth.v1.GetKeyGenerationRequest\x1a*.fedhe.keyauth.v1.GetKeyGenerationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHCLIENTKEYRESPONSE']._serialized_start=456
   _globals['_FETCHCLIENTKEYRESPONSE']._serialized_end=577
   _globals['_JOINKEYGENERATIONREQUEST']._serialized_start=579
-  _globals['_JOINKEYGENERATIONREQUEST']._serialized_end=645
-  _globals['_JOINKEYGENERATIONRESPONSE']._serialized_start=647
-  _globals['_JOINKEYGENERATIONRESPONSE']._serialized_end=759
-  _globals['_PARTY']._serialized_start=761
-  _globals['_PARTY']._serialized_end=826
-  _globals['_SEALEDSHARE']._serialized_start=828
-  _globals['_SEALEDSHARE']._serialized_end=893
-  _globals['_SUBMITKEYSHARESREQUEST']._serialized_start=896
-  _globals['_SUBMITKEYSHARESREQUEST']._serialized_end=1082
-  _globals['_SUBMITKEYSHARESRESPONSE']._serialized_start=1084
-  _globals['_SUBMITKEYSHARESRESPONSE']._serialized_end=1109
-  _globals['_GETKEYGENERATIONREQUEST']._serialized_start=1111
-  _globals['_GETKEYGENERATIONREQUEST']._serialized_end=1152
-  _globals['_GETKEYGENERATIONRESPONSE']._serialized_start=1155
-  _globals['_GETKEYGENERATIONRESPONSE']._serialized_end=1467
-  _globals['_KEYAUTHORITYSERVICE']._serialized_start=1470
-  _globals['_KEYAUTHORITYSERVICE']._serialized_end=2118
+  _globals['_JOINKEYGENERATIONREQUEST']._serialized_end=701
+  _globals['_JOINKEYGENERATIONRESPONSE']._serialized_start=703
+  _globals['_JOINKEYGENERATIONRESPONSE']._serialized_end=815
+  _globals['_PARTY']._serialized_start=818
+  _globals['_PARTY']._serialized_end=1024
+  _globals['_SEALEDSHARE']._serialized_start=1026
+  _globals['_SEALEDSHARE']._serialized_end=1110
+  _globals['_COMMITKEYSHAREREQUEST']._serialized_start=1112
+  _globals['_COMMITKEYSHAREREQUEST']._serialized_end=1225
+  _globals['_COMMITKEYSHARERESPONSE']._serialized_start=1227
+  _globals['_COMMITKEYSHARERESPONSE']._serialized_end=1270
+  _globals['_SUBMITKEYSHARESREQUEST']._serialized_start=1273
+  _globals['_SUBMITKEYSHARESREQUEST']._serialized_end=1459
+  _globals['_SUBMITKEYSHARESRESPONSE']._serialized_start=1461
+  _globals['_SUBMITKEYSHARESRESPONSE']._serialized_end=1486
+  _globals['_GETKEYGENERATIONREQUEST']._serialized_start=1488
+  _globals['_GETKEYGENERATIONREQUEST']._serialized_end=1529
+  _globals['_GETKEYGENERATIONRESPONSE']._serialized_start=1532
+  _globals['_GETKEYGENERATIONRESPONSE']._serialized_end=1844
+  _globals['_KEYAUTHORITYSERVICE']._serialized_start=1847
+  _globals['_KEYAUTHORITYSERVICE']._serialized_end=2596
 # @@protoc_insertion_point(module_scope)

@@ -183,18 +183,27 @@ class JoinKeyGenerationRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     E2E_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    E2E_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     e2e_public_key: _builtins.bytes
     """X25519 public key the other parties seal this party's shares to."""
+    identity_public_key: _builtins.bytes
+    """Ed25519 identity key of the party (signs its sealing key, commitment, sealed
+    blobs and uploads) and its signature over (job, client, e2e_public_key).
+    """
+    e2e_key_signature: _builtins.bytes
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         e2e_public_key: _builtins.bytes = ...,
+        identity_public_key: _builtins.bytes = ...,
+        e2e_key_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["e2e_public_key", b"e2e_public_key", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["e2e_key_signature", b"e2e_key_signature", "e2e_public_key", b"e2e_public_key", "identity_public_key", b"identity_public_key", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,19 +247,36 @@ class Party(_message.Message):
     ALPHA_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     E2E_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    E2E_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    PK_SHARE_COMMITMENT_FIELD_NUMBER: _builtins.int
+    COMMITMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_SHARE_FIELD_NUMBER: _builtins.int
     alpha: _builtins.int
     client_id: _builtins.str
     e2e_public_key: _builtins.bytes
+    identity_public_key: _builtins.bytes
+    e2e_key_signature: _builtins.bytes
+    pk_share_commitment: _builtins.bytes
+    """sha256 commitment to the public-key share, signed with the identity key."""
+    commitment_signature: _builtins.bytes
+    public_key_share: _builtins.bytes
+    """Published once every party committed (empty before)."""
     def __init__(
         self,
         *,
         alpha: _builtins.int = ...,
         client_id: _builtins.str = ...,
         e2e_public_key: _builtins.bytes = ...,
+        identity_public_key: _builtins.bytes = ...,
+        e2e_key_signature: _builtins.bytes = ...,
+        pk_share_commitment: _builtins.bytes = ...,
+        commitment_signature: _builtins.bytes = ...,
+        public_key_share: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "client_id", b"client_id", "e2e_public_key", b"e2e_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "client_id", b"client_id", "commitment_signature", b"commitment_signature", "e2e_key_signature", b"e2e_key_signature", "e2e_public_key", b"e2e_public_key", "identity_public_key", b"identity_public_key", "pk_share_commitment", b"pk_share_commitment", "public_key_share", b"public_key_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,23 +289,75 @@ class SealedShare(_message.Message):
     FROM_ALPHA_FIELD_NUMBER: _builtins.int
     TO_ALPHA_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     from_alpha: _builtins.int
     to_alpha: _builtins.int
     blob: _builtins.bytes
+    signature: _builtins.bytes
+    """The sender's identity signature over (job, purpose, from, to, blob)."""
     def __init__(
         self,
         *,
         from_alpha: _builtins.int = ...,
         to_alpha: _builtins.int = ...,
         blob: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "from_alpha", b"from_alpha", "to_alpha", b"to_alpha"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "from_alpha", b"from_alpha", "signature", b"signature", "to_alpha", b"to_alpha"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SealedShare: _TypeAlias = SealedShare  # noqa: Y015
+
+@_typing.final
+class CommitKeyShareRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    PK_SHARE_COMMITMENT_FIELD_NUMBER: _builtins.int
+    COMMITMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    alpha: _builtins.int
+    pk_share_commitment: _builtins.bytes
+    commitment_signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        alpha: _builtins.int = ...,
+        pk_share_commitment: _builtins.bytes = ...,
+        commitment_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "commitment_signature", b"commitment_signature", "job_id", b"job_id", "pk_share_commitment", b"pk_share_commitment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitKeyShareRequest: _TypeAlias = CommitKeyShareRequest  # noqa: Y015
+
+@_typing.final
+class CommitKeyShareResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    committed: _builtins.int
+    """Parties that committed so far."""
+    def __init__(
+        self,
+        *,
+        committed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitKeyShareResponse: _TypeAlias = CommitKeyShareResponse  # noqa: Y015
 
 @_typing.final
 class SubmitKeySharesRequest(_message.Message):

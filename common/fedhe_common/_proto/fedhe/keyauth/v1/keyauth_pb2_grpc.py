@@ -54,6 +54,11 @@ class KeyAuthorityServiceStub:
                 request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.SerializeToString,
                 response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.FromString,
                 _registered_method=True)
+        self.CommitKeyShare = channel.unary_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/CommitKeyShare',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareResponse.FromString,
+                _registered_method=True)
         self.SubmitKeyShares = channel.unary_unary(
                 '/fedhe.keyauth.v1.KeyAuthorityService/SubmitKeyShares',
                 request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.SubmitKeySharesRequest.SerializeToString,
@@ -98,6 +103,14 @@ class KeyAuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitKeyShare(self, request, context):
+        """First a signed commitment (sha256) of the public-key share; the shares are
+        accepted and published only after every party's commitment is in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitKeyShares(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,6 +145,11 @@ def add_KeyAuthorityServiceServicer_to_server(servicer, server):
                     servicer.JoinKeyGeneration,
                     request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.FromString,
                     response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.SerializeToString,
+            ),
+            'CommitKeyShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitKeyShare,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareResponse.SerializeToString,
             ),
             'SubmitKeyShares': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitKeyShares,
@@ -252,6 +270,33 @@ class KeyAuthorityService:
             '/fedhe.keyauth.v1.KeyAuthorityService/JoinKeyGeneration',
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationRequest.SerializeToString,
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.JoinKeyGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitKeyShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/CommitKeyShare',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CommitKeyShareResponse.FromString,
             options,
             channel_credentials,
             insecure,

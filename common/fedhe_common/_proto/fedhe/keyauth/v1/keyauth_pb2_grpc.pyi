@@ -43,6 +43,10 @@ class KeyAuthorityServiceStub:
     """Threshold jobs (client identities): distributed key generation, relayed here.
     The key authority stores public-key shares and end-to-end encrypted blobs only.
     """
+    CommitKeyShare: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.CommitKeyShareRequest, _keyauth_pb2.CommitKeyShareResponse]
+    """First a signed commitment (sha256) of the public-key share; the shares are
+    accepted and published only after every party's commitment is in.
+    """
     SubmitKeyShares: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.SubmitKeySharesRequest, _keyauth_pb2.SubmitKeySharesResponse]
     GetKeyGeneration: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.GetKeyGenerationRequest, _keyauth_pb2.GetKeyGenerationResponse]
 
@@ -58,6 +62,10 @@ class KeyAuthorityServiceAsyncStub(KeyAuthorityServiceStub):
     JoinKeyGeneration: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.JoinKeyGenerationRequest, _keyauth_pb2.JoinKeyGenerationResponse]  # type: ignore[assignment]
     """Threshold jobs (client identities): distributed key generation, relayed here.
     The key authority stores public-key shares and end-to-end encrypted blobs only.
+    """
+    CommitKeyShare: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.CommitKeyShareRequest, _keyauth_pb2.CommitKeyShareResponse]  # type: ignore[assignment]
+    """First a signed commitment (sha256) of the public-key share; the shares are
+    accepted and published only after every party's commitment is in.
     """
     SubmitKeyShares: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.SubmitKeySharesRequest, _keyauth_pb2.SubmitKeySharesResponse]  # type: ignore[assignment]
     GetKeyGeneration: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.GetKeyGenerationRequest, _keyauth_pb2.GetKeyGenerationResponse]  # type: ignore[assignment]
@@ -95,6 +103,16 @@ class KeyAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_keyauth_pb2.JoinKeyGenerationResponse, _abc.Awaitable[_keyauth_pb2.JoinKeyGenerationResponse]]:
         """Threshold jobs (client identities): distributed key generation, relayed here.
         The key authority stores public-key shares and end-to-end encrypted blobs only.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitKeyShare(
+        self,
+        request: _keyauth_pb2.CommitKeyShareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keyauth_pb2.CommitKeyShareResponse, _abc.Awaitable[_keyauth_pb2.CommitKeyShareResponse]]:
+        """First a signed commitment (sha256) of the public-key share; the shares are
+        accepted and published only after every party's commitment is in.
         """
 
     @_abc_1.abstractmethod
