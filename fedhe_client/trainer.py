@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedhe_common.config.models import TrainingSection
 from fedhe_common.errors import ConfigError
@@ -87,6 +88,8 @@ def train(
         else None
     )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    # BatchNorm cannot train on one sample: a trailing batch of 1 is left out there.
+    skip_single = len(y) > 1 and any(isinstance(m, _BatchNorm) for m in model.modules())
     steps = cfg.local_epochs * -(-len(y) // cfg.batch_size)
     loss_sum, batches = 0.0, 0
     show = progress and sys.stderr.isatty()
@@ -97,6 +100,9 @@ def train(
             order = torch.randperm(len(yt), generator=gen)
             for start in range(0, len(yt), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
+                if skip_single and len(idx) == 1:
+                    bar.advance(task)
+                    continue
                 xb, yb = xt[idx].to(device), yt[idx].to(device)
                 opt.zero_grad()
                 with _autocast(device, use_amp):

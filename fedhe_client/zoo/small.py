@@ -35,12 +35,13 @@ def lenet(in_shape: Shape, classes: int, hidden: int) -> nn.Module:
 
     The first convolution keeps the size (padding 2, as for 28x28 MNIST); the second is
     unpadded when the map is at least 10 wide, else padded so tiny inputs still fit.
+    Weights are He-initialised (ReLU), biases zero: it learns at the default SGD settings.
     """
     c, h, w = _image(in_shape)
     h1, w1 = h // 2, w // 2
     pad = 0 if min(h1, w1) >= 10 else 2
     h2, w2 = (h1 + 2 * pad - 4) // 2, (w1 + 2 * pad - 4) // 2
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Conv2d(c, 6, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -54,6 +55,11 @@ def lenet(in_shape: Shape, classes: int, hidden: int) -> nn.Module:
         nn.ReLU(),
         nn.Linear(84, classes),
     )
+    for layer in model:
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
 
 
 def lenet_dlg(in_shape: Shape, classes: int, hidden: int) -> nn.Module:

@@ -142,3 +142,14 @@ def test_cuda_without_cuda_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="no usable CUDA"):
         pick_device("cuda")
     assert pick_device("auto").type == "cpu"
+
+
+def test_batchnorm_models_train_when_the_last_batch_has_one_sample() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((9, 3, 32, 32)).astype(np.float32)  # 9 = 8 + a batch of 1
+    y = rng.integers(0, 2, 9).astype(np.int64)
+    torch.manual_seed(0)
+    model = build_model("resnet18", (3, 32, 32), 2)
+    cfg = TrainingSection(batch_size=8, lr=0.01)
+    loss = train(model, x, y, cfg, 0, torch.device("cpu"), False)
+    assert np.isfinite(loss)
