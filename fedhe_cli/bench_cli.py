@@ -271,3 +271,94 @@ def bench_threshold(json_path: Path | None, values: int) -> None:
                 "results": [dataclasses.asdict(r) for r in results],
             },
         )
+
+
+@bench.command("models")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option(
+    "--models",
+    default="linear,cnn,resnet18,resnet50,mobilenetv2,vit-base,bert-base",
+    show_default=True,
+    help="comma-separated zoo models",
+)
+@click.option(
+    "--configs",
+    default="single-key,nvflare-default,paper-default",
+    show_default=True,
+    help="ours (single-key) and the baselines",
+)
+@click.option(
+    "--measure-values",
+    default=1_048_576,
+    show_default=True,
+    type=click.IntRange(0),
+    help="values per model encrypted for real; larger models are scaled by ciphertext "
+    "count (0: all)",
+)
+def bench_models(json_path: Path | None, models: str, configs: str, measure_values: int) -> None:
+    """FedML-HE Table 4: per zoo model, plaintext vs HE bytes and CPU, ours vs baselines."""
+    from fedhe_cli.bench.crypto_bench import PATH_FACTORIES
+    from fedhe_cli.bench.models_bench import ratios, run_models_bench
+    from fedhe_client.zoo import ZOO
+
+    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    config_list = [c.strip() for c in configs.split(",") if c.strip()]
+    bad_models = [m for m in model_list if m not in ZOO]
+    if bad_models or not model_list:
+        raise click.BadParameter(f"unknown model(s) {bad_models}; known: {', '.join(ZOO)}")
+    bad_configs = [c for c in config_list if c not in PATH_FACTORIES]
+    if bad_configs or not config_list:
+        raise click.BadParameter(
+            f"unknown config(s) {bad_configs}; known: {sorted(PATH_FACTORIES)}"
+        )
+    rows = run_models_bench(
+        model_list, config_list, measure_values, on_model=lambda m: console.log(f"model {m}")
+    )
+    print_table(
+        "fedhe bench models (3 clients, weights 1,2,3; process CPU s; bytes per client)",
+        [
+            "model",
+            "n_params",
+            "config",
+            "plain MB",
+            "upload MB",
+            "x plain",
+            "download MB",
+            "client cpu s",
+            "server cpu s/client",
+            "decrypt cpu s",
+        ],
+        [
+            [
+                r.model,
+                r.n_params,
+                r.config,
+                r.plain_bytes / 1e6,
+                r.upload_bytes / 1e6,
+                r.upload_bytes / r.plain_bytes,
+                r.download_bytes / 1e6,
+                r.client_cpu_s,
+                r.server_cpu_s_per_client,
+                r.decrypt_cpu_s,
+            ]
+            for r in rows
+        ],
+    )
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "suite": "models",
+                "clients": 3,
+                "weights": [1, 2, 3],
+                "measured_values_per_model": measure_values or "all",
+                "cpu_time": "process CPU seconds (time.process_time)",
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpu": platform.processor(),
+                    "system": platform.platform(),
+                },
+                "results": [dataclasses.asdict(r) for r in rows],
+                "ratios": ratios(rows),
+            },
+        )
