@@ -4,14 +4,28 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# TORCH=cpu (default): the CPU wheel. TORCH=cuda: the CUDA build of the same torch from
+# TORCH_CUDA_INDEX (pick the wheel index of your driver's CUDA), for GPU clients
+# (client config device: auto|cuda; job training.amp). Nothing else changes.
+TORCH  ?= cpu
+TORCH_VERSION    ?= 2.13.0
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
+ifeq ($(TORCH),cuda)
+TORCH_PIP := torch==$(TORCH_VERSION) --index-url $(TORCH_CUDA_INDEX)
+else ifeq ($(TORCH),cpu)
+TORCH_PIP := torch==$(TORCH_VERSION)
+else
+$(error TORCH must be cpu or cuda)
+endif
 
 .PHONY: install demo test lint proto proto-check bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	# torch first: the CPU wheel on disk; anything newer would pull a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first (TORCH=cpu: the CPU wheel on disk; TORCH=cuda: the CUDA build), so the
+	# range in pyproject.toml is already met and pip installs no other torch.
+	$(PY) -m pip install -q $(TORCH_PIP)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -153,3 +153,27 @@ def test_batchnorm_models_train_when_the_last_batch_has_one_sample() -> None:
     cfg = TrainingSection(batch_size=8, lr=0.01)
     loss = train(model, x, y, cfg, 0, torch.device("cpu"), False)
     assert np.isfinite(loss)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_client_trains_with_amp_and_maps_sensitivity_on_the_gpu() -> None:
+    from fedhe_client.learner import LocalLearner
+    from fedhe_common.config.load import parse_yaml
+    from fedhe_common.config.models import JobConfig
+
+    job = parse_yaml(
+        "job: {name: gpu, rounds: 2, seed: 0}\nmodel: {name: lenet}\n"
+        "data: {dataset: digits28}\ntraining: {amp: true, clip_grad_norm: 1.0, prox_mu: 0.01}\n",
+        JobConfig,
+    )
+    gpu = LocalLearner(job, 0, 3, 64, device="cuda")
+    cpu = LocalLearner(job, 0, 3, 64, device="cpu")
+    assert gpu.device.type == "cuda"
+    before = gpu.sensitivity("exact", 16)
+    np.testing.assert_allclose(before, cpu.sensitivity("exact", 16), rtol=1e-3, atol=1e-6)
+    vector, loss = gpu.train_round(1)
+    assert np.isfinite(vector).all() and np.isfinite(loss)
+    assert next(gpu.model.parameters()).is_cuda
+    gpu.load_vector(vector)
+    assert next(gpu.model.parameters()).is_cuda
+    assert 0.0 <= gpu.evaluate()["accuracy"] <= 1.0
