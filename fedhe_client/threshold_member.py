@@ -146,6 +146,12 @@ class ThresholdMember:
         by the job when it names them), signed sealing keys, signed commitments to
         every public-key share, and the collective key recomputed from the shares.
         """
+        if (self.job.keys.parties, self.job.keys.threshold) != (self.parties, self.threshold):
+            raise KeyMaterialError(
+                f"the key authority's key generation has parties={self.parties}, threshold="
+                f"{self.threshold}; the job says {self.job.keys.parties}, "
+                f"{self.job.keys.threshold}"
+            )
         deadline = time.monotonic() + KEYGEN_TIMEOUT_S
         status = self._wait(
             lambda s: len(s.parties) == s.expected_parties, deadline, "all parties to join"

@@ -101,6 +101,10 @@ def test_pinned_identity_keys_are_enforced(services: Services) -> None:
     wrong = {**digests, "c2": hashlib.sha256(b"other").hexdigest()}
     with pytest.raises(PermissionDeniedError, match="does not match the job's pinned"):
         _member(services, "c1", _pinned(wrong)).generate_keys()
+    # A job whose t differs from the key generation's: the party refuses to act on it.
+    other_t = parse_yaml(JOB.replace("threshold: 2", "threshold: 3"), JobConfig, "job")
+    with pytest.raises(KeyMaterialError, match="threshold"):
+        _member(services, "c1", other_t).generate_keys()
 
 
 def _pinned(digests: dict[str, str]) -> JobConfig:
