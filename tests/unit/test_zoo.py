@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,30 @@ def test_cuda_client_trains_with_amp_and_maps_sensitivity_on_the_gpu() -> None:
     gpu.load_vector(vector)
     assert next(gpu.model.parameters()).is_cuda
     assert 0.0 <= gpu.evaluate()["accuracy"] <= 1.0
+
+
+def test_a_text_model_trains_on_a_sites_token_ids(tmp_path: Path) -> None:
+    from fedhe_client.learner import LocalLearner
+    from fedhe_client.tasks import BuiltinTask
+    from fedhe_common.config.load import parse_yaml
+    from fedhe_common.config.models import JobConfig, SiteDataSection
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    x = rng.integers(2, 100, (40, 12)) + 100 * y[:, None]  # the label shows in the ids
+    np.savez(tmp_path / "tokens.npz", x=x, y=y)
+    job = parse_yaml(
+        "job: {name: text, rounds: 1}\nmodel: {name: gpt-mini}\n"
+        "training: {optimizer: adamw, lr: 0.001, batch_size: 8}\n",
+        JobConfig,
+    )
+    site = SiteDataSection(format="npz", path=str(tmp_path / "tokens.npz"))
+    learner = LocalLearner(job, 0, 1, task=BuiltinTask(job, site=site), device="cpu")
+    vector, loss = learner.train_round(1)
+    assert vector.size == learner.manifest.total and np.isfinite(loss)
+    assert set(learner.evaluate()) >= {"accuracy", "loss"}
+    learner.model.net.save_pretrained(tmp_path / "hf")  # a transformers folder
+    assert (tmp_path / "hf" / "config.json").exists()
+    images = parse_yaml("job: {name: t, rounds: 1}\nmodel: {name: resnet18}\n", JobConfig)
+    with pytest.raises(ConfigError, match="needs images"):
+        BuiltinTask(images, site=site)
