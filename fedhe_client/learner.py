@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -10,11 +11,13 @@ import torch
 from fedhe_client.tasks.base import ArrayData, FitConfig, Task
 from fedhe_client.tasks.builtin import BuiltinTask
 from fedhe_client.tasks.loading import resolve_task
-from fedhe_client.trainer import pick_device
+from fedhe_client.trainer import describe_device, pick_device
 from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.errors import ConfigError, InvalidArgumentError, ManifestMismatchError
 from fedhe_common.mlbridge.flatten import flatten, unflatten
 from fedhe_common.mlbridge.sensitivity import sensitivity_map
+
+logger = logging.getLogger(__name__)
 
 
 class LocalLearner:
@@ -34,6 +37,7 @@ class LocalLearner:
         self.job = job
         self.index = index
         self.device = pick_device(device)
+        logger.info("training on %s", describe_device(self.device))
         self.progress = progress
         if torch_threads:
             torch.set_num_threads(torch_threads)

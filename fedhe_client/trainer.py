@@ -32,6 +32,15 @@ def pick_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+def describe_device(device: torch.device) -> str:
+    """``cuda (NVIDIA ...)`` or ``cpu`` plus why CUDA is not used, for the client's log."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if torch.version.cuda is None:
+        return f"cpu (torch {torch.__version__} is a CPU build: make install TORCH=cuda)"
+    return "cpu"
+
+
 def round_lr(cfg: TrainingSection, number: int, rounds: int) -> float:
     """The learning rate of round ``number`` (1-based) of ``rounds`` under the schedule."""
     step = max(0, number - 1)
