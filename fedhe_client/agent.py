@@ -71,6 +71,16 @@ class ClientAgent:
             self.conn.signer = self.mode.member.sign_upload
         # The task named in this client's own config; the job only names it (checked).
         self.learner = learner_for_client(config, self.job)
+        # FedAvg weight: the sample count, capped at the job's per-client bound (the
+        # preset's weight budget shared among the expected clients) instead of refused.
+        self.weight = min(self.learner.sample_count, sample_count_bound(self.job))
+        if self.weight < self.learner.sample_count:
+            logger.warning(
+                "FedAvg weight capped at %d (this site has %d samples; the job's per-client "
+                "bound is participants.max_sample_count)",
+                self.weight,
+                self.learner.sample_count,
+            )
         self.export = Path(config.export_dir) if config.export_dir else None
         if self.export:
             self.export.mkdir(parents=True, exist_ok=True)
@@ -187,7 +197,7 @@ class ClientAgent:
             ciphertext_chunks=update.ct_plan.count,
             plaintext_chunks=update.pt_plan.count,
             num_values=num_values,
-            sample_count=self.learner.sample_count,
+            sample_count=self.weight,
         )
 
     def _apply_aggregate(self, number: int) -> None:
@@ -244,7 +254,7 @@ class ClientAgent:
         if self.export:
             np.save(self.export / f"upload-r{plan.round}.npy", vector, allow_pickle=False)
             (self.export / f"upload-r{plan.round}.json").write_text(
-                json.dumps({"sample_count": self.learner.sample_count})
+                json.dumps({"sample_count": self.weight})
             )
         chunks_before = self.conn.chunks_sent
         try:

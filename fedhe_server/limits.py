@@ -5,35 +5,13 @@ from __future__ import annotations
 import math
 
 from fedhe_common.config.models import JobConfig
-from fedhe_common.crypto.presets import get_preset
+from fedhe_common.config.weights import sample_count_bound
 from fedhe_common.errors import InvalidArgumentError, ValueRangeError
 
-# Plaintext jobs and real-weight presets: no wrap-around, but one client must not
-# take over the model; operators raise participants.max_sample_count if needed.
-DEFAULT_MAX_SAMPLE_COUNT = 1_000_000
 MAX_METRIC_NAME = 64
 MAX_METRICS_PER_REPORT = 32
 MAX_METRIC_NAMES_PER_ROUND = 32  # distinct names one client may report for one round
 MAX_METRIC_ABS = 1e12
-
-
-def expected_clients(config: JobConfig) -> int:
-    """How many clients the job plans for (the weight budget is shared among them)."""
-    p = config.participants
-    return max(p.min_clients, p.expected_clients or 0, len(p.clients or ()))
-
-
-def sample_count_bound(config: JobConfig) -> int:
-    """The largest sample_count one client may declare in this job."""
-    if config.participants.max_sample_count is not None:
-        return config.participants.max_sample_count
-    if config.encryption.mode != "ckks":
-        return DEFAULT_MAX_SAMPLE_COUNT
-    preset = get_preset(config.preset_name)
-    if preset.weight_mode != "integer":
-        return DEFAULT_MAX_SAMPLE_COUNT
-    budget = preset.max_weight_sum(config.encryption.clip_bound or preset.clip_bound)
-    return max(1, min(DEFAULT_MAX_SAMPLE_COUNT, math.floor(budget / expected_clients(config))))
 
 
 def check_sample_count(config: JobConfig, sample_count: int) -> None:
