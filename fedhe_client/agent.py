@@ -21,6 +21,7 @@ from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_updat
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig
+from fedhe_common.config.weights import sample_count_bound
 from fedhe_common.crypto.presets import get_preset
 from fedhe_common.errors import (
     ConflictError,
