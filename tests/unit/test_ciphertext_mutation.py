@@ -17,6 +17,7 @@ import zstandard
 from fedhe_common.crypto import envelope, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.envelope import BlobKind
+from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.errors import InvalidCiphertextError
 from tests.conftest import holder_for
 
@@ -170,3 +171,22 @@ def test_zstd_bomb_is_bounded_for_a_compressed_preset(preset_name_: str) -> None
     agg = CiphertextAggregator(holder.params)
     with pytest.raises(InvalidCiphertextError):
         agg.load_upload(_zstd_bomb(agg.fingerprint, BlobKind.CIPHERTEXT, 1 << 30))
+
+
+def test_zstd_ciphertext_with_trailing_bytes_is_refused() -> None:
+    """A genuine zstd upload with bytes after its frame (inside the declared size) is refused."""
+    holder = holder_for("threshold-practical")
+    agg = CiphertextAggregator(holder.params)
+    public = PublicKeyEncryptor(holder.params, holder.export_public_key())
+    blob = next(iter(public.encrypt_vector(np.linspace(-1, 1, 100))))
+    kind, seal = envelope.unwrap(blob, frozenset(BlobKind), agg.fingerprint)
+    assert sealbytes.read_header(seal)[4] == sealbytes.COMPR_ZSTD
+    agg.load_upload(blob)  # the genuine blob loads
+    padded = seal + b"JUNK"
+    magic, hsize, major, minor, compr, reserved, _ = sealbytes.read_header(seal)
+    header = sealbytes.SEAL_HEADER.pack(magic, hsize, major, minor, compr, reserved, len(padded))
+    forged = envelope.wrap(kind, agg.fingerprint, header + padded[16:])
+    with pytest.raises(InvalidCiphertextError, match="trailing"):
+        agg.check_upload(forged)
+    with pytest.raises(InvalidCiphertextError, match="trailing"):
+        agg.load_upload(forged)

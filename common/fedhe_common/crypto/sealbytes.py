@@ -113,30 +113,35 @@ def to_uncompressed(blob: bytes) -> bytes:
 
 
 ZSTD_MAX_WINDOW = 1 << 23  # SEAL's frames for our sizes use far smaller windows
-_INFLATE_STEP = 1 << 16
+_INFLATE_INPUT_STEP = 64  # compressed bytes per step: a few zstd blocks
 
 
 def inflate_bounded(data: bytes | memoryview, limit: int) -> bytes:
-    """Inflate one untrusted zstd stream to at most ``limit`` bytes, or raise ValueError.
+    """Inflate exactly one untrusted zstd frame to at most ``limit`` bytes, or raise ValueError.
 
-    Streams in 64 KiB steps, so neither a frame's declared content size nor its
-    real output can make this allocate more than ``limit`` (plus one step) bytes,
-    and the window is capped. ``ZstdDecompressor.decompress(max_output_size=...)``
-    is not a bound: it trusts a frame's declared content size.
+    Input is fed in small steps, so neither a frame's declared content size nor its
+    real output can make this allocate much more than ``limit`` bytes (one step of
+    input inflates to a few blocks at most), and the window is capped. The frame must
+    end exactly at the end of ``data``: trailing bytes are refused.
+    ``ZstdDecompressor.decompress(max_output_size=...)`` is not a bound: it trusts a
+    frame's declared content size.
     """
-    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    dobj = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+    view = memoryview(data)
     out = bytearray()
+    pos = 0
     try:
-        with dctx.stream_reader(data, read_across_frames=False) as reader:
-            while len(out) <= limit:
-                chunk = reader.read(min(_INFLATE_STEP, limit + 1 - len(out)))
-                if not chunk:
-                    break
-                out += chunk
+        while pos < len(view) and not dobj.eof:
+            out += dobj.decompress(view[pos : pos + _INFLATE_INPUT_STEP])
+            pos += _INFLATE_INPUT_STEP
+            if len(out) > limit:
+                raise ValueError(f"zstd stream inflates past the {limit}-byte bound")
     except zstandard.ZstdError as exc:
         raise ValueError(f"not a valid zstd stream ({exc})") from None
-    if len(out) > limit:
-        raise ValueError(f"zstd stream inflates past the {limit}-byte bound")
+    if not dobj.eof:
+        raise ValueError("zstd stream is empty or truncated")
+    if pos < len(view) or dobj.unused_data:
+        raise ValueError("trailing bytes after the zstd frame")
     return bytes(out)
 
 

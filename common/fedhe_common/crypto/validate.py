@@ -121,11 +121,16 @@ def check_loaded(ctx: CKKSContext, ct: sa.Ciphertext, expected_scale: float) -> 
 def check_ciphertext_bytes(
     ctx: CKKSContext, blob: bytes, kinds: frozenset[BlobKind], expected_scale: float
 ) -> tuple[BlobKind, bytes]:
-    """All checks that need no SEAL call; return (kind, SEAL bytes) ready to load."""
+    """All checks that need no SEAL call; return (kind, SEAL bytes) ready to load.
+
+    A zstd blob is inflated with a bound and checked like an uncompressed one (exactly
+    one frame, no trailing bytes); the uncompressed bytes are returned.
+    """
     kind, seal = envelope.unwrap(blob, kinds, ctx.fingerprint)
     if check_seal_header(ctx, seal, kind) == sealbytes.COMPR_NONE:
         check_raw_members(ctx, seal, kind, expected_scale)
-    return kind, seal
+        return kind, seal
+    return raw_ciphertext_bytes(ctx, blob, kinds, expected_scale)
 
 
 def raw_ciphertext_bytes(
