@@ -1,4 +1,4 @@
-"""Loaders for a site's own data: image folders, .npz, CSV, Parquet, ``datasets`` dirs.
+"""Loaders for a site's own data: image folders, .npz, CSV, Parquet, ``datasets`` dirs, tokens.
 
 Everything is read from local paths named in the client's own config; nothing downloads.
 """
@@ -16,6 +16,7 @@ from fedhe_client.tasks.base import ArrayData
 from fedhe_common.config.models import SiteDataSection
 from fedhe_common.errors import ConfigError
 
+MAX_TOKEN_ID = 1 << 24  # token ids are kept exactly as float32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -47,6 +48,8 @@ def _load(
         return load_csv(path, section.label_column, section.feature_columns), []
     if fmt == "parquet":
         return load_parquet(path, section.label_column, section.feature_columns), []
+    if fmt == "tokens":
+        return load_tokens(path, section.seq_len, section.pad_id), []
     return load_hf_dataset(path, section.label_column, section.feature_columns), []
 
 
@@ -131,6 +134,41 @@ def load_hf_dataset(path: Path, label: str, features: list[str] | None) -> Array
     if isinstance(ds, datasets.DatasetDict):
         raise ConfigError(f"{path}: a DatasetDict; point data.path at one split's folder")
     return _from_columns(path, ds.to_dict(), label, features)
+
+
+def load_tokens(path: Path, seq_len: int, pad_id: int = 0) -> ArrayData:
+    """A tokenised text file: one example a line, ``label<TAB>token ids`` (space-separated).
+
+    Each example is truncated or padded with ``pad_id`` to ``seq_len``; x is (N, seq_len)
+    token ids (as float32, exact below 2**24), y the integer labels. Blank lines are skipped.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the token file: {exc}") from None
+    xs: list[list[int]] = []
+    ys: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        label, sep, ids = line.partition("\t")
+        try:
+            if not sep:
+                raise ValueError("no tab between label and token ids")
+            y, tokens = int(label), [int(t) for t in ids.split()]
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path} line {number}: need 'label<TAB>space-separated token ids': {exc}"
+            ) from None
+        if not tokens or y < 0 or min(tokens) < 0 or max(tokens) >= MAX_TOKEN_ID:
+            raise ConfigError(
+                f"{path} line {number}: need a label >= 0 and 1+ token ids in [0, {MAX_TOKEN_ID})"
+            )
+        xs.append((tokens + [pad_id] * seq_len)[:seq_len])
+        ys.append(y)
+    if not ys:
+        raise ConfigError(f"{path}: no examples")
+    return _checked(path, np.array(xs, dtype=np.float32), np.array(ys, dtype=np.int64))
 
 
 def _from_columns(

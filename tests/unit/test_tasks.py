@@ -230,6 +230,51 @@ def test_builtin_task_on_site_images(tmp_path: Path) -> None:
     assert learner.sample_count == 10 and learner.manifest.total == 64 * 5 + 5 + 5 * 2 + 2
 
 
+def _tokens(path: Path, rows: int = 10) -> Path:
+    ids = [" ".join(str(5 + (i * 7 + j) % 50) for j in range(3 + i)) for i in range(rows)]
+    lines = [f"{i % 2}\t{tokens}" for i, tokens in enumerate(ids)]
+    path.write_text("\n".join(lines[:5]) + "\n\n" + "\n".join(lines[5:]) + "\n")
+    return path
+
+
+def test_token_file_is_padded_and_truncated_to_seq_len(tmp_path: Path) -> None:
+    path = _tokens(tmp_path / "train.tsv")
+    section = SiteDataSection(format="tokens", path=str(path), seq_len=6, val_fraction=0.2)
+    train, val, names = load_site_data(section)
+    assert names == [] and train.x.shape == (8, 6) and val.x.shape == (2, 6)
+    full = np.concatenate([train.x, val.x])
+    assert sorted(full[:, 0].tolist()) == sorted(float(5 + (i * 7) % 50) for i in range(10))
+    short = full[(full[:, 4:] == 0).all(axis=1)]  # 3 or 4 tokens: padded with pad_id 0
+    assert len(short) == 2 and set(np.concatenate([train.y, val.y]).tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [("1 5 6 7", "no tab"), ("x\t5 6", "invalid literal"), ("1\t5 six", "invalid literal"),
+     ("1\t", "1\\+ token ids"), ("-1\t5", "label >= 0"), ("0\t-3 4", "token ids in")],
+)
+def test_malformed_token_lines_are_refused_naming_file_and_line(
+    tmp_path: Path, line: str, why: str
+) -> None:
+    path = tmp_path / "bad.tsv"
+    path.write_text(f"0\t1 2 3\n\n{line}\n1\t4 5\n")
+    with pytest.raises(ConfigError, match=rf"bad.tsv line 3: .*{why}"):
+        load_site_data(SiteDataSection(format="tokens", path=str(path), seq_len=4))
+
+
+def test_builtin_gpt_mini_trains_on_a_site_token_file(tmp_path: Path) -> None:
+    path = _tokens(tmp_path / "train.tsv")
+    data = {"format": "tokens", "path": str(path), "seq_len": 16}
+    job = parse_yaml(
+        "job: {name: j, rounds: 1}\nmodel: {name: gpt-mini}\ntraining: {batch_size: 4}", JobConfig
+    )
+    learner = learner_for_client(_client(tmp_path, None, data), job)
+    assert learner.sample_count == 8
+    learner.train_round(1)
+    metrics = learner.evaluate()
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])
+
+
 # ------------------------------------------------------------------ the model out
 def test_kept_model_exports_to_a_plain_torch_state_dict(tmp_path: Path) -> None:
     job = parse_yaml("job: {name: j, rounds: 1}", JobConfig)

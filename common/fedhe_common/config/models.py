@@ -377,7 +377,7 @@ class PartitionSection(_Model):
 class SiteDataSection(_Model):
     """This site's own data (read locally; nothing downloads)."""
 
-    format: Literal["images", "npz", "csv", "parquet", "hf"]
+    format: Literal["images", "npz", "csv", "parquet", "hf", "tokens"]
     path: str
     # A separate validation set in the same format; else val_fraction of path.
     val_path: str | None = None
@@ -391,6 +391,10 @@ class SiteDataSection(_Model):
     # Tables (csv, parquet, hf): the label column; features: the other numeric columns.
     label_column: str = "label"
     feature_columns: list[str] | None = None
+    # tokens: one example a line, "label<TAB>space-separated token ids", padded with pad_id
+    # (or truncated) to seq_len.
+    seq_len: int = Field(default=128, ge=1, le=8192)
+    pad_id: int = Field(default=0, ge=0)
 
 
 _TASK_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*|[A-Za-z0-9][\w-]*)$")
@@ -416,6 +420,9 @@ class ClientConfig(_Model):
     # (None: the built-in task of the job's model/data sections).
     task: str | None = None
     data: SiteDataSection | None = None
+    # The model out under state_dir/models/<job>/: the last round's global model only,
+    # or also every round's (round-<n>/).
+    keep_models: Literal["last", "every"] = "last"
 
     _id = field_validator("client_id")(_check_id)
 
