@@ -430,10 +430,7 @@ class ThresholdMember:
                     ),
                     verified,
                 )
-                blob = e2e.group_encrypt(
-                    self.group_key, share, _aad(self.job_id, number, chunk.index, self.alpha)
-                )
-                atomic_write(path, blob, 0o600)
+                atomic_write(path, self.seal_share(number, chunk.index, share), 0o600)
             sealed.append(
                 apb.Chunk(
                     stream=apb.STREAM_KIND_DECRYPTION_SHARE,
@@ -446,6 +443,40 @@ class ThresholdMember:
         logger.info(
             "round %d: %d decryption shares sent (active set %s)", number, len(sealed), active
         )
+
+    def seal_share(self, number: int, index: int, share: bytes) -> bytes:
+        """This party's decryption share, signed with its identity key, sealed to the group."""
+        assert self.group_key is not None
+        digest = hashlib.sha256(share).digest()
+        signature = self._sign(identity.DECRYPTION_SHARE, number, index, self.alpha, digest)
+        aad = _aad(self.job_id, number, index, self.alpha)
+        return e2e.group_encrypt(self.group_key, share + signature, aad)
+
+    def open_share(self, number: int, index: int, party: int, payload: bytes) -> bytes:
+        """A relayed share, after checking that party ``party`` signed it.
+
+        Every client holds the group key, so the seal alone does not say who made a
+        share; the identity signature does (a client cannot pose as another party).
+        """
+        assert self.group_key is not None
+        sender = self._alpha_identity.get(party)
+        if sender is None:
+            raise KeyMaterialError(f"decryption share from unknown party {party}")
+        plain = e2e.group_decrypt(self.group_key, payload, _aad(self.job_id, number, index, party))
+        if len(plain) <= identity.SIGNATURE_BYTES:
+            raise KeyMaterialError(f"decryption share of party {party} is too short")
+        share, signature = plain[: -identity.SIGNATURE_BYTES], plain[-identity.SIGNATURE_BYTES :]
+        digest = hashlib.sha256(share).digest()
+        try:
+            identity.verify(
+                sender, signature, identity.DECRYPTION_SHARE, self.job_id, number, index, party,
+                digest,
+            )
+        except FedHEError as exc:
+            raise KeyMaterialError(
+                f"decryption share of party {party} is not signed by it: {exc.message}"
+            ) from None
+        return share
 
     def decode(
         self, header: apb.AggregateHeader, chunks: list[apb.Chunk], plan: ChunkPlan | None = None
@@ -463,9 +494,7 @@ class ThresholdMember:
         for c in chunks:
             if c.stream == apb.STREAM_KIND_DECRYPTION_SHARE:
                 shares.setdefault(c.index, []).append(
-                    e2e.group_decrypt(
-                        self.group_key, c.payload, _aad(self.job_id, header.round, c.index, c.party)
-                    )
+                    self.open_share(header.round, c.index, c.party, c.payload)
                 )
         if len(cts) != plan.count or any(
             len(shares.get(k, [])) != len(header.active_parties) for k in range(plan.count)

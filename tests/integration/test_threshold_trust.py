@@ -203,3 +203,28 @@ def test_identity_key_file_is_private(services: Services) -> None:
     _, members = _keygen(services)
     path = Path(members["c1"].folder) / "identity.key"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_decryption_shares_carry_their_party_signature(services: Services) -> None:
+    """Every client holds the group key, so the seal alone would let c1 pose as c2 (finding 8)."""
+    _, members = _keygen(services)
+    c1, c2, c3 = (members[c] for c in CLIENTS)
+    share = b"\x01" * 64
+    sealed = c1.seal_share(1, 0, share)
+    assert c3.open_share(1, 0, c1.alpha, sealed) == share
+    # c1 re-labels its own signed share as party c2's: the seal opens, the signature fails.
+    assert c1.group_key is not None
+    plain = e2e.group_decrypt(c1.group_key, sealed, _aad_of(c1, 1, 0, c1.alpha))
+    forged = e2e.group_encrypt(c1.group_key, plain, _aad_of(c1, 1, 0, c2.alpha))
+    with pytest.raises(KeyMaterialError, match="not signed"):
+        c3.open_share(1, 0, c2.alpha, forged)
+    # Another round or chunk cannot reuse a signed share either.
+    replay = e2e.group_encrypt(c1.group_key, plain, _aad_of(c1, 2, 0, c1.alpha))
+    with pytest.raises(KeyMaterialError, match="not signed"):
+        c3.open_share(2, 0, c1.alpha, replay)
+
+
+def _aad_of(member: ThresholdMember, number: int, index: int, alpha: int) -> bytes:
+    from fedhe_client.threshold_member import _aad
+
+    return _aad(member.job_id, number, index, alpha)

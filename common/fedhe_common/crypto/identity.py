@@ -30,6 +30,7 @@ _PREFIX = b"fedhe-identity-v1\x00"
 SEALING_KEY = "sealing-key"  # (job_id, client_id, X25519 public key)
 COMMITMENT = "pk-share-commitment"  # (job_id, alpha, sha256 commitment)
 SEALED = "sealed-blob"  # (job_id, purpose, from_alpha, to_alpha, blob)
+DECRYPTION_SHARE = "decryption-share"  # (job_id, round, chunk, alpha, sha256 of the share)
 
 
 def new_private_key() -> bytes:
