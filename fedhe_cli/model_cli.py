@@ -1,10 +1,12 @@
-"""``fedhe model export``: a client's kept global model as a plain torch ``state_dict`` file."""
+"""``fedhe model export``: a client's kept global model as a plain torch ``state_dict`` file,
+or (``transformers`` zoo models) a ``save_pretrained`` folder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -64,6 +66,33 @@ def _metadata(blob: bytes) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
+def export_pretrained(card: dict[str, object], state: dict[str, Any], out: Path) -> None:
+    """Rebuild the kept ``transformers`` model from the card's config (random weights, nothing
+    downloads), load the kept weights into it (strict) and ``save_pretrained(out)``."""
+    import transformers
+
+    info = card.get("pretrained")
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ConfigError(
+            "not a transformers zoo model (its card has no 'pretrained' section); "
+            "use --format state_dict"
+        )
+    cls = getattr(transformers, str(info.get("class")), None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        raise ConfigError(f"model class {info.get('class')!r} is not a transformers model")
+    config_class = cls.config_class
+    if config_class is None:
+        raise ConfigError(f"model class {cls.__name__} has no configuration class")
+    prefix = str(info.get("prefix", "net."))
+    inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        net = cls(config_class.from_dict(info["config"]))
+        net.load_state_dict(inner, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"the kept weights do not fit {cls.__name__}: {exc}") from None
+    net.save_pretrained(out)
+
+
 @click.group("model")
 def model_group() -> None:
     """The trained model a client kept (``<state_dir>/models/<job>/``)."""
@@ -71,14 +100,26 @@ def model_group() -> None:
 
 @model_group.command("export")
 @click.argument("card_or_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="e.g. model.pt")
-def export(card_or_dir: Path, out: Path) -> None:
-    """Write the kept global model as a torch state_dict (load with torch.load)."""
-    import torch
-
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="model.pt or a dir")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["state_dict", "pretrained"]),
+    default="state_dict",
+    show_default=True,
+    help="state_dict: a torch.load file; pretrained: a transformers save_pretrained folder",
+)
+def export(card_or_dir: Path, out: Path, fmt: str) -> None:
+    """Write the kept global model as a torch state_dict (load with torch.load) or, for
+    transformers zoo models, a from_pretrained folder."""
     card, state = load_kept_model(card_or_dir)
-    torch.save(state, out)
+    if fmt == "pretrained":
+        export_pretrained(card, state, out)
+    else:
+        import torch
+
+        torch.save(state, out)
     click.echo(
         f"{out}: job {card.get('job_id')} round {card.get('round')}, task {card.get('task')}, "
-        f"{len(state)} tensors, layout {str(card.get('layout_id'))[:12]}..."
+        f"{len(state)} tensors, layout {str(card.get('layout_id'))[:12]}... ({fmt})"
     )

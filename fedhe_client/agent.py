@@ -229,7 +229,8 @@ class ClientAgent:
         if self.config.state_dir:  # the model out: <state_dir>/models/<job>/
             learner = self.learner
             save_global(self.config.state_dir, self.job_id, number, learner.model,
-                        learner.manifest.layout_id, learner.task.name, metrics)  # fmt: skip
+                        learner.manifest.layout_id, learner.task.name, metrics,
+                        keep=self.config.keep_models)  # fmt: skip
         self.conn.report(self.job_id, self.config.client_id, number, metrics)
         logger.info(
             "round %d global model: accuracy %.4f loss %.4f (%d contributors)",
