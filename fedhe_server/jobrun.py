@@ -1,8 +1,9 @@
 """One running job: upload intake, the encryption mask and streaming accumulation.
 
 Uploads are validated chunk by chunk, staged on disk, and added into the open
-round's sums on commit. The in-memory accumulators are derived state, rebuilt
-from committed uploads on disk after a restart. Round transitions live in
+round's sums on commit. The accumulators (record files next to the staged
+uploads, one chunk in memory at a time) are derived state, rebuilt from committed
+uploads on disk after a restart. Round transitions live in
 :mod:`fedhe_server.rounds` (mixed in).
 """
 
@@ -168,10 +169,13 @@ class JobRun(RoundStateMachine):
             layout = self._layout()
             assert layout is not None
             ct_plan, pt_plan = self.plans(layout[1], number)
+            # On disk: memory stays O(one chunk) whatever the model size (issue 12).
             self._acc = RoundAccumulators(
                 number,
-                self.mode.accumulator(ct_plan),
-                PlainAccumulator(pt_plan) if pt_plan.count else None,
+                self.mode.accumulator(ct_plan, self.files.accumulator_path(number, CT)),
+                PlainAccumulator(pt_plan, self.files.accumulator_path(number, PT))
+                if pt_plan.count
+                else None,
             )
         return self._acc
 
@@ -458,8 +462,10 @@ class JobRun(RoundStateMachine):
             row = self.db.open_round(self.job_id)
             if row is None or self._layout() is None:
                 return
-            acc = self._accumulators(row.round)
             uploads = self.db.committed_uploads(self.job_id, row.round)
+            if not uploads:
+                return
+            acc = self._accumulators(row.round)  # a fresh (truncated) file: any half-write goes
             for upload in uploads:
                 self._add_upload(acc, upload)
             if uploads:

@@ -8,6 +8,7 @@ A new mode is a new class here, not a new branch in the round logic.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from fedhe_common.config.models import JobConfig
@@ -39,8 +40,9 @@ class AggregationMode(Protocol):
         """Refuse a round weight that the preset's value range cannot hold."""
         ...
 
-    def accumulator(self, plan: ChunkPlan) -> EncryptedAccumulator | None:
-        """A fresh sum for the ciphertext stream of ``plan`` (None if nothing is encrypted)."""
+    def accumulator(self, plan: ChunkPlan, path: Path | None = None) -> EncryptedAccumulator | None:
+        """A fresh sum for the ciphertext stream of ``plan`` (None if nothing is encrypted),
+        kept in the record file ``path`` when one is given."""
         ...
 
 
@@ -61,7 +63,7 @@ class Plain:
     def check_weight_sum(self, total: int) -> None:
         return None  # float sums; per-client bounds live in fedhe_server.limits
 
-    def accumulator(self, plan: ChunkPlan) -> EncryptedAccumulator | None:
+    def accumulator(self, plan: ChunkPlan, path: Path | None = None) -> EncryptedAccumulator | None:
         return None
 
 
@@ -88,8 +90,8 @@ class SingleKey:
     def check_weight_sum(self, total: int) -> None:
         self.aggregator.preset.check_weight_sum(total)
 
-    def accumulator(self, plan: ChunkPlan) -> EncryptedAccumulator | None:
-        return EncryptedAccumulator(self.aggregator, plan) if plan.count else None
+    def accumulator(self, plan: ChunkPlan, path: Path | None = None) -> EncryptedAccumulator | None:
+        return EncryptedAccumulator(self.aggregator, plan, path) if plan.count else None
 
 
 class Threshold(SingleKey):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -44,12 +44,22 @@ DECRYPT_POINTS = ("decrypt.after_transaction",)
 
 @dataclass
 class RoundAccumulators:
-    """In-memory sums of the open round (one model, whatever the client count)."""
+    """Sums of the open round (on disk, one chunk in memory; any client count)."""
 
     number: int
     encrypted: EncryptedAccumulator | None
     plain: PlainAccumulator | None
     weight_sum: int = 0
+
+
+def _aggregate_chunks(acc: RoundAccumulators) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Serialized sums chunk by chunk; plaintext sums travel as float32 like uploads."""
+    if acc.encrypted is not None:
+        for k in range(acc.encrypted.plan.count):
+            yield (CT, k), acc.encrypted.chunk_blob(k)
+    if acc.plain is not None:
+        for k in range(acc.plain.plan.count):
+            yield (PT, k), acc.plain.chunk_values(k).astype("<f4").tobytes()
 
 
 def no_faults(point: str) -> None:
@@ -106,19 +116,15 @@ class RoundStateMachine:
         live = self.db.live_clients(self.job_id, t - patience)
         return len(live | {u.client_id for u in committed})
 
-    def _aggregate_files(self, number: int) -> tuple[dict[tuple[int, int], bytes], dict]:
-        """The round's aggregate chunks and header, from the accumulators."""
+    def _aggregate_files(
+        self, number: int
+    ) -> tuple[Iterator[tuple[tuple[int, int], bytes]], dict]:
+        """The round's aggregate chunks (a generator: one chunk in memory at a time) and
+        header, from the accumulators."""
         acc = self._accumulators(number)  # type: ignore[attr-defined]
         uploads = self.db.committed_uploads(self.job_id, number)
         layout = self._layout()  # type: ignore[attr-defined]
         assert layout is not None
-        chunks: dict[tuple[int, int], bytes] = {}
-        if acc.encrypted is not None:
-            for k in range(acc.encrypted.plan.count):
-                chunks[(CT, k)] = acc.encrypted.chunk_blob(k)
-        if acc.plain is not None:
-            for k, part in enumerate(acc.plain.plan.split(acc.plain.sum)):
-                chunks[(PT, k)] = part.astype("<f4").tobytes()  # like uploads: float32
         header = {
             "round": number,
             "weight_sum": acc.weight_sum,
@@ -126,10 +132,10 @@ class RoundStateMachine:
             "clients": [u.client_id for u in uploads],
             "layout_id": layout[0],
             "num_values": layout[1],
-            "ciphertext_chunks": sum(1 for s, _ in chunks if s == CT),
-            "plaintext_chunks": sum(1 for s, _ in chunks if s == PT),
+            "ciphertext_chunks": acc.encrypted.plan.count if acc.encrypted is not None else 0,
+            "plaintext_chunks": acc.plain.plan.count if acc.plain is not None else 0,
         }
-        return chunks, header
+        return _aggregate_chunks(acc), header
 
     def _publish(self, number: int) -> None:
         """OPEN -> PUBLISHED (+ next round) or OPEN -> DECRYPTING, in one transaction."""
@@ -302,6 +308,9 @@ class RoundStateMachine:
             if number not in open_rounds:
                 self.files.drop_uploads(number)
                 fixed.append(f"dropped leftover staging of round {number}")
+        for number in self.files.summed_rounds():
+            if number not in open_rounds:
+                self.files.drop_uploads(number)  # and the round's running sums
         self.files.drop_temporaries()
         for line in fixed:
             logger.warning("job %s repaired after a crash: %s", self.job_id, line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedhe_common.storage.atomic import atomic_write
@@ -42,15 +43,23 @@ class JobFiles:
         finally:
             os.close(fd)
 
+    def accumulator_path(self, number: int, stream: int) -> Path:
+        """The open round's running sum of one stream (derived state, rebuilt at start-up)."""
+        return self.round_dir(number) / "accumulator" / f"{stream}.sum"
+
     def aggregate_chunk_path(self, number: int, stream: int, index: int) -> Path:
         """Where a published aggregate chunk lives."""
         return self.round_dir(number) / "aggregate" / f"{stream}-{index}.bin"
 
     def write_aggregate(
-        self, number: int, chunks: dict[tuple[int, int], bytes], header: dict[str, object]
+        self,
+        number: int,
+        chunks: Iterable[tuple[tuple[int, int], bytes]],
+        header: dict[str, object],
     ) -> None:
-        """Write every aggregate chunk, then the header last (its presence = complete)."""
-        for (stream, index), payload in chunks.items():
+        """Write every aggregate chunk as it comes (one in memory at a time), then the
+        header last (its presence = complete)."""
+        for (stream, index), payload in chunks:
             atomic_write(self.aggregate_chunk_path(number, stream, index), payload)
         atomic_write(
             self.round_dir(number) / "aggregate" / "header.json",
@@ -92,8 +101,9 @@ class JobFiles:
         return folder / "statement.json", folder / "signature.bin"
 
     def drop_uploads(self, number: int) -> None:
-        """Delete the staged uploads of a published or aborted round."""
+        """Delete the staged uploads and the running sums of a published or aborted round."""
         shutil.rmtree(self.round_dir(number) / "uploads", ignore_errors=True)
+        shutil.rmtree(self.round_dir(number) / "accumulator", ignore_errors=True)
 
     def drop_round(self, number: int) -> None:
         """Delete everything of an old round."""
@@ -106,6 +116,17 @@ class JobFiles:
             return []
         return sorted(
             int(d.name) for d in rounds.iterdir() if d.name.isdigit() and (d / "uploads").is_dir()
+        )
+
+    def summed_rounds(self) -> list[int]:
+        """Rounds that still have a running-sums (accumulator) folder."""
+        rounds = self.root / "rounds"
+        if not rounds.is_dir():
+            return []
+        return sorted(
+            int(d.name)
+            for d in rounds.iterdir()
+            if d.name.isdigit() and (d / "accumulator").is_dir()
         )
 
     def drop_temporaries(self) -> None:
