@@ -17,7 +17,13 @@ from fedhe_client.heartbeat import HeartbeatSender
 from fedhe_client.keymodes import Threshold, key_mode
 from fedhe_client.learner import check_global, check_layout, learner_for_client
 from fedhe_client.model_out import save_global
-from fedhe_client.update_codec import EncodedUpdate, decode_update, encode_update
+from fedhe_client.spool import SpooledChunks
+from fedhe_client.update_codec import (
+    EncodedUpdate,
+    StreamingDecoder,
+    decode_update,
+    encode_update,
+)
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig
@@ -202,15 +208,13 @@ class ClientAgent:
         )
 
     def _apply_aggregate(self, number: int) -> None:
-        header, chunks = self.conn.download(self.job_id, number)
         t0 = time.perf_counter()
-        try:
+        try:  # decrypted as it streams: no ciphertext is kept (issue 12)
+            decoder = StreamingDecoder(self.mode, self.mask, self.values_per_chunk)
+            header, _ = self.conn.download(self.job_id, number, sink=decoder)
             if header.layout_id != self.learner.manifest.layout_id:
                 raise FedHEError("aggregate has another model layout")
-            vector = (
-                decode_update(header, chunks, self.mode, self.mask, self.values_per_chunk)
-                / header.weight_sum
-            )
+            vector = decoder.result() / header.weight_sum
             check_global(vector, self.job.training.max_update_abs)
         except FedHEError as exc:
             logger.error(
@@ -247,10 +251,23 @@ class ClientAgent:
         t1 = time.perf_counter()
         clip = get_preset(self.job.preset_name).clip_bound if self.mode.encrypts else float("inf")
         update = encode_update(
-            vector, self.mode, self.mask, self.values_per_chunk, clip, self.job.dp
-        )
+            vector, self.mode, self.mask, self.values_per_chunk, clip, self.job.dp, pipelined=True
+        )  # encrypted on a producer thread while it uploads (issue 12)
+        try:
+            self._send_update(plan, vector, update, t_train, loss, t1)
+        finally:
+            update.close()
+
+    def _send_update(
+        self,
+        plan: pb.GetRoundPlanResponse,
+        vector: np.ndarray,
+        update: EncodedUpdate,
+        t_train: float,
+        loss: float,
+        t1: float,
+    ) -> None:
         t_he = time.perf_counter() - t1
-        self.encrypt_s[plan.round] = t_he if self.mode.encrypts else 0.0
         mask_id = self.mask.mask_id if self.mask is not None else ""
         manifest = self._manifest(plan.round, mask_id, update, vector.size)
         if self.export:
@@ -274,6 +291,9 @@ class ClientAgent:
             )
             return
         self.hooks.after_commit(plan.round)
+        if isinstance(update.ciphertext, SpooledChunks):
+            t_he = update.ciphertext.busy_s
+        self.encrypt_s[plan.round] = t_he if self.mode.encrypts else 0.0
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
             "(%d chunks sent)",

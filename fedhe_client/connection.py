@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -29,6 +30,14 @@ TRANSIENT = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
+
+
+class AggregateSink(Protocol):
+    """Takes a downloaded aggregate as it streams (see ``update_codec.StreamingDecoder``)."""
+
+    def header(self, header: pb.AggregateHeader) -> None: ...
+
+    def chunk(self, chunk: pb.Chunk) -> None: ...
 
 
 class ServerConnection(PeerConnection):
@@ -126,8 +135,13 @@ class ServerConnection(PeerConnection):
             ),
         )
 
-    def download(self, job_id: str, number: int) -> tuple[pb.AggregateHeader, list[pb.Chunk]]:
-        """Stream a published aggregate; every chunk's sha256 is checked."""
+    def download(
+        self, job_id: str, number: int, sink: AggregateSink | None = None
+    ) -> tuple[pb.AggregateHeader, list[pb.Chunk]]:
+        """Stream a published aggregate; every chunk's sha256 is checked.
+
+        With a ``sink`` each chunk goes to it as it arrives and none is kept (the list
+        returned is empty); otherwise they are returned."""
 
         def fetch() -> tuple[pb.AggregateHeader, list[pb.Chunk]]:
             stream = self.stub.GetAggregate(
@@ -140,10 +154,15 @@ class ServerConnection(PeerConnection):
                 self.bytes_received += item.ByteSize()
                 if item.HasField("header"):
                     header = item.header
+                    if sink is not None:
+                        sink.header(header)  # a retry starts the sink over
                 else:
                     if hashlib.sha256(item.chunk.payload).digest() != item.chunk.sha256:
                         raise ManifestMismatchError("aggregate chunk failed its sha256 check")
-                    chunks.append(item.chunk)
+                    if sink is not None:
+                        sink.chunk(item.chunk)  # decoded now: no chunk is kept
+                    else:
+                        chunks.append(item.chunk)
             if header is None:
                 raise ManifestMismatchError("aggregate stream had no header")
             return header, chunks
@@ -205,7 +224,7 @@ class ServerConnection(PeerConnection):
         self,
         upload_id: str,
         missing: list[tuple[pb.StreamKind.ValueType, int]],
-        streams: dict[pb.StreamKind.ValueType, tuple[list[bytes], ChunkPlan]],
+        streams: dict[pb.StreamKind.ValueType, tuple[Sequence[bytes], ChunkPlan]],
         on_chunk: Callable[[int], None],
     ) -> Iterator[pb.UploadChunksRequest]:
         for stream, k in missing:

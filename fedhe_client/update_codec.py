@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
+from fedhe_client.spool import SpooledChunks
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import DPSection
 from fedhe_common.crypto.sampling import snapped_noise
@@ -40,15 +43,47 @@ def add_dp_noise(values: np.ndarray, dp: DPSection) -> np.ndarray:
 class EncodedUpdate:
     """The two chunk streams of one upload and their chunk plans."""
 
-    ciphertext: list[bytes]
-    plaintext: list[bytes]
+    ciphertext: Sequence[bytes]
+    plaintext: Sequence[bytes]
     ct_plan: ChunkPlan
     pt_plan: ChunkPlan
 
     @property
     def num_bytes(self) -> int:
         """Payload bytes of both streams."""
-        return sum(map(len, self.ciphertext)) + sum(map(len, self.plaintext))
+        ct = self.ciphertext
+        ct_bytes = ct.nbytes if isinstance(ct, SpooledChunks) else sum(map(len, ct))
+        return ct_bytes + 4 * self.pt_plan.total
+
+    def close(self) -> None:
+        """Delete the spool of a pipelined update (nothing for a list)."""
+        if isinstance(self.ciphertext, SpooledChunks):
+            self.ciphertext.close()
+
+
+class Float32Chunks(Sequence[bytes]):
+    """Chunk k of a vector as little-endian float32 bytes, made when asked for."""
+
+    def __init__(self, values: np.ndarray, plan: ChunkPlan) -> None:
+        self.values = values
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return self.plan.count
+
+    @overload
+    def __getitem__(self, k: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[bytes]: ...
+
+    def __getitem__(self, k: int | slice) -> bytes | list[bytes]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.plan.count))]
+        if not 0 <= k < self.plan.count:
+            raise IndexError(k)
+        start, stop = self.plan.bounds(k)
+        return self.values[start:stop].astype("<f4").tobytes()
 
 
 def encode_update(
@@ -58,8 +93,14 @@ def encode_update(
     values_per_chunk: int,
     clip_bound: float,
     dp: DPSection,
+    pipelined: bool = False,
+    spool_dir: Path | None = None,
 ) -> EncodedUpdate:
-    """Split, clip, noise and encrypt one update into its two chunk streams."""
+    """Split, clip, noise and encrypt one update into its two chunk streams.
+
+    ``pipelined``: the ciphertexts are made by a producer thread into a spool file
+    (:class:`~fedhe_client.spool.SpooledChunks`) as the uploader asks for them, and
+    plaintext chunks are made on demand; call :meth:`EncodedUpdate.close` after."""
     count = encrypted_count(vector.size, mode.encrypts, mask.count if mask else None)
     if count == vector.size:
         encrypted, rest = vector, np.empty(0)
@@ -70,6 +111,10 @@ def encode_update(
         encrypted, rest = mask.split(vector)
         rest = add_dp_noise(np.clip(rest, -clip_bound, clip_bound), dp)
     ct_plan, pt_plan = stream_plans(vector.size, values_per_chunk, count)
+    if pipelined:  # encrypted on a producer thread while the chunks are sent
+        blobs = mode.encrypt_vector(encrypted) if count else iter(())
+        ciphertext: Sequence[bytes] = SpooledChunks(blobs, ct_plan.count, spool_dir)
+        return EncodedUpdate(ciphertext, Float32Chunks(rest, pt_plan), ct_plan, pt_plan)
     ciphertext = list(mode.encrypt_vector(encrypted)) if count else []
     plaintext = [c.astype("<f4").tobytes() for c in pt_plan.split(rest)]
     return EncodedUpdate(ciphertext, plaintext, ct_plan, pt_plan)
@@ -104,3 +149,76 @@ def decode_update(
     if mask is not None and 0 < count < total:
         return mask.merge(dense, rest)
     return dense if count else rest
+
+
+class StreamingDecoder:
+    """Decrypt/decode an aggregate chunk by chunk as it streams in (single-key and
+    plaintext jobs: no ciphertext is kept; threshold jobs collect theirs, since the
+    parties' shares are needed for all of them)."""
+
+    def __init__(self, mode: KeyMode, mask: EncryptionMask | None, values_per_chunk: int) -> None:
+        self.mode = mode
+        self.mask = mask
+        self.values_per_chunk = values_per_chunk
+        self.header_msg: pb.AggregateHeader | None = None
+
+    def header(self, header: pb.AggregateHeader) -> None:
+        """Start (or restart, on a retried download) with the aggregate's header."""
+        total = int(header.num_values)
+        encrypts = self.mode.encrypts and header.ciphertext_chunks > 0
+        self.count = encrypted_count(total, encrypts, self.mask.count if self.mask else None)
+        self.ct_plan, self.pt_plan = stream_plans(total, self.values_per_chunk, self.count)
+        if (header.ciphertext_chunks, header.plaintext_chunks) != (
+            self.ct_plan.count,
+            self.pt_plan.count,
+        ):
+            raise FedHEError("aggregate's chunk counts do not fit this client's mask")
+        self.header_msg = header
+        self.dense = np.zeros(self.count)
+        self.rest = np.zeros(total - self.count)
+        self.seen: dict[int, set[int]] = {
+            pb.STREAM_KIND_CIPHERTEXT: set(),
+            pb.STREAM_KIND_PLAINTEXT: set(),
+        }
+        self.held: list[pb.Chunk] = []
+        self.holder = getattr(self.mode, "holder", None)  # single-key: decrypt at once
+
+    def chunk(self, chunk: pb.Chunk) -> None:
+        """Decode one chunk into place."""
+        if self.header_msg is None:
+            raise FedHEError("aggregate chunk before its header")
+        is_ct = chunk.stream == pb.STREAM_KIND_CIPHERTEXT
+        plan = self.ct_plan if is_ct else self.pt_plan
+        if chunk.stream not in self.seen or not 0 <= chunk.index < plan.count:
+            raise FedHEError(f"aggregate chunk {chunk.index} out of range")
+        if chunk.index in self.seen[chunk.stream]:
+            raise FedHEError(f"aggregate chunk {chunk.index} sent twice")
+        start, stop = plan.bounds(chunk.index)
+        if not is_ct:
+            self.rest[start:stop] = decode_float32(chunk.payload, stop - start)
+        elif self.holder is not None:
+            weight_sum = max(1, int(self.header_msg.weight_sum))
+            values = self.holder.decrypt(chunk.payload, weight_sum=weight_sum)
+            self.dense[start:stop] = values[: stop - start]
+        else:
+            self.held.append(chunk)
+        self.seen[chunk.stream].add(chunk.index)
+
+    def result(self) -> np.ndarray:
+        """The weighted-sum vector once every chunk has arrived."""
+        header = self.header_msg
+        if header is None:
+            raise FedHEError("aggregate stream had no header")
+        for stream, plan in (
+            (pb.STREAM_KIND_CIPHERTEXT, self.ct_plan),
+            (pb.STREAM_KIND_PLAINTEXT, self.pt_plan),
+        ):
+            if len(self.seen[stream]) != plan.count:
+                raise FedHEError(
+                    f"aggregate has {len(self.seen[stream])} chunks, expected {plan.count}"
+                )
+        if self.count and self.holder is None:
+            self.dense = self.mode.decrypt_stream(header, self.held, self.ct_plan)
+        if self.mask is not None and 0 < self.count < header.num_values:
+            return self.mask.merge(self.dense, self.rest)
+        return self.dense if self.count else self.rest
