@@ -8,13 +8,21 @@ import math
 import numpy as np
 import torch
 
+from fedhe_client.peft_support import (
+    PeftInfo,
+    apply_peft,
+    check_base,
+    load_trainable,
+    travelling_state,
+    with_base,
+)
 from fedhe_client.tasks.base import ArrayData, FitConfig, Task
 from fedhe_client.tasks.builtin import BuiltinTask
 from fedhe_client.tasks.loading import resolve_task
 from fedhe_client.trainer import describe_device, pick_device
 from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.errors import ConfigError, InvalidArgumentError, ManifestMismatchError
-from fedhe_common.mlbridge.flatten import flatten, unflatten
+from fedhe_common.mlbridge.flatten import build_manifest, flatten, unflatten
 from fedhe_common.mlbridge.sensitivity import sensitivity_map
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,13 @@ class LocalLearner:
         self.val_set = self.task.val_data()
         torch.manual_seed(job.job.seed)  # every client starts from the same model
         self.model = self.task.build_model()
-        _, self.manifest = flatten(self.model.state_dict())
+        self.peft: PeftInfo | None = None
+        if job.peft is not None:  # LoRA: only adapters (+ head) travel
+            self.model, self.peft = apply_peft(self.model, job.peft)
+            check_base(job.peft.base_sha256, self.peft)
+        # The travelling vector's layout; under LoRA its layout_id also covers the frozen base.
+        _, self._layout = flatten(self._travelling())
+        self.manifest = self._layout if self.peft is None else with_base(self._layout, self.peft)
         pinned = job.task.layout_id if job.task is not None else None
         check_layout(pinned, self.manifest.layout_id)
 
@@ -67,15 +81,23 @@ class LocalLearner:
             rounds=self.job.job.rounds,
         )
         metrics = self.task.fit(self.model, self.train_set, hyper)
-        vector, manifest = flatten(self.model.state_dict())
-        if manifest.layout_id != self.manifest.layout_id:
+        vector, manifest = flatten(self._travelling())
+        if manifest.layout_id != self._layout.layout_id:
             raise ManifestMismatchError("the task's fit changed the model's layout")
         return vector, float(metrics.get("loss", math.nan))
 
     def load_vector(self, vector: np.ndarray) -> None:
         """Replace the model's float parameters with ``vector`` (a global model)."""
-        state = self.model.state_dict()
-        self.model.load_state_dict(unflatten(vector, self.manifest, state))
+        state = self._travelling()
+        new = unflatten(vector, self._layout, state)
+        if self.peft is None:
+            self.model.load_state_dict(new)
+        else:
+            load_trainable(self.model, new, self.peft)
+
+    def _travelling(self) -> dict[str, torch.Tensor]:
+        """The tensors that are flattened: the whole state, or only the trainable ones."""
+        return travelling_state(self.model, self.peft)
 
     def sensitivity(self, method: str, samples: int) -> np.ndarray:
         """Sensitivity map of the current model on (up to) ``samples`` of this client's data."""
@@ -90,7 +112,13 @@ class LocalLearner:
         seed = self.job.job.seed * 7919 + self.index
         model = self.model.to(self.device)  # the map runs where training does
         x, y = x.to(self.device), y.to(self.device)
-        return sensitivity_map(model, x, y, method, seed)  # type: ignore[arg-type]
+        scores = sensitivity_map(model, x, y, method, seed)  # type: ignore[arg-type]
+        if self.peft is None:
+            return scores
+        full = {e.name: e for e in build_manifest(self.model.state_dict()).entries}
+        picked = [scores[full[e.name].offset : full[e.name].offset + e.length] for e in
+                  self._layout.entries]  # fmt: skip
+        return np.concatenate(picked) if picked else np.zeros(0)
 
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on this site's validation split."""

@@ -235,6 +235,24 @@ class DPSection(_Model):
         return self
 
 
+class PeftSection(_Model):
+    """Parameter-efficient fine-tuning: only adapters (and the head) travel, encrypted.
+
+    The frozen base never leaves a client; its sha256 is part of the layout fingerprint,
+    and ``base_sha256`` (optional) pins it in the job, checked before round 1.
+    """
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(default=8, ge=1, le=4096)
+    alpha: int = Field(default=16, ge=1, le=65536)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # None: query/value attention projections (BERT, ViT) or c_attn (GPT-2).
+    target_modules: list[str] | None = None
+    # Trained in full besides the adapters; None: the model's last Linear (its head).
+    modules_to_save: list[str] | None = None
+    base_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class JobConfig(_Model):
     """A federated job: what to train, how to encrypt, when a round closes."""
 
@@ -250,6 +268,8 @@ class JobConfig(_Model):
     training: TrainingSection = TrainingSection()
     # None: the built-in task chosen by the model and data sections.
     task: TaskSection | None = None
+    # None: every float parameter and buffer travels (full fine-tuning).
+    peft: PeftSection | None = None
 
     @property
     def threshold_keys(self) -> bool:
