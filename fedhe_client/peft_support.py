@@ -38,14 +38,14 @@ def _leaf_names(model: nn.Module) -> set[str]:
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """The attention projections LoRA adapts by default (BERT/ViT, GPT-2 or Llama names)."""
+    """The attention projections LoRA adapts by default (BERT, GPT-2, ViT/Llama names)."""
     leaves = _leaf_names(model)
     for names in _DEFAULT_TARGETS:
         if all(n in leaves for n in names):
             return list(names)
     raise ConfigError(
-        "peft: no query/value (BERT, ViT), c_attn (GPT-2) or q_proj/v_proj modules in this "
-        "model; set peft.target_modules"
+        "peft: no query/value (BERT), c_attn (GPT-2) or q_proj/v_proj (ViT, Llama) modules in "
+        "this model; set peft.target_modules"
     )
 
 

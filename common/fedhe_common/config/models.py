@@ -246,7 +246,7 @@ class PeftSection(_Model):
     r: int = Field(default=8, ge=1, le=4096)
     alpha: int = Field(default=16, ge=1, le=65536)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    # None: query/value attention projections (BERT, ViT) or c_attn (GPT-2).
+    # None: query/value (BERT), q_proj/v_proj (ViT, Llama) or c_attn (GPT-2).
     target_modules: list[str] | None = None
     # Trained in full besides the adapters; None: the model's last Linear (its head).
     modules_to_save: list[str] | None = None
