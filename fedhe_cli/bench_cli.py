@@ -122,19 +122,48 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
 @bench.command("round")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
 @click.option(
-    "--model", default="cnn", show_default=True, type=click.Choice(["cnn", "lenet", "mlp"])
+    "--model",
+    default="cnn",
+    show_default=True,
+    help="any zoo model (fedhe_client.zoo); CPU phases only for the digit models",
 )
 @click.option(
     "--dataset", default="digits28", show_default=True, type=click.Choice(["digits", "digits28"])
 )
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1, 100))
-def bench_round(json_path: Path | None, model: str, dataset: str, epochs: int) -> None:
-    """One 3-client round over gRPC: HE vs plaintext float32 updates."""
-    from fedhe_cli.bench.round_bench import PHASES, run_round_bench
+@click.option("--memory-only", is_flag=True, help="only the per-process memory round")
+def bench_round(
+    json_path: Path | None, model: str, dataset: str, epochs: int, memory_only: bool
+) -> None:
+    """One 3-client round over gRPC: HE vs plaintext float32 updates, peak RSS per process."""
+    from fedhe_cli.bench.round_bench import run_round_bench
+    from fedhe_client.zoo import zoo_model
 
-    result = run_round_bench(model, dataset, epochs)
+    try:
+        zoo_model(model)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    result = run_round_bench(model, dataset, epochs, memory_only)
+    _print_round(result)
+    if json_path:
+        write_json(json_path, result)
+
+
+def _print_round(result: dict) -> None:
+    """The CPU table (when measured) and the memory round's line."""
+    from fedhe_cli.bench.round_bench import PHASES
+
+    rss, mem = result["peak_rss_mb"], result["memory_round"]
+    console.print(
+        f"memory round ({mem['n_values']:,} values, 3 client processes): peak RSS server "
+        f"{rss['server']:.0f} MB, client max {rss['client_max']:.0f} MB, keyauth "
+        f"{rss['keyauth']:.0f} MB; upload {mem['upload_x_plaintext']:.3f}x, download "
+        f"{mem['download_x_plaintext']:.3f}x plaintext; max |HE - FedAvg| "
+        f"{mem['max_abs_diff_vs_plain_fedavg']:.3g}; targets met: {mem['targets']['met']}"
+    )
     modes = result["modes"]
-    assert isinstance(modes, dict)
+    if not modes:
+        return
     rows = []
     for name, m in modes.items():
         rows.append(
@@ -157,8 +186,6 @@ def bench_round(json_path: Path | None, model: str, dataset: str, epochs: int) -
         f"download {he['download_bytes_per_client'] / plain['download_bytes_per_client']:.3f}x "
         f"plain, max |HE - plain| of the global model {he['max_abs_diff_vs_plain']:.3g}"
     )
-    if json_path:
-        write_json(json_path, result)
 
 
 @bench.command("selective")

@@ -1,5 +1,10 @@
 """``fedhe bench round``: one 3-client round over real gRPC, HE vs plaintext float32.
 
+Memory (issue 12): :func:`run_process_round` runs the key authority, the server and
+3 clients as separate processes on one round of any zoo model and reports each
+process's peak RSS (``VmHWM``), the bytes per client and HE = plaintext FedAvg.
+The CPU phases below need one process:
+
 Key authority and server run in this process on loopback, and the clients take
 their turns in the main thread, so ``time.process_time()`` around each phase is
 that phase's whole CPU cost on this machine (client and server side of each
@@ -9,13 +14,20 @@ server's total for the round (every commit plus the publish).
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from fedhe_cli.bench.cputime import PhaseTimer
+from fedhe_cli.bench.round_client import peak_rss_mb
+from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_cli.inprocess import InProcessFederation
 from fedhe_client.connection import ServerConnection
 from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
@@ -26,6 +38,7 @@ from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
 
 PHASES = ("train", "encrypt", "upload", "aggregate", "download", "decrypt")
+TRAINED_MODELS = ("linear", "mlp", "lenet", "cnn")  # the CPU phases train on digits
 CLIENTS = 3
 
 
@@ -119,18 +132,141 @@ def warm_up(model: str, dataset: str) -> None:
 
 
 def run_round_bench(
-    model: str = "cnn", dataset: str = "digits28", epochs: int = 1
+    model: str = "cnn", dataset: str = "digits28", epochs: int = 1, memory_only: bool = False
 ) -> dict[str, object]:
-    """Both modes in one process; the JSON contract of ``fedhe bench round``."""
-    warm_up(model, dataset)
+    """The JSON contract of ``fedhe bench round``.
+
+    CPU phases (both modes in one process, trained on ``dataset``) for the small
+    digit models unless ``memory_only``; then always one HE round of ``model`` with
+    keyauth, server and clients as processes, for every process's peak RSS, the
+    bytes and HE = plaintext FedAvg (issue 12)."""
+    result: dict[str, object] = {"clients": CLIENTS, "model": model, "peft": None}
     with tempfile.TemporaryDirectory(prefix="fedhe-bench-") as tmp:
-        he, he_global, n_params = run_mode("he", model, dataset, epochs, Path(tmp) / "he")
-        plain, plain_global, _ = run_mode("plain", model, dataset, epochs, Path(tmp) / "plain")
-    he["max_abs_diff_vs_plain"] = float(np.abs(he_global - plain_global).max())
+        if not memory_only and model in TRAINED_MODELS:
+            warm_up(model, dataset)
+            he, he_global, n_params = run_mode("he", model, dataset, epochs, Path(tmp) / "he")
+            plain, plain_global, _ = run_mode("plain", model, dataset, epochs, Path(tmp) / "plain")
+            he["max_abs_diff_vs_plain"] = float(np.abs(he_global - plain_global).max())
+            result.update(n_params=n_params, dataset=dataset, modes={"he": he, "plain": plain})
+        else:
+            result["modes"] = {}
+        memory = run_process_round(model, Path(tmp) / "memory")
+    result.setdefault("n_params", memory["n_values"])
+    result["peak_rss_mb"] = memory.pop("peak_rss_mb")
+    result["memory_round"] = memory
+    return result
+
+
+# ------------------------------------------------------------ per-process memory (issue 12)
+def process_job(model: str, encrypted: bool) -> str:
+    """The job of the memory round: 3 clients, one round, room for any zoo model."""
+    return f"""
+job: {{name: bench-mem-{model}, rounds: 1, seed: 0, max_values: 2000000000}}
+participants: {{min_clients: {CLIENTS}, expected_clients: {CLIENTS}, round_timeout_s: 7200,
+                wait_after_min_s: 7200, max_sample_count: 100}}
+encryption: {{mode: {"ckks" if encrypted else "none"}, preset: single-key}}
+model: {{name: {model}}}
+"""
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait for one child (polling, so a long round needs no thread)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {proc.args!r} still running after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def run_process_round(
+    model: str, workdir: Path, encrypted: bool = True, timeout_s: float = 7200
+) -> dict[str, object]:
+    """Key authority, server and 3 clients as processes; one round of ``model``.
+
+    Peak RSS is each process's own high-water mark (``VmHWM`` in ``/proc/<pid>/status``):
+    clients report theirs when done, the daemons' is read just before they are stopped."""
+    out = workdir / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"mem-{i}" for i in range(CLIENTS)]
+    prog = [sys.executable, "-m", "fedhe_cli.bench.round_client", "--model", model]
+    flags = [] if encrypted else ["--plain"]
+    specs = [
+        ClientSpec(name, i, CLIENTS, command=[*prog, "--out", str(out), "--index", str(i), *flags])
+        for i, name in enumerate(names)
+    ]
+    cluster = LocalCluster(workdir, specs, torch_threads=1)
+    rss: dict[str, float] = {}
+    try:
+        cluster.start_keyauth()
+        cluster.start_server(process_job(model, encrypted))
+        t0 = time.perf_counter()
+        cluster.start_clients()
+        for name in names:
+            _reap(cluster.procs[name], timeout_s)
+            if cluster.procs[name].returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{cluster.log_tail(name)}")
+        round_s = time.perf_counter() - t0
+        for name in ("server", "keyauth"):
+            rss[name] = peak_rss_mb(cluster.procs[name].pid)
+            cluster.procs[name].send_signal(signal.SIGTERM)
+            _reap(cluster.procs[name], 60)
+    finally:
+        cluster.stop()
+    reports = [json.loads((out / f"client-{i}.json").read_text()) for i in range(CLIENTS)]
+    n = int(reports[0]["num_values"])
+    plain_bytes = 4 * n
+    diff = _fedavg_diff(out, [int(r["weight"]) for r in reports])
+    for path in out.glob("*.npy"):
+        path.unlink()
+    upload = max(int(r["upload_bytes"]) for r in reports)
+    download = max(int(r["download_bytes"]) for r in reports)
+    clients = [float(r["peak_rss_mb"]) for r in reports]
+    client_max = max(clients)
+    fp32_mb = plain_bytes / 2**20
     return {
-        "n_params": n_params,
-        "clients": CLIENTS,
-        "model": model,
-        "dataset": dataset,
-        "modes": {"he": he, "plain": plain},
+        "n_values": n,
+        "encrypted": encrypted,
+        "round_s": round(round_s, 1),
+        "peak_rss_mb": {
+            "server": round(rss["server"], 1),
+            "client_max": round(client_max, 1),
+            "keyauth": round(rss["keyauth"], 1),
+            "clients": [round(c, 1) for c in clients],
+        },
+        "upload_bytes_per_client": upload,
+        "download_bytes_per_client": download,
+        "upload_x_plaintext": round(upload / plain_bytes, 4),
+        "download_x_plaintext": round(download / plain_bytes, 4),
+        "max_abs_diff_vs_plain_fedavg": diff,
+        "clients": reports,
+        "targets": {
+            "server_peak_rss_mb_max": 1536,
+            "client_peak_rss_mb_max": round(4 * fp32_mb + 1536, 1),
+            "upload_x_max": 2.05,
+            "download_x_max": 4.05,
+            "max_abs_diff_max": 1e-6,
+            "met": bool(
+                rss["server"] <= 1536
+                and client_max <= 4 * fp32_mb + 1536
+                and upload / plain_bytes <= 2.05
+                and download / plain_bytes <= 4.05
+                and diff <= 1e-6
+            ),
+        },
     }
+
+
+def _fedavg_diff(out: Path, weights: list[int], block: int = 1 << 22) -> float:
+    """Max |global - plaintext FedAvg| over every client's global, read block by block."""
+    vecs = [np.load(out / f"vec-{i}.npy", mmap_mode="r") for i in range(CLIENTS)]
+    globals_ = [np.load(out / f"global-{i}.npy", mmap_mode="r") for i in range(CLIENTS)]
+    worst = 0.0
+    for start in range(0, vecs[0].size, block):
+        stop = start + block
+        avg = np.zeros(min(stop, vecs[0].size) - start)
+        for w, v in zip(weights, vecs, strict=True):
+            avg += w * np.asarray(v[start:stop])
+        avg /= sum(weights)
+        for g in globals_:
+            worst = max(worst, float(np.abs(np.asarray(g[start:stop]) - avg).max()))
+    return worst

@@ -28,3 +28,16 @@ def test_bench_round_contract(tmp_path: Path) -> None:
     # Ciphertext is ~8 B/value up and ~16 down vs 4 B/value float32 (+ padding of the
     # last chunk on this small model).
     assert he["upload_bytes_per_client"] < 2.6 * plain["upload_bytes_per_client"]
+    # Issue 12: every process's peak RSS, from a round run as separate processes.
+    assert doc["model"] == "lenet" and doc["peft"] is None
+    rss = doc["peak_rss_mb"]
+    assert set(rss) >= {"server", "client_max", "keyauth"}
+    assert all(0 < rss[k] < 2048 for k in ("server", "client_max", "keyauth"))
+    memory = doc["memory_round"]
+    assert memory["max_abs_diff_vs_plain_fedavg"] < 1e-6
+    assert memory["download_x_plaintext"] < 4.3
+
+
+def test_bench_round_refuses_an_unknown_model() -> None:
+    result = CliRunner().invoke(cli, ["bench", "round", "--model", "nope"])
+    assert result.exit_code == 2 and "unknown model" in result.output
