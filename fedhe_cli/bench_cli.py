@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.progress import Progress, TaskID
@@ -322,8 +323,16 @@ def bench_threshold(json_path: Path | None, values: int) -> None:
     help="values per model encrypted for real; larger models are scaled by ciphertext "
     "count (0: all)",
 )
-def bench_models(json_path: Path | None, models: str, configs: str, measure_values: int) -> None:
-    """FedML-HE Table 4: per zoo model, plaintext vs HE bytes and CPU, ours vs baselines."""
+@click.option(
+    "--lora/--no-lora",
+    default=True,
+    show_default=True,
+    help="also the LoRA table (FedML-HE Table 5): BERT-base, ResNet-18, Llama-2-7B by layout",
+)
+def bench_models(
+    json_path: Path | None, models: str, configs: str, measure_values: int, lora: bool
+) -> None:
+    """FedML-HE Tables 4 and 5: per zoo model, plaintext vs HE bytes and CPU; LoRA bytes."""
     from fedhe_cli.bench.crypto_bench import PATH_FACTORIES
     from fedhe_cli.bench.models_bench import ratios, run_models_bench
     from fedhe_client.zoo import ZOO
@@ -371,11 +380,13 @@ def bench_models(json_path: Path | None, models: str, configs: str, measure_valu
             for r in rows
         ],
     )
+    lora_rows = _lora_table() if lora else []
     if json_path:
         write_json(
             json_path,
             {
                 "suite": "models",
+                "lora": [dataclasses.asdict(r) for r in lora_rows],
                 "clients": 3,
                 "weights": [1, 2, 3],
                 "measured_values_per_model": measure_values or "all",
@@ -389,3 +400,23 @@ def bench_models(json_path: Path | None, models: str, configs: str, measure_valu
                 "ratios": ratios(rows),
             },
         )
+
+
+def _lora_table() -> list[Any]:
+    """FedML-HE Table 5 analogue: full vs LoRA (r=8) bytes per client, ours (single-key)."""
+    from fedhe_cli.bench.models_bench import LORA_R, run_lora_bench
+
+    console.log("LoRA table: BERT-base, ResNet-18 (real CKKS), Llama-2-7B (layout only)")
+    rows = run_lora_bench()
+    print_table(
+        f"LoRA r={LORA_R} (BERT/Llama: query+value, ResNet: convolutions) + head; "
+        "bytes per client, single-key; Llama-2-7B extrapolated per ciphertext",
+        ["model", "values", "LoRA values", "plain MB", "full HE MB", "LoRA plain MB",
+         "LoRA HE MB", "LoRA client cpu s", "full client cpu s", "measured"],
+        [[r.model, r.full_values, r.lora_values, r.plain_bytes / 1e6,
+          r.full_encrypted_bytes / 1e6, r.lora_plain_bytes / 1e6, r.lora_encrypted_bytes / 1e6,
+          r.lora_client_cpu_s, r.full_client_cpu_s, "yes" if r.measured else "extrapolated"]
+         for r in rows],
+    )  # fmt: skip
+    return rows
+

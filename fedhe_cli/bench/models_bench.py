@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -175,3 +176,121 @@ def ratios(rows: Sequence[ModelResult], ours: str = OURS) -> list[dict[str, floa
             entry["ours_vs_baseline_decrypt_cpu"] = m.decrypt_cpu_s / r.decrypt_cpu_s
         out.append(entry)
     return out
+
+
+# ------------------------------------------------------------ LoRA (FedML-HE Table 5)
+LORA_MODELS = ("bert-base", "resnet18")
+LLAMA = "llama-2-7b"
+LORA_R = 8
+LORA_TARGETS = {
+    "bert-base": ["query", "value"],
+    "resnet18": ["convolution"],
+    LLAMA: ["q_proj", "v_proj"],
+}
+# Llama-2-7B's published configuration (built on ``meta``: shapes only, nothing downloads).
+LLAMA_2_7B = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "num_labels": 2,
+    "pad_token_id": 0,
+}
+
+
+@dataclass
+class LoraResult:
+    """One row of the LoRA table (bytes per client); the field names are the JSON contract."""
+
+    model: str
+    n_params: int
+    full_values: int
+    lora_values: int
+    plain_bytes: int
+    full_encrypted_bytes: int
+    lora_plain_bytes: int
+    lora_encrypted_bytes: int
+    lora_client_cpu_s: float
+    full_client_cpu_s: float
+    measured: bool  # False: by layout only; bytes and CPU extrapolated per ciphertext
+
+
+def _llama_meta() -> Any:
+    """Llama-2-7B with a 2-class head on ``meta`` (no memory)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    with torch.device("meta"):
+        return LlamaForSequenceClassification(LlamaConfig(**LLAMA_2_7B))  # type: ignore[arg-type]
+
+
+def lora_layout(name: str, r: int = LORA_R) -> tuple[int, int, int]:
+    """(parameters, full update values, LoRA adapter + head values) of a model on ``meta``."""
+    import torch
+
+    from fedhe_client.peft_support import apply_peft
+    from fedhe_client.zoo import count_params, reference_model
+    from fedhe_common.config.models import PeftSection
+    from fedhe_common.mlbridge.flatten import build_manifest
+
+    model = _llama_meta() if name == LLAMA else reference_model(name)
+    n_params = count_params(model)
+    full = build_manifest(model.state_dict()).total
+    with torch.device("meta"):
+        model, info = apply_peft(model, PeftSection(r=r, target_modules=LORA_TARGETS[name]))
+    params = dict(model.named_parameters())
+    return n_params, full, sum(params[n].numel() for n in info.trainable)
+
+
+def run_lora_bench(
+    models: Sequence[str] = LORA_MODELS, config: str = OURS, with_llama: bool = True
+) -> list[LoraResult]:
+    """Encrypt each model's LoRA vector for real (3 clients); full and Llama per ciphertext."""
+    path = PATH_FACTORIES[config]()
+    per_ct = path.values_per_ciphertext
+    rows: list[LoraResult] = []
+    ct_bytes = ct_cpu = 0.0
+    for name in models:
+        n_params, full, lora = lora_layout(name)
+        (row,) = bench_model(ModelSize(name, n_params, lora), [path], measure_values=0)
+        cts = _ciphertexts(lora, per_ct)
+        ct_bytes, ct_cpu = row.upload_bytes / cts, row.client_cpu_s / cts
+        rows.append(_lora_row(name, n_params, full, lora, row.upload_bytes,
+                              row.client_cpu_s, ct_bytes, ct_cpu, per_ct, True))  # fmt: skip
+    if with_llama and ct_bytes:
+        n_params, full, lora = lora_layout(LLAMA)
+        cts = _ciphertexts(lora, per_ct)
+        rows.append(_lora_row(LLAMA, n_params, full, lora, round(cts * ct_bytes), cts * ct_cpu,
+                              ct_bytes, ct_cpu, per_ct, False))  # fmt: skip
+    return rows
+
+
+def _lora_row(
+    name: str,
+    n_params: int,
+    full: int,
+    lora: int,
+    lora_bytes: int,
+    lora_cpu: float,
+    ct_bytes: float,
+    ct_cpu: float,
+    per_ct: int,
+    measured: bool,
+) -> LoraResult:
+    full_cts = _ciphertexts(full, per_ct)
+    return LoraResult(
+        model=name,
+        n_params=n_params,
+        full_values=full,
+        lora_values=lora,
+        plain_bytes=PLAIN_BYTES_PER_VALUE * full,
+        full_encrypted_bytes=round(full_cts * ct_bytes),
+        lora_plain_bytes=PLAIN_BYTES_PER_VALUE * lora,
+        lora_encrypted_bytes=lora_bytes,
+        lora_client_cpu_s=lora_cpu,
+        full_client_cpu_s=full_cts * ct_cpu,
+        measured=measured,
+    )

@@ -132,3 +132,19 @@ def test_text_task_data_and_tokenizer() -> None:
         assert keys and all(k in list(TOPICS.values())[label] for k in keys)
     with pytest.raises(ConfigError, match="seq_len"):
         TextGenTask(TaskSetup({"seq_len": 2}, None, 0, "c0"))
+
+
+def test_lora_table_bert_base_under_target_and_llama_by_layout() -> None:
+    from fedhe_cli.bench.models_bench import run_lora_bench
+
+    bert, llama = run_lora_bench(models=("bert-base",))
+    assert (bert.model, bert.measured, llama.model, llama.measured) == (
+        "bert-base", True, "llama-2-7b", False
+    )  # fmt: skip
+    assert bert.lora_values == 294_912 + 768 * 2 + 2
+    assert bert.full_values == 109_483_778
+    assert bert.lora_encrypted_bytes <= 2.5e6  # issue 12 target (paper: 16.66 MB)
+    assert bert.lora_plain_bytes >= 1.1e6
+    assert bert.plain_bytes < bert.full_encrypted_bytes
+    assert llama.lora_values == 32 * 2 * 2 * 4096 * 8 + 4096 * 2
+    assert llama.lora_encrypted_bytes > bert.lora_encrypted_bytes
