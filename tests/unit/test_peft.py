@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,3 +149,26 @@ def test_lora_table_bert_base_under_target_and_llama_by_layout() -> None:
     assert bert.plain_bytes < bert.full_encrypted_bytes
     assert llama.lora_values == 32 * 2 * 2 * 4096 * 8 + 4096 * 2
     assert llama.lora_encrypted_bytes > bert.lora_encrypted_bytes
+
+
+def test_own_transformers_folder_keeps_the_base_fingerprint(tmp_path: Path) -> None:
+    mine = _learner(_job({"r": R}))
+    assert mine.peft is not None
+    fresh = _learner(_job())  # the same seeded bert-tiny, without adapters
+    fresh.model.net.save_pretrained(tmp_path / "own-bert")  # type: ignore[operator]
+    own = _learner(_job({"r": R}, model_dir=str(tmp_path / "own-bert")))
+    assert own.peft is not None
+    assert own.manifest.total == mine.manifest.total
+    assert own.peft.frozen_sha256 == mine.peft.frozen_sha256  # same base, loaded from disk
+    assert own.manifest.layout_id == mine.manifest.layout_id
+    with pytest.raises(ConfigError, match=r"no config\.json"):
+        _learner(_job({"r": R}, model_dir=str(tmp_path / "missing")))
+
+
+def test_selective_scores_cover_the_adapter_vector() -> None:
+    lora = _learner(_job({"r": R}))
+    for method in ("exact", "random"):
+        scores = lora.sensitivity(method, 8)
+        assert scores.shape == (lora.manifest.total,)
+        assert np.isfinite(scores).all()
+    assert lora.sensitivity("exact", 8).any()
