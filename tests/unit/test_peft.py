@@ -155,7 +155,7 @@ def test_own_transformers_folder_keeps_the_base_fingerprint(tmp_path: Path) -> N
     mine = _learner(_job({"r": R}))
     assert mine.peft is not None
     fresh = _learner(_job())  # the same seeded bert-tiny, without adapters
-    fresh.model.net.save_pretrained(tmp_path / "own-bert")  # type: ignore[operator]
+    fresh.model.net.save_pretrained(tmp_path / "own-bert")  # type: ignore[union-attr,operator]
     own = _learner(_job({"r": R}, model_dir=str(tmp_path / "own-bert")))
     assert own.peft is not None
     assert own.manifest.total == mine.manifest.total
