@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as sa
 
-from fedhe_common.crypto import sealbytes
+from fedhe_common.crypto import envelope, sealbytes
 from fedhe_common.crypto.aggregate import CiphertextAggregator
+from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.errors import InvalidArgumentError, ManifestMismatchError
 from fedhe_common.mlbridge.chunking import ChunkPlan
 
@@ -121,10 +122,11 @@ class EncryptedAccumulator:
             self._file.read(index * self._record, self._record), dtype="<u8"
         ).reshape(self._shape)
         ctx = self.aggregator.ctx
+        data = sealbytes.build_ciphertext(ctx.first_parms_id, words, self._scale)
+        if ctx.preset.compression == "none":  # the bytes SEAL would save, without a round trip
+            return envelope.wrap(BlobKind.CIPHERTEXT, ctx.fingerprint, data)
         loaded = sa.Ciphertext()
-        sealbytes.load_into(
-            loaded, ctx.seal, sealbytes.build_ciphertext(ctx.first_parms_id, words, self._scale)
-        )
+        sealbytes.load_into(loaded, ctx.seal, data)
         return self.aggregator.to_blob(loaded)
 
 
