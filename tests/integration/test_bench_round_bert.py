@@ -17,6 +17,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "bench_round_bert.json"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_bert_base_full_encryption_round_meets_the_memory_targets() -> None:
     result = run_round_bench("bert-base", memory_only=True)
     DOC.write_text(json.dumps(result, indent=2) + "\n")
