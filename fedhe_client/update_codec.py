@@ -182,11 +182,15 @@ class StreamingDecoder:
         }
         self.held: list[pb.Chunk] = []
         self.holder = getattr(self.mode, "holder", None)  # single-key: decrypt at once
+        self.collect = self.count > 0 and self.holder is None
 
     def chunk(self, chunk: pb.Chunk) -> None:
         """Decode one chunk into place."""
         if self.header_msg is None:
             raise FedHEError("aggregate chunk before its header")
+        if self.collect:  # threshold: decoded with the parties' shares at the end
+            self.held.append(chunk)
+            return
         is_ct = chunk.stream == pb.STREAM_KIND_CIPHERTEXT
         plan = self.ct_plan if is_ct else self.pt_plan
         if chunk.stream not in self.seen or not 0 <= chunk.index < plan.count:
@@ -196,12 +200,11 @@ class StreamingDecoder:
         start, stop = plan.bounds(chunk.index)
         if not is_ct:
             self.rest[start:stop] = decode_float32(chunk.payload, stop - start)
-        elif self.holder is not None:
+        else:
+            assert self.holder is not None
             weight_sum = max(1, int(self.header_msg.weight_sum))
             values = self.holder.decrypt(chunk.payload, weight_sum=weight_sum)
             self.dense[start:stop] = values[: stop - start]
-        else:
-            self.held.append(chunk)
         self.seen[chunk.stream].add(chunk.index)
 
     def result(self) -> np.ndarray:
@@ -209,6 +212,8 @@ class StreamingDecoder:
         header = self.header_msg
         if header is None:
             raise FedHEError("aggregate stream had no header")
+        if self.collect:
+            return decode_update(header, self.held, self.mode, self.mask, self.values_per_chunk)
         for stream, plan in (
             (pb.STREAM_KIND_CIPHERTEXT, self.ct_plan),
             (pb.STREAM_KIND_PLAINTEXT, self.pt_plan),
@@ -217,8 +222,6 @@ class StreamingDecoder:
                 raise FedHEError(
                     f"aggregate has {len(self.seen[stream])} chunks, expected {plan.count}"
                 )
-        if self.count and self.holder is None:
-            self.dense = self.mode.decrypt_stream(header, self.held, self.ct_plan)
         if self.mask is not None and 0 < self.count < header.num_values:
             return self.mask.merge(self.dense, self.rest)
         return self.dense if self.count else self.rest
