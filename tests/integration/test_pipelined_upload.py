@@ -122,3 +122,11 @@ def test_pipelined_resumed_upload_and_streamed_download_equal_fedavg(tmp_path: P
             conn.close()
     finally:
         fed.close()
+
+
+def test_commit_deadline_grows_with_the_upload() -> None:
+    """The server adds every chunk inside CommitUpload: BERT-base's 26,730 chunks get minutes."""
+    from fedhe_client.connection import UNARY_TIMEOUT_S, commit_timeout
+
+    assert commit_timeout(0) == UNARY_TIMEOUT_S
+    assert commit_timeout(26_730) > 500
