@@ -31,9 +31,16 @@ class KeyMode(Protocol):
     name: str
     encrypts: bool
     fingerprint: bytes
+    # True when one aggregate ciphertext decrypts on its own, as it streams in (single
+    # key); False when every chunk waits for other data (the parties' shares).
+    decrypts_chunkwise: bool
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One ciphertext blob per chunk of ``values`` (clipped to the preset's bound)."""
+        ...
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        """One aggregate ciphertext as weighted sums (only where ``decrypts_chunkwise``)."""
         ...
 
     def decrypt_stream(
@@ -56,6 +63,10 @@ class Plain:
     name = "plain"
     encrypts = False
     fingerprint = b""
+    decrypts_chunkwise = False
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        raise FedHEError("ciphertext in a job without encryption")
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         if values.size:
@@ -75,6 +86,7 @@ class SingleKey:
 
     name = "single-key"
     encrypts = True
+    decrypts_chunkwise = True
 
     def __init__(self, holder: SecretKeyHolder) -> None:
         self.holder = holder
@@ -91,8 +103,11 @@ class SingleKey:
         out = np.empty(plan.total)
         for k in range(plan.count):
             start, stop = plan.bounds(k)
-            out[start:stop] = self.holder.decrypt(blobs[k], weight_sum=weight_sum)[: stop - start]
+            out[start:stop] = self.decrypt_chunk(blobs[k], weight_sum)[: stop - start]
         return out
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        return self.holder.decrypt(blob, weight_sum=weight_sum)
 
 
 class Threshold:
@@ -100,6 +115,10 @@ class Threshold:
 
     name = "threshold"
     encrypts = True
+    decrypts_chunkwise = False
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        raise FedHEError("a threshold aggregate decrypts only with the parties' shares")
 
     def __init__(self, member: ThresholdMember, public: PublicKeyEncryptor) -> None:
         self.member = member

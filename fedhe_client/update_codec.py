@@ -181,8 +181,8 @@ class StreamingDecoder:
             pb.STREAM_KIND_PLAINTEXT: set(),
         }
         self.held: list[pb.Chunk] = []
-        self.holder = getattr(self.mode, "holder", None)  # single-key: decrypt at once
-        self.collect = self.count > 0 and self.holder is None
+        # Threshold: every chunk waits for the parties' shares, decoded at the end.
+        self.collect = self.count > 0 and not self.mode.decrypts_chunkwise
 
     def chunk(self, chunk: pb.Chunk) -> None:
         """Decode one chunk into place."""
@@ -201,9 +201,8 @@ class StreamingDecoder:
         if not is_ct:
             self.rest[start:stop] = decode_float32(chunk.payload, stop - start)
         else:
-            assert self.holder is not None
             weight_sum = max(1, int(self.header_msg.weight_sum))
-            values = self.holder.decrypt(chunk.payload, weight_sum=weight_sum)
+            values = self.mode.decrypt_chunk(chunk.payload, weight_sum)
             self.dense[start:stop] = values[: stop - start]
         self.seen[chunk.stream].add(chunk.index)
 
