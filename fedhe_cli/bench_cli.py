@@ -133,8 +133,19 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
 )
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1, 100))
 @click.option("--memory-only", is_flag=True, help="only the per-process memory round")
+@click.option(
+    "--peft",
+    type=click.Choice(["lora"]),
+    default=None,
+    help="LoRA r=8: only adapters and head travel (transformer models)",
+)
 def bench_round(
-    json_path: Path | None, model: str, dataset: str, epochs: int, memory_only: bool
+    json_path: Path | None,
+    model: str,
+    dataset: str,
+    epochs: int,
+    memory_only: bool,
+    peft: str | None,
 ) -> None:
     """One 3-client round over gRPC: HE vs plaintext float32 updates, peak RSS per process."""
     from fedhe_cli.bench.round_bench import run_round_bench
@@ -144,7 +155,7 @@ def bench_round(
         zoo_model(model)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
-    result = run_round_bench(model, dataset, epochs, memory_only)
+    result = run_round_bench(model, dataset, epochs, memory_only, peft)
     _print_round(result)
     if json_path:
         write_json(json_path, result)

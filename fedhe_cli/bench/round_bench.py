@@ -132,7 +132,11 @@ def warm_up(model: str, dataset: str) -> None:
 
 
 def run_round_bench(
-    model: str = "cnn", dataset: str = "digits28", epochs: int = 1, memory_only: bool = False
+    model: str = "cnn",
+    dataset: str = "digits28",
+    epochs: int = 1,
+    memory_only: bool = False,
+    peft: str | None = None,
 ) -> dict[str, object]:
     """The JSON contract of ``fedhe bench round``.
 
@@ -140,9 +144,9 @@ def run_round_bench(
     digit models unless ``memory_only``; then always one HE round of ``model`` with
     keyauth, server and clients as processes, for every process's peak RSS, the
     bytes and HE = plaintext FedAvg (issue 12)."""
-    result: dict[str, object] = {"clients": CLIENTS, "model": model, "peft": None}
+    result: dict[str, object] = {"clients": CLIENTS, "model": model, "peft": peft}
     with tempfile.TemporaryDirectory(prefix="fedhe-bench-") as tmp:
-        if not memory_only and model in TRAINED_MODELS:
+        if not memory_only and peft is None and model in TRAINED_MODELS:
             warm_up(model, dataset)
             he, he_global, n_params = run_mode("he", model, dataset, epochs, Path(tmp) / "he")
             plain, plain_global, _ = run_mode("plain", model, dataset, epochs, Path(tmp) / "plain")
@@ -150,7 +154,7 @@ def run_round_bench(
             result.update(n_params=n_params, dataset=dataset, modes={"he": he, "plain": plain})
         else:
             result["modes"] = {}
-        memory = run_process_round(model, Path(tmp) / "memory")
+        memory = run_process_round(model, Path(tmp) / "memory", peft=peft)
     result.setdefault("n_params", memory["n_values"])
     result["peak_rss_mb"] = memory.pop("peak_rss_mb")
     result["memory_round"] = memory
@@ -179,7 +183,11 @@ def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 
 
 def run_process_round(
-    model: str, workdir: Path, encrypted: bool = True, timeout_s: float = 7200
+    model: str,
+    workdir: Path,
+    encrypted: bool = True,
+    timeout_s: float = 7200,
+    peft: str | None = None,
 ) -> dict[str, object]:
     """Key authority, server and 3 clients as processes; one round of ``model``.
 
@@ -189,7 +197,7 @@ def run_process_round(
     out.mkdir(parents=True, exist_ok=True)
     names = [f"mem-{i}" for i in range(CLIENTS)]
     prog = [sys.executable, "-m", "fedhe_cli.bench.round_client", "--model", model]
-    flags = [] if encrypted else ["--plain"]
+    flags = ([] if encrypted else ["--plain"]) + (["--peft", peft] if peft else [])
     specs = [
         ClientSpec(name, i, CLIENTS, command=[*prog, "--out", str(out), "--index", str(i), *flags])
         for i, name in enumerate(names)

@@ -23,11 +23,12 @@ import torch
 
 from fedhe_client.connection import ServerConnection
 from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
+from fedhe_client.peft_support import apply_peft, travelling_state, with_base
 from fedhe_client.update_codec import StreamingDecoder, encode_update
 from fedhe_client.zoo import zoo_model
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import load_yaml
-from fedhe_common.config.models import ClientConfig, DPSection
+from fedhe_common.config.models import ClientConfig, DPSection, PeftSection
 from fedhe_common.mlbridge.flatten import flatten
 
 PUBLISHED_WAIT_S = 7200
@@ -44,25 +45,40 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def client_vector(model_name: str, index: int) -> tuple[np.ndarray, str]:
-    """The model's flat float64 vector plus ``0.001 * (index + 1)``, and its layout id."""
+def client_vector(model_name: str, index: int, peft: str | None = None) -> tuple[np.ndarray, str]:
+    """The model's flat float64 vector plus ``0.001 * (index + 1)``, and its layout id.
+
+    With ``peft="lora"`` (r=8 on the model's default targets) only the adapters and the
+    head travel, as in a LoRA job; the frozen base's sha256 is in the layout id."""
     spec = zoo_model(model_name)
     torch.manual_seed(0)
     model = spec.factory(spec.reference_shape, spec.reference_classes, 64)
-    vector, manifest = flatten(model.state_dict())
+    if peft == "lora":
+        model, info = apply_peft(model, PeftSection(method="lora"))
+        vector, manifest = flatten(travelling_state(model, info))
+        manifest = with_base(manifest, info)
+    else:
+        vector, manifest = flatten(model.state_dict())
     del model
     vector += 0.001 * (index + 1)
     return vector, manifest.layout_id
 
 
-def run(config: ClientConfig, model_name: str, index: int, encrypted: bool, out: Path) -> None:
+def run(
+    config: ClientConfig,
+    model_name: str,
+    index: int,
+    encrypted: bool,
+    out: Path,
+    peft: str | None = None,
+) -> None:
     """One round of this client; writes ``client-<i>.json``, ``vec-<i>.npy``, ``global-<i>.npy``."""
     t0 = time.perf_counter()
     conn = ServerConnection(config.server)
     reg = conn.register(config.client_id, None)
     job_id, vpc = reg.job_id, reg.values_per_chunk
     mode: KeyMode = SingleKey(fetch_secret_key(config, job_id)) if encrypted else Plain()
-    vector, layout_id = client_vector(model_name, index)
+    vector, layout_id = client_vector(model_name, index, peft)
     np.save(out / f"vec-{index}.npy", vector, allow_pickle=False)
     weight = index + 1
     update = encode_update(vector, mode, None, vpc, np.inf, DPSection(), pipelined=True)
@@ -119,11 +135,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--peft", choices=["lora"], default=None)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     config = load_yaml(args.config, ClientConfig)
     torch.set_num_threads(1)
-    run(config, args.model, args.index, not args.plain, args.out)
+    run(config, args.model, args.index, not args.plain, args.out, args.peft)
 
 
 if __name__ == "__main__":

@@ -172,3 +172,15 @@ def test_selective_scores_cover_the_adapter_vector() -> None:
         assert scores.shape == (lora.manifest.total,)
         assert np.isfinite(scores).all()
     assert lora.sensitivity("exact", 8).any()
+
+
+def test_bench_round_client_sends_only_adapters_under_lora() -> None:
+    """`fedhe bench round --peft lora`: a benchmark client's update is the adapter vector."""
+    from fedhe_cli.bench.round_client import client_vector
+
+    full, full_layout = client_vector("gpt-mini", 0)
+    lora, lora_layout = client_vector("gpt-mini", 0, "lora")
+    assert 0 < lora.size < full.size // 10
+    assert lora_layout != full_layout
+    again, again_layout = client_vector("gpt-mini", 1, "lora")
+    assert again_layout == lora_layout and again.size == lora.size  # same base on every client
