@@ -26,6 +26,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 
 from fedhe_common import errors as e
 from fedhe_common.config.models import TLSSection
@@ -191,6 +192,10 @@ class ServerHandle:
         names = register(server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            (*names, health_name, reflection.SERVICE_NAME), server
+        )
         if insecure:
             port = server.add_insecure_port(listen)
         else:
@@ -237,6 +242,7 @@ def create_server(
 ) -> ServerHandle:
     """Build and start a server; ``register`` adds services and returns their names.
 
-    Health (``grpc.health.v1``) reports SERVING for every registered service.
+    Health (``grpc.health.v1``) reports SERVING for every registered service; server
+    reflection lists them all (``grpcurl -plaintext HOST:PORT list``).
     """
     return ServerHandle(listen, insecure, tls, max_message_bytes, register, blocking_workers)
