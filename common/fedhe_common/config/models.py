@@ -341,7 +341,8 @@ class _Listener(_Model):
 class IdentitySection(_Model):
     id: str
     role: Literal["server", "client", "admin"]
-    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Optional with mutual TLS: the caller is then named by its certificate's CN (= id).
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     _id = field_validator("id")(_check_id)
 
@@ -356,7 +357,8 @@ class KeyAuthConfig(_Listener):
 
 class PeerSection(_Model):
     address: str
-    token_file: str
+    # Bearer token (loopback tests); None: this side is named by its certificate (mutual TLS).
+    token_file: str | None = None
     ca_file: str | None = None
     # This side's certificate, for peers that require mutual TLS (their tls.ca_file).
     cert_file: str | None = None
@@ -369,6 +371,8 @@ class PeerSection(_Model):
             raise ValueError("insecure (no TLS) is only allowed to a loopback address")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if self.token_file is None and (self.insecure or self.cert_file is None):
+            raise ValueError("token_file is needed unless cert_file/key_file name this side")
         return self
 
 
@@ -417,6 +421,13 @@ class SiteDataSection(_Model):
     pad_id: int = Field(default=0, ge=0)
 
 
+class JobFilterSection(_Model):
+    """Which jobs a long-lived client agent takes (empty lists: any job it is enrolled in)."""
+
+    names: list[str] = Field(default=[], description="job names (ids) this site takes")
+    tasks: list[str] = Field(default=[], description="task names this site takes")
+
+
 _TASK_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*|[A-Za-z0-9][\w-]*)$")
 
 
@@ -443,6 +454,10 @@ class ClientConfig(_Model):
     # The model out under state_dir/models/<job>/: the last round's global model only,
     # or also every round's (round-<n>/).
     keep_models: Literal["last", "every"] = "last"
+    # Long-lived agent (``fedhe-client run`` without --once): its allow-list of jobs, and
+    # the cap of its reconnect backoff while the server or key authority is down.
+    jobs: JobFilterSection = Field(default_factory=JobFilterSection)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
 
     _id = field_validator("client_id")(_check_id)
 

@@ -22,7 +22,8 @@ class PeerConnection:
     def __init__(
         self, peer: PeerSection, stub_factory: Callable[[grpc.Channel], Any], max_message_bytes: int
     ) -> None:
-        self.metadata = call_metadata(read_secret_file(peer.token_file))
+        token = read_secret_file(peer.token_file) if peer.token_file else None
+        self.metadata = call_metadata(token) if token else ()
         self.channel = create_channel(peer, max_message_bytes)
         self.stub = stub_factory(self.channel)
 
