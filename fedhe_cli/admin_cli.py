@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 from pydantic import BaseModel
 
 from fedhe_cli.output import console, print_table
-from fedhe_client.connection import ServerConnection
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import (
     ClientConfig,
@@ -20,6 +20,9 @@ from fedhe_common.config.models import (
 )
 from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.rpc.states import job_state_name, round_state_name
+
+if TYPE_CHECKING:  # imported on use: it loads SEAL and numpy, and `fedhe job --help` must not
+    from fedhe_client.connection import ServerConnection
 
 KINDS: dict[str, type[BaseModel]] = {
     "job": JobConfig,
@@ -66,6 +69,8 @@ def validate(file: Path, kind: str | None) -> None:
 
 
 def _admin(server: str, token_file: str, ca_file: str | None, insecure: bool) -> ServerConnection:
+    from fedhe_client.connection import ServerConnection
+
     try:
         return ServerConnection(
             PeerSection(address=server, token_file=token_file, ca_file=ca_file, insecure=insecure)

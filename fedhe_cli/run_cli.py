@@ -10,9 +10,7 @@ import click
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster, terminate_on_sigterm
 from fedhe_cli.output import console
-from fedhe_cli.plain_fedavg import run_plain_fedavg
 from fedhe_cli.rounds_view import RoundLines, job_active
-from fedhe_client.connection import ServerConnection
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import JobConfig, PeerSection
@@ -37,6 +35,8 @@ def follow_job(
     cluster: LocalCluster, job: JobConfig, timeout_s: float
 ) -> dict[str, float]:
     """Print one line per finished round until the job ends; return the last metrics."""
+    from fedhe_client.connection import ServerConnection  # SEAL: loaded only when run
+
     admin = ServerConnection(
         PeerSection(
             address=f"127.0.0.1:{cluster.server_port}",
@@ -142,6 +142,8 @@ def run_federation(
         raise click.ClickException("the job finished but no client reported a test accuracy")
     console.print(f"final test accuracy (HE, {job.encryption.mode}): {final['accuracy']:.4f}")
     if compare:
+        from fedhe_cli.plain_fedavg import run_plain_fedavg  # torch: loaded only when run
+
         with terminate_on_sigterm():
             plain = run_plain_fedavg(job, clients)
         diff = 100 * abs(final["accuracy"] - plain["accuracy"])
