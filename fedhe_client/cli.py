@@ -11,7 +11,7 @@ from fedhe_client.agent import ClientAgent
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ClientConfig
 from fedhe_common.errors import ConfigError, FedHEError
-from fedhe_common.logsetup import configure_logging, log_level_option
+from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
 
 logger = logging.getLogger("fedhe_client")
 
@@ -24,9 +24,10 @@ def cli() -> None:
 @cli.command()
 @click.option("--config", "config_path", required=True, type=click.Path())
 @log_level_option
-def run(config_path: str, log_level: str) -> None:
+@log_format_option
+def run(config_path: str, log_level: str, log_format: str) -> None:
     """Take part in the job until it finishes; print the final metrics as JSON."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         config = load_yaml(config_path, ClientConfig)
         _check_device(config, config_path)

@@ -11,7 +11,7 @@ import click
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import KeyAuthConfig
 from fedhe_common.errors import ConfigError, FedHEError
-from fedhe_common.logsetup import configure_logging, log_level_option
+from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
@@ -31,9 +31,10 @@ def cli() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path())
 @click.option("--port-file", type=click.Path(), help="write the bound port here")
 @log_level_option
-def serve(config_path: str, port_file: str | None, log_level: str) -> None:
+@log_format_option
+def serve(config_path: str, port_file: str | None, log_level: str, log_format: str) -> None:
     """Serve keys until SIGINT/SIGTERM."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         config = load_yaml(config_path, KeyAuthConfig)
         store = KeyStore(config.state_dir)

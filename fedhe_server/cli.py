@@ -12,7 +12,7 @@ import click
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ServerConfig, host_of
 from fedhe_common.errors import ConfigError, FedHEError
-from fedhe_common.logsetup import configure_logging, log_level_option
+from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
@@ -32,9 +32,16 @@ def cli() -> None:
 @click.option("--job", "job_path", type=click.Path(), help="submit this job YAML at start")
 @click.option("--port-file", type=click.Path(), help="write the bound port here")
 @log_level_option
-def serve(config_path: str, job_path: str | None, port_file: str | None, log_level: str) -> None:
+@log_format_option
+def serve(
+    config_path: str,
+    job_path: str | None,
+    port_file: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Serve until SIGINT/SIGTERM; state lives in the config's state_dir."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         config = load_yaml(config_path, ServerConfig)
         job_yaml = _read_job(job_path) if job_path else None
