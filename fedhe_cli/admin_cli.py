@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,6 +145,38 @@ def status(job_id: str, server: str, token_file: str, ca_file: str | None, insec
             for r in reply.history
         ],
     )
+    if reply.clients:
+        print_table(
+            "clients",
+            ["client", "last seen (s ago)", "errors", "last error"],
+            [
+                [
+                    c.client_id,
+                    round(time.time() - c.last_seen_unix_ms / 1000, 1),
+                    c.error_count,
+                    f"round {c.error.round} {c.error.phase}: {c.error.message}"
+                    if c.error.phase
+                    else "",
+                ]
+                for c in reply.clients
+            ],
+        )
+
+
+@job_group.command("cancel")
+@click.argument("job_id")
+@server_options
+def cancel(job_id: str, server: str, token_file: str, ca_file: str | None, insecure: bool) -> None:
+    """Stop JOB_ID: CANCELLED, its open round aborted; its clients move on."""
+    from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+
+    try:
+        conn = _admin(server, token_file, ca_file, insecure)
+        reply = conn.call("CancelJob", pb.CancelJobRequest(job_id=job_id))
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    aborted = ", ".join(str(n) for n in reply.aborted_rounds) or "none"  # type: ignore[attr-defined]
+    console.print(f"job {job_id}: {job_state_name(reply.state)}; aborted rounds: {aborted}")  # type: ignore[attr-defined]
 
 
 @click.group("certs")

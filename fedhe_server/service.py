@@ -107,6 +107,8 @@ class AggregationServer:
             )
             if state == JobState.RUNNING:
                 self._start_run(job_id)
+        with self.changed:  # wakes agents waiting in ListJobs
+            self.changed.notify_all()
         logger.info(
             "job %s submitted: %d rounds, encryption %s",
             job_id,
@@ -186,6 +188,36 @@ class AggregationServer:
         if not rounds or number > rounds[-1].round:
             raise InvalidArgumentError(f"round {number} has not started")
         self.db.report_metrics(job_id, number, client_id, clean, MAX_METRIC_NAMES_PER_ROUND)
+
+    def report_error(
+        self, job_id: str, number: int, client_id: str, phase: str, message: str
+    ) -> None:
+        """Keep a registered client's validated error report for a job."""
+        from fedhe_server.edge import validated_error
+        from fedhe_server.views import ensure_enrolled
+
+        ensure_enrolled(self, job_id, client_id)
+        phase, message = validated_error(phase, message)
+        self.db.report_client_error(job_id, client_id, number, phase, message, self.clock())
+        logger.warning("client %s reported an error in job %s (%s)", client_id, job_id, phase)
+
+    def cancel(self, job_id: str) -> list[int]:
+        """Stop a job: CANCELLED, its open round aborted, in one transaction; wake clients."""
+        with self._lock:
+            run = self.runs.get(job_id)
+            if run is not None:
+                with run.lock:  # no tick or commit of the job runs meanwhile
+                    changed, aborted = self.db.cancel_job(job_id, self.clock())
+            else:
+                changed, aborted = self.db.cancel_job(job_id, self.clock())
+        if changed and run is not None:
+            for number in aborted:
+                run.files.drop_uploads(number)
+        if changed:
+            logger.warning("job %s cancelled; aborted rounds %s", job_id, aborted)
+        with self.changed:
+            self.changed.notify_all()
+        return aborted
 
     def active_job(self) -> str:
         """The only running job (clients that name no job join it)."""

@@ -20,7 +20,9 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import AuthenticationError, NotFoundError
 from fedhe_common.rpc.auth import Identity, TokenAuthority
 from fedhe_common.rpc.serving import Register, add_service, blocking
+from fedhe_common.rpc.states import job_state
 from fedhe_server.decryption import ThresholdDecryption
+from fedhe_server.edge import job_offers
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.views import ensure_enrolled, job_status, round_plan
@@ -90,6 +92,46 @@ class AggregationServicer:
             values_per_chunk=run.values_per_chunk if run else 0,
             max_message_bytes=max_message_bytes(),
         )
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        who = self._client(context, request.client_id)
+        skip = list(request.skip_job_ids)
+        offers = await blocking(job_offers, self.server, who.id, skip)
+        deadline = time.monotonic() + min(request.wait_s or 0, MAX_WAIT_S)
+        while not offers.jobs and self._held_polls < LONG_POLL_SLOTS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._held_polls += 1
+            try:  # submissions, cancellations and round changes notify ``changed``
+                await self.server.changed.wait_async(min(5.0, left))
+            finally:
+                self._held_polls -= 1
+            offers = await blocking(job_offers, self.server, who.id, skip)
+        return offers
+
+    async def ReportError(
+        self, request: pb.ReportErrorRequest, context: Context
+    ) -> pb.ReportErrorResponse:
+        who = self._client(context, request.client_id)
+        await blocking(
+            self.server.report_error,
+            request.job_id,
+            request.round,
+            who.id,
+            request.phase,
+            request.message,
+        )
+        return pb.ReportErrorResponse()
+
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: Context
+    ) -> pb.CancelJobResponse:
+        self.auth.require(context, "admin")
+        aborted = await blocking(self.server.cancel, request.job_id)
+        job = await blocking(self.server.db.job, request.job_id)
+        state = job_state(str(job.state)) if job is not None else pb.JOB_STATE_UNSPECIFIED
+        return pb.CancelJobResponse(job_id=request.job_id, state=state, aborted_rounds=aborted)
 
     async def GetRoundPlan(
         self, request: pb.GetRoundPlanRequest, context: Context

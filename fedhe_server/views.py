@@ -14,6 +14,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
 from fedhe_common.rpc.states import job_state, round_state
 from fedhe_server.store import JobState, RoundState, StateDB
+from fedhe_server.store.model import ClientRow
 
 if TYPE_CHECKING:
     from fedhe_server.service import AggregationServer
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 100
 MAX_STATUS_METRICS = 32  # metric names shown per round
+MAX_STATUS_CLIENTS = 200  # clients listed in a job status
 
 
 def ensure_enrolled(server: AggregationServer, job_id: str, client_id: str) -> None:
@@ -74,7 +76,26 @@ def job_status(
         rounds_published=totals.get(RoundState.PUBLISHED, 0),
         rounds_aborted=totals.get(RoundState.ABORTED, 0),
         history_truncated=truncated,
+        clients=[_client_summary(c) for c in db.client_rows(job_id, MAX_STATUS_CLIENTS)],
     )
+
+
+def _client_summary(row: ClientRow) -> pb.ClientSummary:
+    summary = pb.ClientSummary(
+        client_id=row.client_id,
+        last_seen_unix_ms=int((row.last_seen or 0) * 1000),
+        error_count=row.error_count,
+    )
+    if row.error_phase is not None:
+        summary.error.CopyFrom(
+            pb.ClientError(
+                round=row.error_round or 0,
+                phase=row.error_phase,
+                message=row.error_message or "",
+                unix_ms=int((row.error_t or 0) * 1000),
+            )
+        )
+    return summary
 
 
 def round_plan(
@@ -108,7 +129,7 @@ def round_plan(
     if job.state == JobState.FINISHED:
         return plan(pb.ROUND_PHASE_JOB_FINISHED)
     if job.state != JobState.RUNNING or run is None:
-        return plan(pb.ROUND_PHASE_JOB_FAILED)
+        return plan(pb.ROUND_PHASE_JOB_FAILED, job_state=job_state(str(job.state)))
     decrypting = run.decrypting_round()
     if decrypting is not None:
         if ThresholdDecryption(run).pending_for(client_id, decrypting.round):

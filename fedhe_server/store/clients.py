@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedhe_common.errors import InvalidArgumentError
 from fedhe_server.store.base import StoreBase
+from fedhe_server.store.model import ClientRow
 
 
 class ClientsStore(StoreBase):
@@ -82,3 +83,37 @@ class ClientsStore(StoreBase):
                     "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
                     (job_id, number, client_id, name, value),
                 )
+
+    def report_client_error(
+        self, job_id: str, client_id: str, number: int, phase: str, message: str, t: float
+    ) -> None:
+        """Keep a client's latest error for a job (and count them)."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO client_errors VALUES (?,?,?,?,?,?,1) "
+                "ON CONFLICT (job_id, client_id) DO UPDATE SET round=excluded.round, "
+                "phase=excluded.phase, message=excluded.message, t=excluded.t, count=count+1",
+                (job_id, client_id, number, phase, message, t),
+            )
+
+    def client_rows(self, job_id: str, limit: int) -> list[ClientRow]:
+        """A job's registered clients with their last error (first ``limit`` by id)."""
+        rows = self.query(
+            "SELECT c.client_id, COALESCE(c.last_seen, c.registered), e.round, e.phase, "
+            "e.message, e.t, COALESCE(e.count, 0) FROM clients c LEFT JOIN client_errors e "
+            "ON e.job_id = c.job_id AND e.client_id = c.client_id WHERE c.job_id=? "
+            "ORDER BY c.client_id LIMIT ?",
+            (job_id, limit),
+        )
+        return [
+            ClientRow(
+                str(cid),
+                None if seen is None else float(seen),
+                None if rnd is None else int(rnd),
+                None if phase is None else str(phase),
+                None if msg is None else str(msg),
+                None if t is None else float(t),
+                int(count),
+            )
+            for cid, seen, rnd, phase, msg, t, count in rows
+        ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
+from fedhe_common.errors import ConflictError, NotFoundError
 from fedhe_server.store.base import StoreBase
-from fedhe_server.store.model import JOB_COLUMNS, JobRow, JobState
+from fedhe_server.store.model import JOB_COLUMNS, JobRow, JobState, RoundState
 
 
 class JobsStore(StoreBase):
@@ -79,3 +80,30 @@ class JobsStore(StoreBase):
         """Record the encryption mask a selective job's clients agreed on."""
         with self.transaction() as tx:
             tx.execute("UPDATE jobs SET mask_id=?, mask=? WHERE job_id=?", (mask_id, mask, job_id))
+
+    def cancel_job(self, job_id: str, t: float) -> tuple[bool, list[int]]:
+        """RUNNING/KEYGEN -> CANCELLED with its open or decrypting rounds ABORTED, in one
+        transaction; (changed, aborted rounds). Cancelling a cancelled job changes nothing."""
+        live = (RoundState.OPEN.value, RoundState.DECRYPTING.value)
+        with self.transaction() as tx:
+            row = tx.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"unknown job {job_id!r}")
+            state = JobState(str(row[0]))
+            if state == JobState.CANCELLED:
+                return False, []
+            if state not in (JobState.RUNNING, JobState.KEYGEN):
+                raise ConflictError(f"job {job_id!r} is {state.value}; only a running job stops")
+            aborted = [
+                int(r[0])
+                for r in tx.execute(
+                    "SELECT round FROM rounds WHERE job_id=? AND state IN (?,?) ORDER BY round",
+                    (job_id, *live),
+                )
+            ]
+            tx.execute(
+                "UPDATE rounds SET state=?, closed=? WHERE job_id=? AND state IN (?,?)",
+                (RoundState.ABORTED.value, t, job_id, *live),
+            )
+            self.set_job_state(tx, job_id, JobState.CANCELLED)
+        return True, aborted

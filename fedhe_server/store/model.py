@@ -15,6 +15,7 @@ class JobState(StrEnum):
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
 
 class RoundState(StrEnum):
@@ -65,6 +66,10 @@ CREATE TABLE IF NOT EXISTS shares (
 CREATE TABLE IF NOT EXISTS metrics (
   job_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, name TEXT NOT NULL,
   value REAL NOT NULL, PRIMARY KEY (job_id, round, client_id, name));
+CREATE TABLE IF NOT EXISTS client_errors (
+  job_id TEXT NOT NULL, client_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL,
+  message TEXT NOT NULL, t REAL NOT NULL, count INTEGER NOT NULL DEFAULT 1,
+  PRIMARY KEY (job_id, client_id));
 """
 
 
@@ -142,6 +147,19 @@ class UploadRow:
     state: str
     sample_count: int
     receipt: bytes | None
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """A registered client of a job and the last error it reported (if any)."""
+
+    client_id: str
+    last_seen: float | None
+    error_round: int | None
+    error_phase: str | None
+    error_message: str | None
+    error_t: float | None
+    error_count: int
 
 
 def now() -> float:

@@ -56,6 +56,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     JOB_STATE_FINISHED: _JobState.ValueType  # 3
     JOB_STATE_FAILED: _JobState.ValueType  # 4
+    JOB_STATE_CANCELLED: _JobState.ValueType  # 5
+    """Stopped by an admin (fedhe job cancel)."""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """A job's life on the server (JobState in fedhe_server.store)."""
@@ -66,6 +68,8 @@ JOB_STATE_KEYGEN: JobState.ValueType  # 1
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 JOB_STATE_FINISHED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
+JOB_STATE_CANCELLED: JobState.ValueType  # 5
+"""Stopped by an admin (fedhe job cancel)."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _RoundState:
@@ -368,6 +372,7 @@ class GetJobStatusResponse(_message.Message):
     ROUNDS_PUBLISHED_FIELD_NUMBER: _builtins.int
     ROUNDS_ABORTED_FIELD_NUMBER: _builtins.int
     HISTORY_TRUNCATED_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     current_round: _builtins.int
@@ -382,6 +387,10 @@ class GetJobStatusResponse(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundSummary]:
         """The newest rounds only (see GetJobStatusRequest.history_limit), oldest first."""
 
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientSummary]:
+        """Registered clients, with the last error each reported (if any)."""
+
     def __init__(
         self,
         *,
@@ -394,14 +403,75 @@ class GetJobStatusResponse(_message.Message):
         rounds_published: _builtins.int = ...,
         rounds_aborted: _builtins.int = ...,
         history_truncated: _builtins.bool = ...,
+        clients: _abc.Iterable[Global___ClientSummary] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_round", b"current_round", "history", b"history", "history_truncated", b"history_truncated", "job_id", b"job_id", "rounds", b"rounds", "rounds_aborted", b"rounds_aborted", "rounds_published", b"rounds_published", "rounds_total", b"rounds_total", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "current_round", b"current_round", "history", b"history", "history_truncated", b"history_truncated", "job_id", b"job_id", "rounds", b"rounds", "rounds_aborted", b"rounds_aborted", "rounds_published", b"rounds_published", "rounds_total", b"rounds_total", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobStatusResponse: _TypeAlias = GetJobStatusResponse  # noqa: Y015
+
+@_typing.final
+class ClientSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_COUNT_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    last_seen_unix_ms: _builtins.int
+    """Last registration or heartbeat (0: never)."""
+    error_count: _builtins.int
+    @_builtins.property
+    def error(self) -> Global___ClientError:
+        """Empty phase: no error reported."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        last_seen_unix_ms: _builtins.int = ...,
+        error: Global___ClientError | None = ...,
+        error_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "error", b"error", "error_count", b"error_count", "last_seen_unix_ms", b"last_seen_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientSummary: _TypeAlias = ClientSummary  # noqa: Y015
+
+@_typing.final
+class ClientError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    UNIX_MS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    phase: _builtins.str
+    message: _builtins.str
+    unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        phase: _builtins.str = ...,
+        message: _builtins.str = ...,
+        unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "phase", b"phase", "round", b"round", "unix_ms", b"unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientError: _TypeAlias = ClientError  # noqa: Y015
 
 @_typing.final
 class RegisterClientRequest(_message.Message):
@@ -500,6 +570,7 @@ class GetRoundPlanResponse(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     MASK_REQUIRED_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    JOB_STATE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     phase: Global___RoundPhase.ValueType
     round: _builtins.int
@@ -517,6 +588,8 @@ class GetRoundPlanResponse(_message.Message):
     """Set with retry when the server had no room to hold this long-poll: wait this
     long before asking again.
     """
+    job_state: Global___JobState.ValueType
+    """The job's state when the phase is JOB_FAILED (JOB_STATE_CANCELLED: an admin stopped it)."""
     def __init__(
         self,
         *,
@@ -531,10 +604,11 @@ class GetRoundPlanResponse(_message.Message):
         retry: _builtins.bool = ...,
         mask_required: _builtins.bool = ...,
         retry_after_ms: _builtins.int = ...,
+        job_state: Global___JobState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_round", b"aggregate_round", "context_fingerprint", b"context_fingerprint", "deadline_unix_ms", b"deadline_unix_ms", "job_id", b"job_id", "layout_id", b"layout_id", "mask_id", b"mask_id", "mask_required", b"mask_required", "phase", b"phase", "retry", b"retry", "retry_after_ms", b"retry_after_ms", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_round", b"aggregate_round", "context_fingerprint", b"context_fingerprint", "deadline_unix_ms", b"deadline_unix_ms", "job_id", b"job_id", "job_state", b"job_state", "layout_id", b"layout_id", "mask_id", b"mask_id", "mask_required", b"mask_required", "phase", b"phase", "retry", b"retry", "retry_after_ms", b"retry_after_ms", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1180,3 +1254,172 @@ class Contribution(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Contribution: _TypeAlias = Contribution  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SKIP_JOB_IDS_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    wait_s: _builtins.int
+    @_builtins.property
+    def skip_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs the client does not want (done, failed or outside its allow-list); at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        skip_job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        wait_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "skip_job_ids", b"skip_job_ids", "wait_s", b"wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
+
+@_typing.final
+class JobOffer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    task: _builtins.str
+    """The job's task name (empty: the built-in task of its model section)."""
+    state: Global___JobState.ValueType
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        task: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "state", b"state", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobOffer: _TypeAlias = JobOffer  # noqa: Y015
+
+@_typing.final
+class ListJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobOffer]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___JobOffer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class ReportErrorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    client_id: _builtins.str
+    round: _builtins.int
+    phase: _builtins.str
+    """Where it failed: a short lower-case word (setup, data, train, upload, decrypt...)."""
+    message: _builtins.str
+    """At most 2000 characters."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        phase: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "job_id", b"job_id", "message", b"message", "phase", b"phase", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErrorRequest: _TypeAlias = ReportErrorRequest  # noqa: Y015
+
+@_typing.final
+class ReportErrorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErrorResponse: _TypeAlias = ReportErrorResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ABORTED_ROUNDS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    state: Global___JobState.ValueType
+    @_builtins.property
+    def aborted_rounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Rounds aborted by the cancellation."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        aborted_rounds: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborted_rounds", b"aborted_rounds", "job_id", b"job_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015

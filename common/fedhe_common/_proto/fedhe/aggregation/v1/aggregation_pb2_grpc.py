@@ -109,6 +109,21 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/ListJobs',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.ReportError = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/ReportError',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/CancelJob',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -216,6 +231,28 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """Long-lived agents: the running jobs this client may take (enrolled, not skipped);
+        with wait_s, held until there is one or the wait ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportError(self, request, context):
+        """A client-side failure (data, training, keys...) of a job, kept per client.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Admin: the job goes to CANCELLED and its open round is aborted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -293,6 +330,21 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.GetContributions,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ReportError': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportError,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -700,6 +752,87 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/GetContributions',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetContributionsRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.Contribution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/ListJobs',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportError(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/ReportError',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ReportErrorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/CancelJob',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

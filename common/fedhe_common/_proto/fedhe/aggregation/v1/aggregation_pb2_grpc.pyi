@@ -62,6 +62,14 @@ class AggregationServiceStub:
     """Threshold keys: every upload that went into one chunk of a decrypting round's
     aggregate (its chunk and signed statement), so a party can recompute the sum.
     """
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.ListJobsRequest, _aggregation_pb2.ListJobsResponse]
+    """Long-lived agents: the running jobs this client may take (enrolled, not skipped);
+    with wait_s, held until there is one or the wait ends.
+    """
+    ReportError: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.ReportErrorRequest, _aggregation_pb2.ReportErrorResponse]
+    """A client-side failure (data, training, keys...) of a job, kept per client."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.CancelJobRequest, _aggregation_pb2.CancelJobResponse]
+    """Admin: the job goes to CANCELLED and its open round is aborted."""
 
 @_typing.type_check_only
 class AggregationServiceAsyncStub(AggregationServiceStub):
@@ -97,6 +105,14 @@ class AggregationServiceAsyncStub(AggregationServiceStub):
     """Threshold keys: every upload that went into one chunk of a decrypting round's
     aggregate (its chunk and signed statement), so a party can recompute the sum.
     """
+    ListJobs: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.ListJobsRequest, _aggregation_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Long-lived agents: the running jobs this client may take (enrolled, not skipped);
+    with wait_s, held until there is one or the wait ends.
+    """
+    ReportError: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.ReportErrorRequest, _aggregation_pb2.ReportErrorResponse]  # type: ignore[assignment]
+    """A client-side failure (data, training, keys...) of a job, kept per client."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.CancelJobRequest, _aggregation_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Admin: the job goes to CANCELLED and its open round is aborted."""
 
 class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -219,5 +235,31 @@ class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Threshold keys: every upload that went into one chunk of a decrypting round's
         aggregate (its chunk and signed statement), so a party can recompute the sum.
         """
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _aggregation_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.ListJobsResponse, _abc.Awaitable[_aggregation_pb2.ListJobsResponse]]:
+        """Long-lived agents: the running jobs this client may take (enrolled, not skipped);
+        with wait_s, held until there is one or the wait ends.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportError(
+        self,
+        request: _aggregation_pb2.ReportErrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.ReportErrorResponse, _abc.Awaitable[_aggregation_pb2.ReportErrorResponse]]:
+        """A client-side failure (data, training, keys...) of a job, kept per client."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _aggregation_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.CancelJobResponse, _abc.Awaitable[_aggregation_pb2.CancelJobResponse]]:
+        """Admin: the job goes to CANCELLED and its open round is aborted."""
 
 def add_AggregationServiceServicer_to_server(servicer: AggregationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
