@@ -69,6 +69,8 @@ class ClientSpec:
     # Argv run instead of ``fedhe-client run`` (``--config PATH`` is appended): tests
     # start fault-injecting agents this way.
     command: list[str] | None = None
+    # False: ``fedhe-client run --once`` (one job, then exit); True: the long-lived agent.
+    long_lived: bool = False
 
 
 class LocalCluster:
@@ -221,9 +223,13 @@ class LocalCluster:
         spec = self.clients[client_id]
         self._spawn(
             client_id,
-            [*(spec.command or [str(BIN / "fedhe-client"), "run"]), "--config", str(cfg)],
+            [*(spec.command or self._client_argv(spec)), "--config", str(cfg)],
             self.client_env(client_id),
         )
+
+    @staticmethod
+    def _client_argv(spec: ClientSpec) -> list[str]:
+        return [str(BIN / "fedhe-client"), "run", *([] if spec.long_lived else ["--once"])]
 
     def client_env(self, client_id: str) -> dict[str, str]:
         """Extra environment of a client: BLAS/OpenMP threads as torch's, then the spec's."""

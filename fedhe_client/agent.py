@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 ROUND_REFUSALS = (InvalidArgumentError, QuotaExceededError, ConflictError)
 
 
+class JobCancelledError(FedHEError):
+    """An admin cancelled the job this client was taking part in."""
+
+
 def _no_op(_: int) -> None:
     return None
 
@@ -64,6 +68,8 @@ class ClientAgent:
     def __init__(self, config: ClientConfig, hooks: AgentHooks | None = None) -> None:
         self.config = config
         self.hooks = hooks or AgentHooks()
+        # Where the agent is (phase, round): what a failure is reported against.
+        self.where: tuple[str, int] = ("setup", 0)
         first = ServerConnection(config.server)
         reg = first.register(config.client_id, config.job_id)
         first.close()
@@ -120,17 +126,21 @@ class ClientAgent:
                 raise KeyMaterialError("the server's job context differs from this client's keys")
             check_layout(plan.layout_id, self.learner.manifest.layout_id)
             if plan.phase == pb.ROUND_PHASE_DECRYPT and isinstance(self.mode, Threshold):
+                self.where = ("decrypt", plan.round)
                 self.mode.member.decrypt_duty(self.conn, self.config.client_id, plan.round)
                 continue
             if plan.mask_required and self.mask is None and plan.mask_id:
                 self._agree_mask(plan.mask_id)
             if plan.aggregate_round > self.applied_round:
+                self.where = ("aggregate", plan.aggregate_round)
                 self._apply_aggregate(plan.aggregate_round)
             if plan.phase == pb.ROUND_PHASE_JOB_FINISHED:
                 metrics = self.learner.evaluate()
                 logger.info("job %s finished: test accuracy %.4f", self.job_id, metrics["accuracy"])
                 return metrics
             if plan.phase == pb.ROUND_PHASE_JOB_FAILED:
+                if plan.job_state == pb.JOB_STATE_CANCELLED:
+                    raise JobCancelledError(f"job {self.job_id} was cancelled")
                 raise FedHEError(f"job {self.job_id} failed on the server")
             if plan.retry:
                 time.sleep(plan.retry_after_ms / 1000)  # 0 unless the server was busy
@@ -140,6 +150,7 @@ class ClientAgent:
                 continue
             if plan.mask_required and self.mask is None:
                 self._agree_mask("")
+            self.where = ("train", plan.round)
             self._train_and_upload(plan)
             done_round = plan.round
 
