@@ -135,12 +135,12 @@ class LocalCluster:
             time.sleep(0.05)
         raise TimeoutError(f"{name} did not start:\n{self.log_tail(name)}")
 
-    def start_keyauth(self) -> int:
-        """Start the key authority; return its port."""
+    def start_keyauth(self, port: int = 0) -> int:
+        """Start (or restart on the same state folder) the key authority; return its port."""
         cfg = self._write(
             "keyauth",
             {
-                "listen": "127.0.0.1:0",
+                "listen": f"127.0.0.1:{port}",
                 "insecure": True,
                 "state_dir": str(self.workdir / "keyauth-state"),
                 "identities": [
