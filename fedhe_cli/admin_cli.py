@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -69,30 +71,64 @@ def validate(file: Path, kind: str | None) -> None:
     console.print(f"{file}: valid {kind} config")
 
 
-def _admin(server: str, token_file: str, ca_file: str | None, insecure: bool) -> ServerConnection:
+def _admin(peer: PeerSection) -> ServerConnection:
     from fedhe_client.connection import ServerConnection
 
     try:
-        return ServerConnection(
-            PeerSection(address=server, token_file=token_file, ca_file=ca_file, insecure=insecure)
+        return ServerConnection(peer)
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _peer(options: dict[str, Any]) -> PeerSection:
+    """The server connection from ``--peer FILE`` or the individual options."""
+    try:
+        if options["peer_file"]:
+            return load_yaml(options["peer_file"], PeerSection)
+        if not options["server"]:
+            raise click.UsageError("give --peer FILE or --server (with a token or certificate)")
+        return PeerSection(
+            address=options["server"],
+            token_file=options["token_file"],
+            ca_file=options["ca_file"],
+            cert_file=options["cert_file"],
+            key_file=options["key_file"],
+            insecure=options["insecure"],
         )
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
 _server_options = [
-    click.option("--server", required=True, help="host:port of fedhe-server"),
-    click.option("--token-file", required=True, type=click.Path()),
+    click.option(
+        "--peer",
+        "peer_file",
+        type=click.Path(),
+        help="peer YAML, e.g. a provisioned admin kit's admin.yaml (replaces the options below)",
+    ),
+    click.option("--server", help="host:port of fedhe-server"),
+    click.option("--token-file", type=click.Path(), help="bearer token file"),
     click.option("--ca-file", type=click.Path(), help="CA certificate for TLS"),
+    click.option("--cert-file", type=click.Path(), help="this admin's certificate (mutual TLS)"),
+    click.option("--key-file", type=click.Path(), help="this admin's private key (mutual TLS)"),
     click.option("--insecure", is_flag=True, help="no TLS (loopback only)"),
 ]
+_PEER_OPTIONS = (
+    "peer_file", "server", "token_file", "ca_file", "cert_file", "key_file", "insecure",
+)
 
 
-def server_options(fn):  # type: ignore[no-untyped-def]
-    """Attach the connection options."""
+def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Attach the connection options; the command receives them as ``peer``."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in _PEER_OPTIONS}
+        return fn(peer=_peer(options), **kwargs)
+
     for option in reversed(_server_options):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @click.group("job")
@@ -103,15 +139,13 @@ def job_group() -> None:
 @job_group.command("submit")
 @click.argument("job_file", type=click.Path(path_type=Path))
 @server_options
-def submit(
-    job_file: Path, server: str, token_file: str, ca_file: str | None, insecure: bool
-) -> None:
+def submit(job_file: Path, peer: PeerSection) -> None:
     """Submit JOB_FILE (validated locally first)."""
     from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 
     try:
         load_yaml(job_file, JobConfig)
-        conn = _admin(server, token_file, ca_file, insecure)
+        conn = _admin(peer)
         reply = conn.call("SubmitJob", pb.SubmitJobRequest(job_yaml=job_file.read_text()))
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
@@ -122,10 +156,10 @@ def submit(
 @job_group.command("status")
 @click.argument("job_id")
 @server_options
-def status(job_id: str, server: str, token_file: str, ca_file: str | None, insecure: bool) -> None:
+def status(job_id: str, peer: PeerSection) -> None:
     """Show a job's rounds."""
     try:
-        reply = _admin(server, token_file, ca_file, insecure).job_status(job_id)
+        reply = _admin(peer).job_status(job_id)
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
     state = job_state_name(reply.state)
@@ -166,12 +200,12 @@ def status(job_id: str, server: str, token_file: str, ca_file: str | None, insec
 @job_group.command("cancel")
 @click.argument("job_id")
 @server_options
-def cancel(job_id: str, server: str, token_file: str, ca_file: str | None, insecure: bool) -> None:
+def cancel(job_id: str, peer: PeerSection) -> None:
     """Stop JOB_ID: CANCELLED, its open round aborted; its clients move on."""
     from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 
     try:
-        conn = _admin(server, token_file, ca_file, insecure)
+        conn = _admin(peer)
         reply = conn.call("CancelJob", pb.CancelJobRequest(job_id=job_id))
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None

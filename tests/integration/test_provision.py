@@ -131,6 +131,13 @@ def test_site_kits_call_as_themselves_only(project: Path, daemons: int) -> None:
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     status = admin.GetJobStatus(pb.GetJobStatusRequest(job_id="mtls-job"), timeout=30)
     assert status.job_id == "mtls-job" and status.rounds == 2
+    # The admin CLI with the kit's admin.yaml (its certificate, no token).
+    admin_doc = yaml.safe_load((kits / "alice" / "admin.yaml").read_text())
+    peer_file = project / "alice-local.yaml"
+    peer_file.write_text(yaml.safe_dump({**admin_doc, "address": f"127.0.0.1:{daemons}"}))
+    result = CliRunner().invoke(cli, ["job", "status", "mtls-job", "--peer", str(peer_file)])
+    assert result.exit_code == 0, result.output
+    assert "mtls-job" in result.output
     # No client certificate: the TLS handshake itself fails.
     anonymous = _stub(
         kits / "site-a",
