@@ -100,6 +100,7 @@ class ClientAgent:
         self.applied_round = 0
         self.mask: EncryptionMask | None = None
         self.encrypt_s: dict[int, float] = {}
+        self.steps: dict[int, dict[str, float]] = {}  # round -> train/encrypt/upload figures
         logger.info(
             "client %s joined job %s: %d samples, %d values, encryption %s",
             config.client_id,
@@ -220,8 +221,9 @@ class ClientAgent:
 
     def _apply_aggregate(self, number: int) -> None:
         t0 = time.perf_counter()
+        received = self.conn.bytes_received
         try:  # decrypted as it streams: no ciphertext is kept (issue 12)
-            decoder = StreamingDecoder(self.mode, self.mask, self.values_per_chunk)
+            decoder = _TimedDecoder(StreamingDecoder(self.mode, self.mask, self.values_per_chunk))
             header, _ = self.conn.download(self.job_id, number, sink=decoder)
             if header.layout_id != self.learner.manifest.layout_id:
                 raise FedHEError("aggregate has another model layout")
@@ -239,6 +241,11 @@ class ClientAgent:
         metrics = self.learner.evaluate()
         metrics["contributors"] = float(header.contributors)
         metrics["he_s"] = self.encrypt_s.pop(number, 0.0) + decrypt_s
+        # per-step overheads of this client's round (FedML-HE Fig. 13): job history / plot
+        metrics.update(self.steps.pop(number, {}))
+        metrics["decrypt_s"] = decoder.busy_s
+        metrics["download_s"] = max(0.0, decrypt_s - decoder.busy_s)
+        metrics["download_bytes"] = float(self.conn.bytes_received - received)
         if self.export:
             np.save(self.export / f"global-r{number}.npy", vector, allow_pickle=False)
         if self.config.state_dir:  # the model out: <state_dir>/models/<job>/
@@ -287,6 +294,7 @@ class ClientAgent:
                 json.dumps({"sample_count": self.weight})
             )
         chunks_before = self.conn.chunks_sent
+        sent_before, t_up = self.conn.bytes_sent, time.perf_counter()
         try:
             self.conn.upload(manifest, update, on_chunk=self.hooks.after_chunk)
         except (WrongRoundError, IncompleteUploadError) as exc:  # round moved on: re-sync
@@ -305,6 +313,14 @@ class ClientAgent:
         if isinstance(update.ciphertext, SpooledChunks):
             t_he = update.ciphertext.busy_s
         self.encrypt_s[plan.round] = t_he if self.mode.encrypts else 0.0
+        upload_s = time.perf_counter() - t_up
+        self.steps[plan.round] = {
+            "train_s": t_train,
+            "encrypt_s": self.encrypt_s[plan.round],
+            "upload_s": max(0.0, upload_s - self.encrypt_s[plan.round]),  # beyond encryption
+            "samples": float(self.weight),
+            "upload_bytes": float(self.conn.bytes_sent - sent_before),
+        }
         logger.info(
             "round %d: trained (loss %.4f, %.2fs), encrypted %.2fs, uploaded %.2f MB "
             "(%d chunks sent)",
@@ -315,3 +331,31 @@ class ClientAgent:
             update.num_bytes / 1e6,
             self.conn.chunks_sent - chunks_before,
         )
+
+
+class _TimedDecoder:
+    """A download sink that times the decoder's work (decryption) apart from the wire."""
+
+    def __init__(self, inner: StreamingDecoder) -> None:
+        self.inner = inner
+        self.busy_s = 0.0
+
+    def header(self, header: pb.AggregateHeader) -> None:
+        """Forward the aggregate's header."""
+        self.inner.header(header)
+
+    def chunk(self, chunk: pb.Chunk) -> None:
+        """Decode one chunk, timed."""
+        t0 = time.perf_counter()
+        try:
+            self.inner.chunk(chunk)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def result(self) -> np.ndarray:
+        """The decoded vector (threshold jobs decrypt here), timed."""
+        t0 = time.perf_counter()
+        try:
+            return self.inner.result()
+        finally:
+            self.busy_s += time.perf_counter() - t0

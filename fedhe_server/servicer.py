@@ -25,7 +25,7 @@ from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.edge import job_offers
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
-from fedhe_server.views import ensure_enrolled, job_status, round_plan
+from fedhe_server.views import ensure_enrolled, job_history, job_list, job_status, round_plan
 
 logger = logging.getLogger(__name__)
 MAX_WAIT_S = 30
@@ -132,6 +132,20 @@ class AggregationServicer:
         job = await blocking(self.server.db.job, request.job_id)
         state = job_state(str(job.state)) if job is not None else pb.JOB_STATE_UNSPECIFIED
         return pb.CancelJobResponse(job_id=request.job_id, state=state, aborted_rounds=aborted)
+
+    async def ListJobSummaries(
+        self, request: pb.ListJobSummariesRequest, context: Context
+    ) -> pb.ListJobSummariesResponse:
+        self.auth.require(context, "admin")
+        return await blocking(job_list, self.server.db, request.limit, request.after_job_id)
+
+    async def GetJobHistory(
+        self, request: pb.GetJobHistoryRequest, context: Context
+    ) -> pb.GetJobHistoryResponse:
+        self.auth.require(context, "admin")
+        return await blocking(
+            job_history, self.server.db, request.job_id, request.limit, request.before
+        )
 
     async def GetRoundPlan(
         self, request: pb.GetRoundPlanRequest, context: Context

@@ -25,6 +25,11 @@ DEFAULT_HISTORY = 50
 MAX_HISTORY = 100
 MAX_STATUS_METRICS = 32  # metric names shown per round
 MAX_STATUS_CLIENTS = 200  # clients listed in a job status
+DEFAULT_JOBS = 100  # ListJobSummaries page
+MAX_JOBS = 500
+DEFAULT_HISTORY_ROUNDS = 20  # GetJobHistory page: rounds x clients x metrics stay bounded
+MAX_HISTORY_ROUNDS = 50
+MAX_HISTORY_ROWS = 50_000  # metric rows per history page (~3 MB at most)
 
 
 def ensure_enrolled(server: AggregationServer, job_id: str, client_id: str) -> None:
@@ -78,6 +83,68 @@ def job_status(
         history_truncated=truncated,
         clients=[_client_summary(c) for c in db.client_rows(job_id, MAX_STATUS_CLIENTS)],
     )
+
+
+def job_list(db: StateDB, limit: int = 0, after: str = "") -> pb.ListJobSummariesResponse:
+    """A page of every job's progress, by job id."""
+    limit = min(limit or DEFAULT_JOBS, MAX_JOBS)
+    page, more = db.jobs_page(limit, after)
+    jobs = [
+        pb.JobSummary(
+            job_id=row.job_id,
+            state=job_state(row.state),
+            current_round=row.open_round
+            if row.open_round is not None
+            else db.last_published(row.job_id),
+            rounds=row.rounds,
+            clients=row.clients,
+            created_unix_ms=int(row.created * 1000),
+        )
+        for row in page
+    ]
+    return pb.ListJobSummariesResponse(
+        jobs=jobs, next_after_job_id=page[-1].job_id if more and page else ""
+    )
+
+
+def job_history(
+    db: StateDB, job_id: str, limit: int = 0, before: int = 0
+) -> pb.GetJobHistoryResponse:
+    """A page of a job's rounds, each with every client's reported metrics and its events."""
+    if db.job(job_id) is None:
+        raise NotFoundError(f"unknown job {job_id!r}")
+    limit = min(limit or DEFAULT_HISTORY_ROUNDS, MAX_HISTORY_ROUNDS)
+    page, truncated = db.rounds_page(job_id, limit, before or None)
+    per_client = (
+        db.client_metrics(job_id, page[0].round, page[-1].round, MAX_HISTORY_ROWS) if page else {}
+    )
+    now = time.time()
+
+    def ms(t: float | None) -> int:
+        return int((t or 0) * 1000)
+
+    rounds = [
+        pb.RoundHistory(
+            summary=pb.RoundSummary(
+                round=r.round,
+                state=round_state(r.state),
+                contributors=r.contributors or 0,
+                weight_sum=r.weight_sum or 0,
+                seconds=(r.closed or now) - r.opened,
+                upload_bytes=r.upload_bytes or 0,
+                metrics=db.round_metrics(job_id, r.round, MAX_STATUS_METRICS),
+            ),
+            clients=[
+                pb.ClientRoundMetrics(client_id=cid, metrics=m)
+                for cid, m in sorted(per_client.get(r.round, {}).items())
+            ],
+            opened_unix_ms=ms(r.opened),
+            min_reached_unix_ms=ms(r.min_reached),
+            closed_unix_ms=ms(r.closed),
+        )
+        for r in page
+    ]
+    return pb.GetJobHistoryResponse(job_id=job_id, rounds=rounds, truncated=truncated)
 
 
 def _client_summary(row: ClientRow) -> pb.ClientSummary:

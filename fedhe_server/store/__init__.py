@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedhe_server.store.clients import ClientsStore
 from fedhe_server.store.decryptions import DecryptionsStore
+from fedhe_server.store.history import HistoryStore
 from fedhe_server.store.jobs import JobsStore
 from fedhe_server.store.model import (
     JobRow,
@@ -25,7 +26,13 @@ from fedhe_server.store.uploads import UploadsStore
 
 
 class StateDB(
-    JobsStore, RoundsStore, UploadsStore, ClientsStore, DecryptionsStore, TelemetryStore
+    JobsStore,
+    RoundsStore,
+    UploadsStore,
+    ClientsStore,
+    DecryptionsStore,
+    TelemetryStore,
+    HistoryStore,
 ):
     """The whole state store."""
 

@@ -124,6 +124,16 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.ListJobSummaries = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/ListJobSummaries',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesResponse.FromString,
+                _registered_method=True)
+        self.GetJobHistory = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/GetJobHistory',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -253,6 +263,20 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobSummaries(self, request, context):
+        """Admin: every job with its progress, a page at a time (ordered by job id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobHistory(self, request, context):
+        """Admin: a page of a job's rounds with each client's reported metrics and round events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +369,16 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ListJobSummaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobSummaries,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesResponse.SerializeToString,
+            ),
+            'GetJobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobHistory,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -833,6 +867,60 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/CancelJob',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobSummaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/ListJobSummaries',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.ListJobSummariesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/GetJobHistory',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,10 @@ class AggregationServiceStub:
     """A client-side failure (data, training, keys...) of a job, kept per client."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.CancelJobRequest, _aggregation_pb2.CancelJobResponse]
     """Admin: the job goes to CANCELLED and its open round is aborted."""
+    ListJobSummaries: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.ListJobSummariesRequest, _aggregation_pb2.ListJobSummariesResponse]
+    """Admin: every job with its progress, a page at a time (ordered by job id)."""
+    GetJobHistory: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.GetJobHistoryRequest, _aggregation_pb2.GetJobHistoryResponse]
+    """Admin: a page of a job's rounds with each client's reported metrics and round events."""
 
 @_typing.type_check_only
 class AggregationServiceAsyncStub(AggregationServiceStub):
@@ -113,6 +117,10 @@ class AggregationServiceAsyncStub(AggregationServiceStub):
     """A client-side failure (data, training, keys...) of a job, kept per client."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.CancelJobRequest, _aggregation_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Admin: the job goes to CANCELLED and its open round is aborted."""
+    ListJobSummaries: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.ListJobSummariesRequest, _aggregation_pb2.ListJobSummariesResponse]  # type: ignore[assignment]
+    """Admin: every job with its progress, a page at a time (ordered by job id)."""
+    GetJobHistory: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.GetJobHistoryRequest, _aggregation_pb2.GetJobHistoryResponse]  # type: ignore[assignment]
+    """Admin: a page of a job's rounds with each client's reported metrics and round events."""
 
 class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -261,5 +269,21 @@ class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregation_pb2.CancelJobResponse, _abc.Awaitable[_aggregation_pb2.CancelJobResponse]]:
         """Admin: the job goes to CANCELLED and its open round is aborted."""
+
+    @_abc_1.abstractmethod
+    def ListJobSummaries(
+        self,
+        request: _aggregation_pb2.ListJobSummariesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.ListJobSummariesResponse, _abc.Awaitable[_aggregation_pb2.ListJobSummariesResponse]]:
+        """Admin: every job with its progress, a page at a time (ordered by job id)."""
+
+    @_abc_1.abstractmethod
+    def GetJobHistory(
+        self,
+        request: _aggregation_pb2.GetJobHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.GetJobHistoryResponse, _abc.Awaitable[_aggregation_pb2.GetJobHistoryResponse]]:
+        """Admin: a page of a job's rounds with each client's reported metrics and round events."""
 
 def add_AggregationServiceServicer_to_server(servicer: AggregationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
