@@ -260,3 +260,70 @@ def test_healthcheck_probes_a_real_key_authority_over_mutual_tls(kits: Path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------- Helm chart
+sys.path.insert(0, str(ROOT / "deploy" / "helm"))
+import render  # noqa: E402
+
+
+def test_chart_renders_and_validates_against_kubernetes_schemas() -> None:
+    import kubernetes_validate
+
+    docs = render.render_chart()
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert ("StatefulSet", "fedhe-keyauth") in kinds and ("StatefulSet", "fedhe-server") in kinds
+    assert [k for k in kinds if k[0] == "Deployment"] == [
+        ("Deployment", f"fedhe-site-{i}") for i in (1, 2, 3)
+    ]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    bad = {**docs[0], "spec": {**docs[0]["spec"], "replica": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.37.0", strict=True)
+
+
+def test_chart_statefulsets_have_volumes_probes_and_only_their_kit() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render.render_chart()}
+    for role in ("keyauth", "server"):
+        spec = docs[("StatefulSet", f"fedhe-{role}")]["spec"]
+        assert spec["volumeClaimTemplates"][0]["metadata"]["name"] == "state"
+        (container,) = spec["template"]["spec"]["containers"]
+        probe = container["readinessProbe"]["exec"]["command"]
+        assert probe[1] == "/opt/fedhe/healthcheck.py" and "livenessProbe" in container
+        secrets = [v["secret"]["secretName"] for v in spec["template"]["spec"]["volumes"]
+                   if "secret" in v]
+        assert secrets == [f"fedhe-{role}-kit"]
+    for i in (1, 2, 3):
+        spec = docs[("Deployment", f"fedhe-site-{i}")]["spec"]["template"]["spec"]
+        secrets = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+        assert secrets == [f"fedhe-site-{i}-kit"]
+
+
+def test_chart_configs_validate_and_match_provisioned_kits(tmp_path: Path) -> None:
+    from fedhe_common.config.models import ClientConfig, KeyAuthConfig, ServerConfig
+
+    (config_map,) = [d for d in render.render_chart() if d["kind"] == "ConfigMap"]
+    data = {k: yaml.safe_load(v) for k, v in config_map["data"].items()}
+    KeyAuthConfig.model_validate(data["keyauth.yaml"])
+    ServerConfig.model_validate(data["server.yaml"])
+    out = tmp_path / "pki"
+    provision(load_yaml(ROOT / "deploy" / "helm" / "project.yaml", ProjectConfig), out)
+    for name in ("keyauth", "server"):
+        kit = yaml.safe_load((out / "kits" / name / f"{name}.yaml").read_text())
+        assert data[f"{name}.yaml"]["identities"] == kit["identities"]
+    for i in (1, 2, 3):
+        ours = ClientConfig.model_validate(data[f"site-{i}.yaml"])
+        kit = yaml.safe_load((out / "kits" / f"site-{i}" / "client.yaml").read_text())
+        assert ours.server.address == kit["server"]["address"]
+        assert ours.keyauth.address == kit["keyauth"]["address"]
+        assert ours.partition.model_dump(exclude_none=True) == kit["partition"]
+
+
+def test_renderer_refuses_syntax_outside_its_subset() -> None:
+    with pytest.raises(render.TemplateError):
+        render.render_text("{{ .Values.a | quote }}", {"a": 1}, "r")
+    with pytest.raises(render.TemplateError):
+        render.render_text("{{ .Values.missing }}", {}, "r")
+    text = "a:\n{{- range $x := .Values.l }}\n  - {{ $x.n }}{{ $.Release.Name }}\n{{- end }}\n"
+    assert render.render_text(text, {"l": [{"n": 1}, {"n": 2}]}, "r") == "a:\n  - 1r\n  - 2r\n"
