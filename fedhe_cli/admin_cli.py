@@ -1,8 +1,9 @@
-"""``fedhe config validate`` and ``fedhe job submit|status``."""
+"""``fedhe config validate`` and ``fedhe job submit|list|status|history|logs|cancel``."""
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,15 +154,32 @@ def submit(job_file: Path, peer: PeerSection) -> None:
     console.print(f"job {reply.job_id} {verb}")  # type: ignore[attr-defined]
 
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=False))
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
 @job_group.command("status")
 @click.argument("job_id")
+@_json_option
 @server_options
-def status(job_id: str, peer: PeerSection) -> None:
+def status(job_id: str, as_json: bool, peer: PeerSection) -> None:
     """Show a job's rounds."""
     try:
         reply = _admin(peer).job_status(job_id)
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(_message_json(reply))
+        return
     state = job_state_name(reply.state)
     console.print(f"job {reply.job_id}: {state}, round {reply.current_round}/{reply.rounds}")
     print_table(
@@ -199,8 +217,9 @@ def status(job_id: str, peer: PeerSection) -> None:
 
 @job_group.command("cancel")
 @click.argument("job_id")
+@_json_option
 @server_options
-def cancel(job_id: str, peer: PeerSection) -> None:
+def cancel(job_id: str, as_json: bool, peer: PeerSection) -> None:
     """Stop JOB_ID: CANCELLED, its open round aborted; its clients move on."""
     from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 
@@ -209,8 +228,115 @@ def cancel(job_id: str, peer: PeerSection) -> None:
         reply = conn.call("CancelJob", pb.CancelJobRequest(job_id=job_id))
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(_message_json(reply))
+        return
     aborted = ", ".join(str(n) for n in reply.aborted_rounds) or "none"  # type: ignore[attr-defined]
     console.print(f"job {job_id}: {job_state_name(reply.state)}; aborted rounds: {aborted}")  # type: ignore[attr-defined]
+
+
+MAX_LIST_PAGES = 100  # ListJobSummaries pages for one `fedhe job list` (500 jobs each)
+
+
+@job_group.command("list")
+@_json_option
+@server_options
+def list_jobs(as_json: bool, peer: PeerSection) -> None:
+    """Every job: id, state, round/rounds, clients."""
+    from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
+
+    jobs: list[Any] = []
+    try:
+        conn = _admin(peer)
+        after = ""
+        for _ in range(MAX_LIST_PAGES):
+            reply = conn.call("ListJobSummaries", pb.ListJobSummariesRequest(after_job_id=after))
+            jobs.extend(reply.jobs)  # type: ignore[attr-defined]
+            after = reply.next_after_job_id  # type: ignore[attr-defined]
+            if not after:
+                break
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json({"jobs": [_message_json(j) for j in jobs]})
+        return
+    print_table(
+        "jobs",
+        ["job", "state", "round", "clients", "created"],
+        [
+            [
+                j.job_id,
+                job_state_name(j.state),
+                f"{j.current_round}/{j.rounds}",
+                j.clients,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_unix_ms / 1000)),
+            ]
+            for j in jobs
+        ],
+    )
+
+
+def _history(peer: PeerSection, job_id: str, last: int) -> tuple[ServerConnection, list[Any]]:
+    from fedhe_cli.job_history import fetch_history
+
+    conn = _admin(peer)
+    return conn, fetch_history(
+        lambda request: conn.call("GetJobHistory", request),  # type: ignore[arg-type,return-value]
+        job_id,
+        last,
+    )
+
+
+@job_group.command("history")
+@click.argument("job_id")
+@click.option("--last", type=click.IntRange(min=0), default=0, help="only the last N rounds")
+@_json_option
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV: one row per round and client")
+@server_options
+def history(job_id: str, last: int, as_json: bool, as_csv: bool, peer: PeerSection) -> None:
+    """Per round and client: accuracy, loss, samples, per-step seconds and bytes."""
+    from fedhe_cli.job_history import COLUMNS, history_csv, history_document, history_rows
+
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
+    try:
+        _, rounds = _history(peer, job_id, last)
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(history_document(job_id, rounds))
+        return
+    rows = history_rows(rounds)
+    if as_csv:
+        click.echo(history_csv(rows), nl=False)
+        return
+    print_table(
+        f"job {job_id}",
+        list(COLUMNS),
+        [["" if row[c] is None else row[c] for c in COLUMNS] for row in rows],
+    )
+
+
+@job_group.command("logs")
+@click.argument("job_id")
+@click.option("--last", type=click.IntRange(min=0), default=0, help="only the last N rounds")
+@_json_option
+@server_options
+def logs(job_id: str, last: int, as_json: bool, peer: PeerSection) -> None:
+    """Round events and the clients' error reports, oldest first."""
+    from fedhe_cli.job_history import format_time, log_events
+
+    try:
+        conn, rounds = _history(peer, job_id, last)
+        events = log_events(rounds, conn.job_status(job_id))
+    except FedHEError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json({"job_id": job_id, "events": events})
+        return
+    for e in events:
+        who = f" [{e['client']}]" if e["client"] else ""
+        console.print(f"{format_time(e['unix_ms'])} {e['kind']}{who} {e['message']}", markup=False)
 
 
 @click.group("certs")

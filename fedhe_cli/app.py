@@ -39,6 +39,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "model_group",
         "The trained model a client kept (``<state_dir>/models/<job>/``).",
     ),
+    "plot": (
+        "fedhe_cli.plot",
+        "plot",
+        "PNG of a job: accuracy/loss per round, per-step overhead per client (stacked).",
+    ),
     "provision": (
         "fedhe_cli.provision",
         "provision_cmd",
