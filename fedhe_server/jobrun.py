@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
@@ -370,6 +371,7 @@ class JobRun(RoundStateMachine):
                 self._check_signed(row, m, statement, signature)
             self._pin_layout(m.layout_id, int(m.num_values))
             acc = self._accumulators(row.round)
+            t_agg = time.perf_counter()
             try:
                 with self.metrics.aggregate_seconds.time():
                     self._add_upload(acc, row)
@@ -378,10 +380,15 @@ class JobRun(RoundStateMachine):
                     self.db.set_upload_state(tx, upload_id, UploadState.REJECTED)
                 self.rebuild()
                 raise
+            aggregate_s = time.perf_counter() - t_agg
             receipt = self._receipt(row)
             committed_count = len(self.db.committed_uploads(self.job_id, row.round)) + 1
             with self.db.transaction() as tx:
                 self.db.commit_upload(tx, upload_id, receipt)
+                # the server's step of this client's round, shown by `fedhe job history`
+                self.db.put_metric(
+                    tx, self.job_id, row.round, client_id, "aggregate_s", aggregate_s
+                )
                 if committed_count >= self.config.participants.min_clients:
                     self.db.mark_min_reached(tx, self.job_id, row.round, self.clock())
             logger.info(

@@ -29,7 +29,10 @@ DEFAULT_JOBS = 100  # ListJobSummaries page
 MAX_JOBS = 500
 DEFAULT_HISTORY_ROUNDS = 20  # GetJobHistory page: rounds x clients x metrics stay bounded
 MAX_HISTORY_ROUNDS = 50
-MAX_HISTORY_ROWS = 50_000  # metric rows per history page (~3 MB at most)
+# Per-client metric rows per history page: <= 77 bytes each (64-character names), so a
+# page stays below the server's smallest send limit (~320 KB). A single round with more
+# rows (over ~90 clients with 32 names each) lists its first clients by id only.
+MAX_HISTORY_ROWS = 3_000
 
 
 def ensure_enrolled(server: AggregationServer, job_id: str, client_id: str) -> None:
@@ -115,6 +118,10 @@ def job_history(
         raise NotFoundError(f"unknown job {job_id!r}")
     limit = min(limit or DEFAULT_HISTORY_ROUNDS, MAX_HISTORY_ROUNDS)
     page, truncated = db.rounds_page(job_id, limit, before or None)
+    if page:  # many clients: fewer rounds per page, so the reply stays bounded
+        counts = db.metric_counts(job_id, page[0].round, page[-1].round)
+        while len(page) > 1 and sum(counts.get(r.round, 0) for r in page) > MAX_HISTORY_ROWS:
+            page, truncated = page[1:], True
     per_client = (
         db.client_metrics(job_id, page[0].round, page[-1].round, MAX_HISTORY_ROWS) if page else {}
     )

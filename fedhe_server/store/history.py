@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from fedhe_server.store.base import StoreBase
@@ -53,3 +54,22 @@ class HistoryStore(StoreBase):
         for rnd, cid, name, value in rows:
             out.setdefault(int(rnd), {}).setdefault(str(cid), {})[str(name)] = float(value)
         return out
+
+    def metric_counts(self, job_id: str, first: int, last: int) -> dict[int, int]:
+        """round -> number of per-client metric rows, for rounds ``first..last``."""
+        rows = self.query(
+            "SELECT round, COUNT(*) FROM metrics WHERE job_id=? AND round BETWEEN ? AND ? "
+            "GROUP BY round",
+            (job_id, first, last),
+        )
+        return {int(r): int(n) for r, n in rows}
+
+    def put_metric(
+        self, tx: sqlite3.Connection, job_id: str, number: int, client_id: str, name: str,
+        value: float,
+    ) -> None:  # fmt: skip
+        """Record one server-measured metric of a client's round (e.g. ``aggregate_s``)."""
+        tx.execute(
+            "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
+            (job_id, number, client_id, name, value),
+        )

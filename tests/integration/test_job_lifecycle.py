@@ -26,7 +26,7 @@ JOB = (
     "job: {name: NAME, rounds: 2}\nmodel: {name: mlp, hidden: 8}\n"
     "participants: {min_clients: 2, expected_clients: 2}\n"
 )
-STEPS = ("train_s", "encrypt_s", "upload_s", "download_s", "decrypt_s")
+STEPS = ("train_s", "encrypt_s", "upload_s", "aggregate_s", "download_s", "decrypt_s")
 
 
 def _cli(services: Services, *args: str, ok: bool = True) -> str:
@@ -87,6 +87,7 @@ def test_list_history_logs_and_plot_show_every_client_and_step(
             assert m["samples"] > 0 and m["upload_bytes"] > 10_000  # CKKS ciphertexts
             assert m["download_bytes"] > 10_000
             assert all(m[s] >= 0 for s in STEPS) and m["encrypt_s"] > 0 and m["decrypt_s"] > 0
+            assert m["aggregate_s"] > 0  # measured by the server at commit
         assert r["events"]["closed_unix_ms"] >= r["events"]["opened_unix_ms"] > 0
 
     rows = list(csv.DictReader(io.StringIO(_cli(finished, "job", "history", "h", "--csv"))))
@@ -158,3 +159,31 @@ def test_job_list_pages(services: Services) -> None:
     assert seen == [f"p{i}" for i in range(5)]
     listed = json.loads(_cli(services, "job", "list", "--json"))["jobs"]
     assert [j["job_id"] for j in listed] == seen
+
+
+def test_history_pages_stay_bounded_with_many_clients(services: Services) -> None:
+    """30 clients x 32 metric names per round: a page holds fewer rounds, all of them whole."""
+    services.agg_stub().SubmitJob(
+        pb.SubmitJobRequest(job_yaml=JOB.replace("NAME", "big").replace("rounds: 2", "rounds: 99")),
+        metadata=services.metadata("admin"),
+    )
+    with services.server.db.transaction() as tx:
+        for r in range(2, 12):
+            tx.execute(
+                "INSERT INTO rounds (job_id, round, state, opened, deadline, closed) "
+                "VALUES ('big', ?, 'PUBLISHED', 1, 2, 3)",
+                (r,),
+            )
+            tx.executemany(
+                "INSERT INTO metrics VALUES ('big', ?, ?, ?, 1.0)",
+                [(r, f"c{c:03d}", f"metric-{i:02d}-{'y' * 40}") for c in range(30)
+                 for i in range(32)],
+            )  # fmt: skip
+    reply = services.agg_stub().GetJobHistory(
+        pb.GetJobHistoryRequest(job_id="big"), metadata=services.metadata("admin")
+    )
+    assert reply.truncated and [r.summary.round for r in reply.rounds] == [9, 10, 11]
+    assert all(len(r.clients) == 30 for r in reply.rounds)
+    assert reply.ByteSize() < 300_000
+    rounds = json.loads(_cli(services, "job", "history", "big", "--json"))["rounds"]
+    assert [r["round"] for r in rounds] == list(range(1, 12))  # paged through to round 1
