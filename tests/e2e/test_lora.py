@@ -123,3 +123,41 @@ def test_lora_job_sends_only_encrypted_adapters(tmp_path: Path) -> None:
             )
         ]
     assert len(accuracy) == 3 and min(accuracy) >= 0.7  # chance is 0.25
+
+
+THRESHOLD_JOB = """
+version: 1
+job: {{name: lora-t, rounds: 1, seed: 3}}
+participants: {{min_clients: 3, round_timeout_s: 120, wait_after_min_s: 1}}
+task: {{name: textgen, params: {{samples: 96, hidden: 32, layers: 2}}, layout_id: '{layout}'}}
+training: {{local_epochs: 1, batch_size: 8, lr: 0.02, optimizer: adam}}
+peft: {{method: lora, r: 4, alpha: 16, target_modules: [query, value]}}
+keys: {{mode: threshold, parties: 3, threshold: 2, preset: threshold-practical}}
+"""
+
+
+def test_threshold_keys_on_lora_adapters(tmp_path: Path) -> None:
+    """Threshold keys on the adapter vector like on any other: key generation on the sites,
+    only adapters travel, every site fuses the same global adapters (= plaintext FedAvg)."""
+    doc = yaml.safe_load(THRESHOLD_JOB.format(layout="0" * 64))
+    del doc["task"]["layout_id"]
+    reference = _learner(JobConfig.model_validate(doc))
+    adapters, layout = reference.manifest.total, reference.manifest.layout_id
+    specs = [ClientSpec(f"c{i}", i, 3) for i in range(3)]
+    names = [s.client_id for s in specs]
+    with TextCluster(tmp_path, specs, export=True) as cluster:
+        cluster.tasks = dict.fromkeys(names, "fedhe_client.tasks.textgen:TextGenTask")
+        cluster.start_keyauth()
+        cluster.start_server(THRESHOLD_JOB.format(layout=layout))
+        cluster.start_clients()
+        for name in names:
+            assert cluster.wait(name, 180) == 0, cluster.log_tail(name)
+        expected = plain_fedavg(cluster, names, 1)
+        assert expected.shape == (adapters,)
+        for name in names:
+            assert np.abs(exported_global(cluster, name, 1) - expected).max() <= 1e-6
+        db = server_db(cluster)
+        assert db.execute("SELECT num_values FROM jobs").fetchone() == (adapters,)
+        assert db.execute("SELECT state, contributors FROM rounds").fetchall() == [
+            ("PUBLISHED", 3)
+        ]
