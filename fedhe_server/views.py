@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import NotFoundError, PermissionDeniedError
 from fedhe_common.rpc.states import job_state, round_state
-from fedhe_server.store import JobState, RoundState, StateDB
+from fedhe_server.store import JobState, RoundRow, RoundState, StateDB
 from fedhe_server.store.model import ClientRow
 
 if TYPE_CHECKING:
@@ -61,18 +61,7 @@ def job_status(
     page, truncated = db.rounds_page(job_id, limit, before or None)
     totals = db.round_totals(job_id)
     now = time.time()
-    history = [
-        pb.RoundSummary(
-            round=r.round,
-            state=round_state(r.state),
-            contributors=r.contributors or 0,
-            weight_sum=r.weight_sum or 0,
-            seconds=(r.closed or now) - r.opened,
-            upload_bytes=r.upload_bytes or 0,
-            metrics=db.round_metrics(job_id, r.round, MAX_STATUS_METRICS),
-        )
-        for r in page
-    ]
+    history = [_summary(db, job_id, r, now) for r in page]
     open_row = db.open_round(job_id)
     return pb.GetJobStatusResponse(
         job_id=job_id,
@@ -132,15 +121,7 @@ def job_history(
 
     rounds = [
         pb.RoundHistory(
-            summary=pb.RoundSummary(
-                round=r.round,
-                state=round_state(r.state),
-                contributors=r.contributors or 0,
-                weight_sum=r.weight_sum or 0,
-                seconds=(r.closed or now) - r.opened,
-                upload_bytes=r.upload_bytes or 0,
-                metrics=db.round_metrics(job_id, r.round, MAX_STATUS_METRICS),
-            ),
+            summary=_summary(db, job_id, r, now),
             clients=[
                 pb.ClientRoundMetrics(client_id=cid, metrics=m)
                 for cid, m in sorted(per_client.get(r.round, {}).items())
@@ -223,3 +204,15 @@ def _is_new_for(db: StateDB, number: int, after_round: int, job_id: str, client_
         return db.committed_upload_of(job_id, 0, client_id) is None
     return False
 
+
+def _summary(db: StateDB, job_id: str, r: RoundRow, now: float) -> pb.RoundSummary:
+    """One round as the protocol shows it (state, counts, seconds, bytes, mean metrics)."""
+    return pb.RoundSummary(
+        round=r.round,
+        state=round_state(r.state),
+        contributors=r.contributors or 0,
+        weight_sum=r.weight_sum or 0,
+        seconds=(r.closed or now) - r.opened,
+        upload_bytes=r.upload_bytes or 0,
+        metrics=db.round_metrics(job_id, r.round, MAX_STATUS_METRICS),
+    )
