@@ -22,7 +22,33 @@ from fedhe_common.errors import FedHEError
 DEFAULT_DEPTH = 32
 
 
-class SpooledChunks(Sequence[bytes]):
+class LazyChunks(Sequence[bytes]):
+    """A fixed number of chunks, each made (or read) only when asked for by index."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def _chunk(self, k: int) -> bytes:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, k: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[bytes]: ...
+
+    def __getitem__(self, k: int | slice) -> bytes | list[bytes]:
+        if isinstance(k, slice):
+            return [self._chunk(i) for i in range(*k.indices(self._count))]
+        if not 0 <= k < self._count:
+            raise IndexError(k)
+        return self._chunk(k)
+
+
+class SpooledChunks(LazyChunks):
     """``count`` blobs from ``blobs`` (run on a producer thread), read back by index."""
 
     def __init__(
@@ -32,7 +58,7 @@ class SpooledChunks(Sequence[bytes]):
         spool_dir: Path | None = None,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
-        self._count = count
+        super().__init__(count)
         self.busy_s = 0.0  # producer time spent making blobs (the encryption cost)
         self._depth = max(1, depth)
         self._file = tempfile.TemporaryFile(dir=spool_dir, prefix="fedhe-spool-")  # noqa: SIM115
@@ -51,16 +77,17 @@ class SpooledChunks(Sequence[bytes]):
     def _produce(self, blobs: Iterator[bytes]) -> None:
         try:
             while True:
-                t0 = time.perf_counter()
-                blob = next(blobs, None)
-                self.busy_s += time.perf_counter() - t0
-                if blob is None:
-                    break
+                # Room first, then make the blob: no chunk is made beyond `depth` ahead.
                 with self._cond:
                     while len(self._spans) - self._wanted >= self._depth and not self._done:
                         self._cond.wait()
                     if self._done:  # closed early
                         return
+                t0 = time.perf_counter()
+                blob = next(blobs, None)
+                self.busy_s += time.perf_counter() - t0
+                if blob is None:
+                    break
                 os.pwrite(self._fd, blob, self._end)
                 with self._cond:
                     self._spans.append((self._end, len(blob)))
@@ -88,20 +115,7 @@ class SpooledChunks(Sequence[bytes]):
                 self._cond.wait()
             return self._spans[k]
 
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, k: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, k: slice) -> list[bytes]: ...
-
-    def __getitem__(self, k: int | slice) -> bytes | list[bytes]:
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(self._count))]
-        if not 0 <= k < self._count:
-            raise IndexError(k)
+    def _chunk(self, k: int) -> bytes:
         offset, size = self._wait_for(k)
         return os.pread(self._fd, size, offset)
 

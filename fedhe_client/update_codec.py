@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedhe_client.spool import SpooledChunks
+from fedhe_client.spool import LazyChunks, SpooledChunks
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import DPSection
 from fedhe_common.crypto.sampling import snapped_noise
@@ -61,27 +61,15 @@ class EncodedUpdate:
             self.ciphertext.close()
 
 
-class Float32Chunks(Sequence[bytes]):
+class Float32Chunks(LazyChunks):
     """Chunk k of a vector as little-endian float32 bytes, made when asked for."""
 
     def __init__(self, values: np.ndarray, plan: ChunkPlan) -> None:
+        super().__init__(plan.count)
         self.values = values
         self.plan = plan
 
-    def __len__(self) -> int:
-        return self.plan.count
-
-    @overload
-    def __getitem__(self, k: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, k: slice) -> list[bytes]: ...
-
-    def __getitem__(self, k: int | slice) -> bytes | list[bytes]:
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(self.plan.count))]
-        if not 0 <= k < self.plan.count:
-            raise IndexError(k)
+    def _chunk(self, k: int) -> bytes:
         start, stop = self.plan.bounds(k)
         return self.values[start:stop].astype("<f4").tobytes()
 
