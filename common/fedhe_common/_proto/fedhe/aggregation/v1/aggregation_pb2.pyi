@@ -1014,21 +1014,71 @@ class SendHeartbeatRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     client_id: _builtins.str
+    @_builtins.property
+    def host(self) -> Global___HostStats:
+        """The client host's load when the heartbeat left (absent: not measured). Shown on
+        the server's dashboard; the server bounds every field.
+        """
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         client_id: _builtins.str = ...,
+        host: Global___HostStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "host", b"host", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendHeartbeatRequest: _TypeAlias = SendHeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HostStats(_message.Message):
+    """A client host's load, sampled by the client (psutil; GPU from torch.cuda when loaded)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RAM_USED_BYTES_FIELD_NUMBER: _builtins.int
+    RAM_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_NAME_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    cpu_percent: _builtins.float
+    """Whole-host CPU use since the previous heartbeat, 0-100."""
+    ram_used_bytes: _builtins.int
+    ram_total_bytes: _builtins.int
+    gpu_name: _builtins.str
+    """Empty: no GPU seen."""
+    gpu_memory_used_bytes: _builtins.int
+    gpu_memory_total_bytes: _builtins.int
+    gpu_utilization_percent: _builtins.float
+    """-1: utilisation not available (no NVML)."""
+    def __init__(
+        self,
+        *,
+        cpu_percent: _builtins.float = ...,
+        ram_used_bytes: _builtins.int = ...,
+        ram_total_bytes: _builtins.int = ...,
+        gpu_name: _builtins.str = ...,
+        gpu_memory_used_bytes: _builtins.int = ...,
+        gpu_memory_total_bytes: _builtins.int = ...,
+        gpu_utilization_percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "gpu_memory_total_bytes", b"gpu_memory_total_bytes", "gpu_memory_used_bytes", b"gpu_memory_used_bytes", "gpu_name", b"gpu_name", "gpu_utilization_percent", b"gpu_utilization_percent", "ram_total_bytes", b"ram_total_bytes", "ram_used_bytes", b"ram_used_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostStats: _TypeAlias = HostStats  # noqa: Y015
 
 @_typing.final
 class SendHeartbeatResponse(_message.Message):
