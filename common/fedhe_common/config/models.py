@@ -253,6 +253,70 @@ class PeftSection(_Model):
     base_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+class TransferExtractorSection(_Model):
+    """The data owner's frozen feature extractor (it runs on the client only)."""
+
+    kind: Literal["builtin", "task", "hf"] = Field(
+        default="builtin",
+        description="builtin: the project's extractors; task: the frozen torch module of "
+        "the client's task; hf: a transformers model from a folder the CLIENT config names",
+    )
+    # builtin: the extractor's name (None: the dataset's default); hf: a key of the
+    # client config's hf_models (never a path: the job does not choose client files).
+    name: str | None = None
+    # hf: the CLS token's last hidden state, or the mean over tokens.
+    pooling: Literal["cls", "mean"] = "cls"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TASK_NAME.match(value):
+            raise ValueError("extractor name must be 1-64 letters, digits, '_', '-' (no path)")
+        return value
+
+
+class TransferSection(_Model):
+    """HETAL: the server trains a softmax head on the one data owner's encrypted features."""
+
+    mode: Literal["client", "server"] = Field(
+        default="client",
+        description="client: the owner computes the exact softmax on its decrypted logits; "
+        "server: a polynomial softmax on ciphertexts",
+    )
+    extractor: TransferExtractorSection = TransferExtractorSection()
+    dataset: Literal["digits", "digits-transfer", "site"] = Field(
+        default="digits", description="a built-in data set, or site: the client's data section"
+    )
+    # Mini-batch size (samples per step).
+    batch: int = Field(default=128, ge=64, le=4096)
+    # Learning rate of the softmax head.
+    lr: float = Field(default=4.0, gt=0, le=100)
+    # Epochs at most; early stopping may end sooner.
+    max_epochs: int = Field(default=5, ge=1, le=1000)
+    # Stop after this many epochs without a lower validation loss (best epoch kept).
+    patience: int = Field(default=3, ge=1, le=1000)
+    # Nesterov accelerated gradient (else plain mini-batch gradient descent).
+    nesterov: bool = True
+    # Seeds the owner's split, batch order and initial weights.
+    seed: int = Field(default=0, ge=0)
+    # Share of the owner's samples held out for validation (early stopping).
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Share held out as the test split (never uploaded).
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Train on at most this many samples (None: all); small runs and tests.
+    max_train_samples: int | None = Field(default=None, ge=1)
+    # Largest evaluation-key blob (public + relinearisation + Galois keys) accepted.
+    max_eval_key_bytes: int = Field(default=1 << 30, ge=1 << 16, le=8 << 30)
+    # Largest encrypted data set (all ciphertexts of the one-time upload) accepted.
+    max_dataset_bytes: int = Field(default=8 << 30, ge=1 << 16, le=64 << 30)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> TransferSection:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("transfer.val_fraction + transfer.test_fraction must be < 0.9")
+        return self
+
+
 class JobConfig(_Model):
     """A federated job: what to train, how to encrypt, when a round closes."""
 
@@ -270,6 +334,8 @@ class JobConfig(_Model):
     task: TaskSection | None = None
     # None: every float parameter and buffer travels (full fine-tuning).
     peft: PeftSection | None = None
+    # HETAL transfer learning (job type transfer): one data owner, keys made on its device.
+    transfer: TransferSection | None = None
 
     @property
     def threshold_keys(self) -> bool:
@@ -299,7 +365,24 @@ class JobConfig(_Model):
                 )
         if self.dp.mechanism != "none" and not self.selective.enabled:
             raise ValueError("dp noise applies to the plaintext part: set selective.ratio < 1")
+        if self.transfer is not None:
+            self._check_transfer()
         return self
+
+    def _check_transfer(self) -> None:
+        """A transfer job has exactly one data owner, who makes the keys."""
+        part = self.participants
+        if part.min_clients != 1 or (part.expected_clients or 1) != 1:
+            raise ValueError("a transfer job has one data owner: participants.min_clients 1")
+        if part.clients is not None and len(part.clients) != 1:
+            raise ValueError("a transfer job enrols exactly one client (the data owner)")
+        if self.threshold_keys or self.encryption.mode != "ckks" or self.selective.enabled:
+            raise ValueError(
+                "a transfer job uses the owner's CKKS keys (keys.mode single, "
+                "encryption.mode ckks, no selective encryption)"
+            )
+        if self.peft is not None:
+            raise ValueError("a transfer job trains a head on features: no peft section")
 
 
 # ------------------------------------------------------------------------ services
@@ -458,6 +541,9 @@ class ClientConfig(_Model):
     # the cap of its reconnect backoff while the server or key authority is down.
     jobs: JobFilterSection = Field(default_factory=JobFilterSection)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
+    # Transfer jobs: local folders of transformers models, by the name a job's
+    # transfer.extractor.name (kind hf) uses; the job never names a path.
+    hf_models: dict[str, str] = Field(default={}, max_length=1000)
 
     _id = field_validator("client_id")(_check_id)
 
