@@ -147,6 +147,56 @@ ROUND_PHASE_DECRYPT: RoundPhase.ValueType  # 5
 """Threshold keys: the round's aggregate waits for decryption shares."""
 Global___RoundPhase: _TypeAlias = RoundPhase  # noqa: Y015
 
+class _TransferPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_PHASE_UNSPECIFIED: _TransferPhase.ValueType  # 0
+    TRANSFER_PHASE_KEYS: _TransferPhase.ValueType  # 1
+    """Waiting for the data owner's evaluation keys at the key authority."""
+    TRANSFER_PHASE_UPLOAD: _TransferPhase.ValueType  # 2
+    """Waiting for the encrypted data set."""
+    TRANSFER_PHASE_TRAINING: _TransferPhase.ValueType  # 3
+    TRANSFER_PHASE_FINISHED: _TransferPhase.ValueType  # 4
+    TRANSFER_PHASE_FAILED: _TransferPhase.ValueType  # 5
+
+class TransferPhase(_TransferPhase, metaclass=_TransferPhaseEnumTypeWrapper):
+    """A transfer job's life on the server (TransferPhase in fedhe_server.transfer)."""
+
+TRANSFER_PHASE_UNSPECIFIED: TransferPhase.ValueType  # 0
+TRANSFER_PHASE_KEYS: TransferPhase.ValueType  # 1
+"""Waiting for the data owner's evaluation keys at the key authority."""
+TRANSFER_PHASE_UPLOAD: TransferPhase.ValueType  # 2
+"""Waiting for the encrypted data set."""
+TRANSFER_PHASE_TRAINING: TransferPhase.ValueType  # 3
+TRANSFER_PHASE_FINISHED: TransferPhase.ValueType  # 4
+TRANSFER_PHASE_FAILED: TransferPhase.ValueType  # 5
+Global___TransferPhase: _TypeAlias = TransferPhase  # noqa: Y015
+
+class _TransferPart:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferPartEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferPart.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_PART_UNSPECIFIED: _TransferPart.ValueType  # 0
+    TRANSFER_PART_TRAIN_X: _TransferPart.ValueType  # 1
+    TRANSFER_PART_TRAIN_Y: _TransferPart.ValueType  # 2
+    TRANSFER_PART_VAL_X: _TransferPart.ValueType  # 3
+    TRANSFER_PART_INITIAL: _TransferPart.ValueType  # 4
+
+class TransferPart(_TransferPart, metaclass=_TransferPartEnumTypeWrapper):
+    """Which field of the encrypted data set a ciphertext belongs to."""
+
+TRANSFER_PART_UNSPECIFIED: TransferPart.ValueType  # 0
+TRANSFER_PART_TRAIN_X: TransferPart.ValueType  # 1
+TRANSFER_PART_TRAIN_Y: TransferPart.ValueType  # 2
+TRANSFER_PART_VAL_X: TransferPart.ValueType  # 3
+TRANSFER_PART_INITIAL: TransferPart.ValueType  # 4
+Global___TransferPart: _TypeAlias = TransferPart  # noqa: Y015
+
 @_typing.final
 class Chunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -373,6 +423,7 @@ class GetJobStatusResponse(_message.Message):
     ROUNDS_ABORTED_FIELD_NUMBER: _builtins.int
     HISTORY_TRUNCATED_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     current_round: _builtins.int
@@ -391,6 +442,10 @@ class GetJobStatusResponse(_message.Message):
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientSummary]:
         """Registered clients, with the last error each reported (if any)."""
 
+    @_builtins.property
+    def transfer(self) -> Global___TransferProgress:
+        """Transfer jobs only: the training's progress."""
+
     def __init__(
         self,
         *,
@@ -404,14 +459,57 @@ class GetJobStatusResponse(_message.Message):
         rounds_aborted: _builtins.int = ...,
         history_truncated: _builtins.bool = ...,
         clients: _abc.Iterable[Global___ClientSummary] | None = ...,
+        transfer: Global___TransferProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "current_round", b"current_round", "history", b"history", "history_truncated", b"history_truncated", "job_id", b"job_id", "rounds", b"rounds", "rounds_aborted", b"rounds_aborted", "rounds_published", b"rounds_published", "rounds_total", b"rounds_total", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "current_round", b"current_round", "history", b"history", "history_truncated", b"history_truncated", "job_id", b"job_id", "rounds", b"rounds", "rounds_aborted", b"rounds_aborted", "rounds_published", b"rounds_published", "rounds_total", b"rounds_total", "state", b"state", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobStatusResponse: _TypeAlias = GetJobStatusResponse  # noqa: Y015
+
+@_typing.final
+class TransferProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    EPOCHS_RUN_FIELD_NUMBER: _builtins.int
+    BEST_EPOCH_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    phase: Global___TransferPhase.ValueType
+    mode: _builtins.str
+    epoch: _builtins.int
+    step: _builtins.int
+    epochs_run: _builtins.int
+    best_epoch: _builtins.int
+    """-1: no validated epoch yet."""
+    answered: _builtins.int
+    """Requests answered by the data owner so far."""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        phase: Global___TransferPhase.ValueType = ...,
+        mode: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        step: _builtins.int = ...,
+        epochs_run: _builtins.int = ...,
+        best_epoch: _builtins.int = ...,
+        answered: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "best_epoch", b"best_epoch", "epoch", b"epoch", "epochs_run", b"epochs_run", "error", b"error", "mode", b"mode", "phase", b"phase", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferProgress: _TypeAlias = TransferProgress  # noqa: Y015
 
 @_typing.final
 class ClientSummary(_message.Message):
@@ -1691,3 +1789,373 @@ class GetJobHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobHistoryResponse: _TypeAlias = GetJobHistoryResponse  # noqa: Y015
+
+@_typing.final
+class TransferItem(_message.Message):
+    """One ciphertext of a transfer message: its size and sha256 (pieces follow)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    part: Global___TransferPart.ValueType
+    size: _builtins.int
+    sha256: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        part: Global___TransferPart.ValueType = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferItem: _TypeAlias = TransferItem  # noqa: Y015
+
+@_typing.final
+class BeginTransferUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    TRAIN_ROWS_FIELD_NUMBER: _builtins.int
+    VAL_ROWS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    client_id: _builtins.str
+    @_builtins.property
+    def train_rows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Real (unpadded) sample count of each training / validation block."""
+
+    @_builtins.property
+    def val_rows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferItem]:
+        """Every ciphertext, in order: item i is the i-th entry."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        train_rows: _abc.Iterable[_builtins.int] | None = ...,
+        val_rows: _abc.Iterable[_builtins.int] | None = ...,
+        items: _abc.Iterable[Global___TransferItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "items", b"items", "job_id", b"job_id", "train_rows", b"train_rows", "val_rows", b"val_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginTransferUploadRequest: _TypeAlias = BeginTransferUploadRequest  # noqa: Y015
+
+@_typing.final
+class BeginTransferUploadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    MISSING_ITEMS_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    PIECE_BYTES_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    committed: _builtins.bool
+    piece_bytes: _builtins.int
+    """Pieces are at most this long (the last piece of an item may be shorter)."""
+    @_builtins.property
+    def missing_items(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Items not (completely) received yet."""
+
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        missing_items: _abc.Iterable[_builtins.int] | None = ...,
+        committed: _builtins.bool = ...,
+        piece_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "missing_items", b"missing_items", "piece_bytes", b"piece_bytes", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginTransferUploadResponse: _TypeAlias = BeginTransferUploadResponse  # noqa: Y015
+
+@_typing.final
+class TransferPiece(_message.Message):
+    """Bytes [piece * piece_bytes, ...) of item `item`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    PIECE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    item: _builtins.int
+    piece: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        item: _builtins.int = ...,
+        piece: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "item", b"item", "piece", b"piece", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferPiece: _TypeAlias = TransferPiece  # noqa: Y015
+
+@_typing.final
+class UploadTransferPiecesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    duplicates: _builtins.int
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadTransferPiecesResponse: _TypeAlias = UploadTransferPiecesResponse  # noqa: Y015
+
+@_typing.final
+class CommitTransferUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitTransferUploadRequest: _TypeAlias = CommitTransferUploadRequest  # noqa: Y015
+
+@_typing.final
+class CommitTransferUploadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_SHA256_FIELD_NUMBER: _builtins.int
+    receipt_sha256: _builtins.bytes
+    """sha256 over the manifest (every item's size and hash)."""
+    def __init__(
+        self,
+        *,
+        receipt_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt_sha256", b"receipt_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitTransferUploadResponse: _TypeAlias = CommitTransferUploadResponse  # noqa: Y015
+
+@_typing.final
+class GetOwnerRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    client_id: _builtins.str
+    next_seq: _builtins.int
+    """The request number the owner waits for (requests count from 0)."""
+    wait_s: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        next_seq: _builtins.int = ...,
+        wait_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "job_id", b"job_id", "next_seq", b"next_seq", "wait_s", b"wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOwnerRequestRequest: _TypeAlias = GetOwnerRequestRequest  # noqa: Y015
+
+@_typing.final
+class OwnerRequestHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    PIECE_BYTES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """False: no such request yet (ask again); phase says whether the job still runs."""
+    phase: Global___TransferPhase.ValueType
+    seq: _builtins.int
+    kind: _builtins.str
+    """softmax, refresh, validate or finished (fedhe_common.hetal.protocol.RequestKind)."""
+    step: _builtins.int
+    epoch: _builtins.int
+    piece_bytes: _builtins.int
+    error: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferItem]: ...
+    def __init__(
+        self,
+        *,
+        ready: _builtins.bool = ...,
+        phase: Global___TransferPhase.ValueType = ...,
+        seq: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        step: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        items: _abc.Iterable[Global___TransferItem] | None = ...,
+        piece_bytes: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "error", b"error", "items", b"items", "kind", b"kind", "phase", b"phase", "piece_bytes", b"piece_bytes", "ready", b"ready", "seq", b"seq", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnerRequestHeader: _TypeAlias = OwnerRequestHeader  # noqa: Y015
+
+@_typing.final
+class OwnerRequestPart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PIECE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___OwnerRequestHeader: ...
+    @_builtins.property
+    def piece(self) -> Global___TransferPiece: ...
+    def __init__(
+        self,
+        *,
+        header: Global___OwnerRequestHeader | None = ...,
+        piece: Global___TransferPiece | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item", "piece", b"piece"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item", "piece", b"piece"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["header", "piece"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___OwnerRequestPart: _TypeAlias = OwnerRequestPart  # noqa: Y015
+
+@_typing.final
+class OwnerReplyHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    client_id: _builtins.str
+    seq: _builtins.int
+    kind: _builtins.str
+    stop: _builtins.bool
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferItem]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        stop: _builtins.bool = ...,
+        items: _abc.Iterable[Global___TransferItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "items", b"items", "job_id", b"job_id", "kind", b"kind", "seq", b"seq", "stop", b"stop"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnerReplyHeader: _TypeAlias = OwnerReplyHeader  # noqa: Y015
+
+@_typing.final
+class OwnerReplyPart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PIECE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___OwnerReplyHeader: ...
+    @_builtins.property
+    def piece(self) -> Global___TransferPiece: ...
+    def __init__(
+        self,
+        *,
+        header: Global___OwnerReplyHeader | None = ...,
+        piece: Global___TransferPiece | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item", "piece", b"piece"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item", "piece", b"piece"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["header", "piece"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___OwnerReplyPart: _TypeAlias = OwnerReplyPart  # noqa: Y015
+
+@_typing.final
+class AnswerOwnerRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    applied: _builtins.bool
+    """False: the request had been answered before (the repeat was ignored)."""
+    def __init__(
+        self,
+        *,
+        applied: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerOwnerRequestResponse: _TypeAlias = AnswerOwnerRequestResponse  # noqa: Y015

@@ -134,6 +134,31 @@ class AggregationServiceStub:
                 request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.SerializeToString,
                 response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.FromString,
                 _registered_method=True)
+        self.BeginTransferUpload = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/BeginTransferUpload',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadResponse.FromString,
+                _registered_method=True)
+        self.UploadTransferPieces = channel.stream_unary(
+                '/fedhe.aggregation.v1.AggregationService/UploadTransferPieces',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.TransferPiece.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.UploadTransferPiecesResponse.FromString,
+                _registered_method=True)
+        self.CommitTransferUpload = channel.unary_unary(
+                '/fedhe.aggregation.v1.AggregationService/CommitTransferUpload',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadResponse.FromString,
+                _registered_method=True)
+        self.GetOwnerRequest = channel.unary_stream(
+                '/fedhe.aggregation.v1.AggregationService/GetOwnerRequest',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetOwnerRequestRequest.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerRequestPart.FromString,
+                _registered_method=True)
+        self.AnswerOwnerRequest = channel.stream_unary(
+                '/fedhe.aggregation.v1.AggregationService/AnswerOwnerRequest',
+                request_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerReplyPart.SerializeToString,
+                response_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.AnswerOwnerRequestResponse.FromString,
+                _registered_method=True)
 
 
 class AggregationServiceServicer:
@@ -277,6 +302,42 @@ class AggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginTransferUpload(self, request, context):
+        """Transfer jobs (HETAL): the data owner's one-time encrypted data set, resumable:
+        Begin names every ciphertext (size, sha256) and answers the ones still missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadTransferPieces(self, request_iterator, context):
+        """Client stream of pieces of the data set's ciphertexts (each piece checked on arrival).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitTransferUpload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOwnerRequest(self, request, context):
+        """Long-poll: the trainer's request number next_seq (a header, then its ciphertexts in
+        pieces); a header with ready false when there is none yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerOwnerRequest(self, request_iterator, context):
+        """The data owner's answer to one request: a header, then fresh ciphertexts in pieces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -379,6 +440,31 @@ def add_AggregationServiceServicer_to_server(servicer, server):
                     servicer.GetJobHistory,
                     request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.FromString,
                     response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.SerializeToString,
+            ),
+            'BeginTransferUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginTransferUpload,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadResponse.SerializeToString,
+            ),
+            'UploadTransferPieces': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadTransferPieces,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.TransferPiece.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.UploadTransferPiecesResponse.SerializeToString,
+            ),
+            'CommitTransferUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitTransferUpload,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadResponse.SerializeToString,
+            ),
+            'GetOwnerRequest': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetOwnerRequest,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetOwnerRequestRequest.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerRequestPart.SerializeToString,
+            ),
+            'AnswerOwnerRequest': grpc.stream_unary_rpc_method_handler(
+                    servicer.AnswerOwnerRequest,
+                    request_deserializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerReplyPart.FromString,
+                    response_serializer=fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.AnswerOwnerRequestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -921,6 +1007,141 @@ class AggregationService:
             '/fedhe.aggregation.v1.AggregationService/GetJobHistory',
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryRequest.SerializeToString,
             fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetJobHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginTransferUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/BeginTransferUpload',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.BeginTransferUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadTransferPieces(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/UploadTransferPieces',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.TransferPiece.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.UploadTransferPiecesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitTransferUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/CommitTransferUpload',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.CommitTransferUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOwnerRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/GetOwnerRequest',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.GetOwnerRequestRequest.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerRequestPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerOwnerRequest(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedhe.aggregation.v1.AggregationService/AnswerOwnerRequest',
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.OwnerReplyPart.SerializeToString,
+            fedhe_dot_aggregation_dot_v1_dot_aggregation__pb2.AnswerOwnerRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

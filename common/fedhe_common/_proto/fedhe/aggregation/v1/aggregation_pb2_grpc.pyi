@@ -74,6 +74,19 @@ class AggregationServiceStub:
     """Admin: every job with its progress, a page at a time (ordered by job id)."""
     GetJobHistory: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.GetJobHistoryRequest, _aggregation_pb2.GetJobHistoryResponse]
     """Admin: a page of a job's rounds with each client's reported metrics and round events."""
+    BeginTransferUpload: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.BeginTransferUploadRequest, _aggregation_pb2.BeginTransferUploadResponse]
+    """Transfer jobs (HETAL): the data owner's one-time encrypted data set, resumable:
+    Begin names every ciphertext (size, sha256) and answers the ones still missing.
+    """
+    UploadTransferPieces: _grpc.StreamUnaryMultiCallable[_aggregation_pb2.TransferPiece, _aggregation_pb2.UploadTransferPiecesResponse]
+    """Client stream of pieces of the data set's ciphertexts (each piece checked on arrival)."""
+    CommitTransferUpload: _grpc.UnaryUnaryMultiCallable[_aggregation_pb2.CommitTransferUploadRequest, _aggregation_pb2.CommitTransferUploadResponse]
+    GetOwnerRequest: _grpc.UnaryStreamMultiCallable[_aggregation_pb2.GetOwnerRequestRequest, _aggregation_pb2.OwnerRequestPart]
+    """Long-poll: the trainer's request number next_seq (a header, then its ciphertexts in
+    pieces); a header with ready false when there is none yet.
+    """
+    AnswerOwnerRequest: _grpc.StreamUnaryMultiCallable[_aggregation_pb2.OwnerReplyPart, _aggregation_pb2.AnswerOwnerRequestResponse]
+    """The data owner's answer to one request: a header, then fresh ciphertexts in pieces."""
 
 @_typing.type_check_only
 class AggregationServiceAsyncStub(AggregationServiceStub):
@@ -121,6 +134,19 @@ class AggregationServiceAsyncStub(AggregationServiceStub):
     """Admin: every job with its progress, a page at a time (ordered by job id)."""
     GetJobHistory: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.GetJobHistoryRequest, _aggregation_pb2.GetJobHistoryResponse]  # type: ignore[assignment]
     """Admin: a page of a job's rounds with each client's reported metrics and round events."""
+    BeginTransferUpload: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.BeginTransferUploadRequest, _aggregation_pb2.BeginTransferUploadResponse]  # type: ignore[assignment]
+    """Transfer jobs (HETAL): the data owner's one-time encrypted data set, resumable:
+    Begin names every ciphertext (size, sha256) and answers the ones still missing.
+    """
+    UploadTransferPieces: _aio.StreamUnaryMultiCallable[_aggregation_pb2.TransferPiece, _aggregation_pb2.UploadTransferPiecesResponse]  # type: ignore[assignment]
+    """Client stream of pieces of the data set's ciphertexts (each piece checked on arrival)."""
+    CommitTransferUpload: _aio.UnaryUnaryMultiCallable[_aggregation_pb2.CommitTransferUploadRequest, _aggregation_pb2.CommitTransferUploadResponse]  # type: ignore[assignment]
+    GetOwnerRequest: _aio.UnaryStreamMultiCallable[_aggregation_pb2.GetOwnerRequestRequest, _aggregation_pb2.OwnerRequestPart]  # type: ignore[assignment]
+    """Long-poll: the trainer's request number next_seq (a header, then its ciphertexts in
+    pieces); a header with ready false when there is none yet.
+    """
+    AnswerOwnerRequest: _aio.StreamUnaryMultiCallable[_aggregation_pb2.OwnerReplyPart, _aggregation_pb2.AnswerOwnerRequestResponse]  # type: ignore[assignment]
+    """The data owner's answer to one request: a header, then fresh ciphertexts in pieces."""
 
 class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -285,5 +311,48 @@ class AggregationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregation_pb2.GetJobHistoryResponse, _abc.Awaitable[_aggregation_pb2.GetJobHistoryResponse]]:
         """Admin: a page of a job's rounds with each client's reported metrics and round events."""
+
+    @_abc_1.abstractmethod
+    def BeginTransferUpload(
+        self,
+        request: _aggregation_pb2.BeginTransferUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.BeginTransferUploadResponse, _abc.Awaitable[_aggregation_pb2.BeginTransferUploadResponse]]:
+        """Transfer jobs (HETAL): the data owner's one-time encrypted data set, resumable:
+        Begin names every ciphertext (size, sha256) and answers the ones still missing.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadTransferPieces(
+        self,
+        request_iterator: _MaybeAsyncIterator[_aggregation_pb2.TransferPiece],
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.UploadTransferPiecesResponse, _abc.Awaitable[_aggregation_pb2.UploadTransferPiecesResponse]]:
+        """Client stream of pieces of the data set's ciphertexts (each piece checked on arrival)."""
+
+    @_abc_1.abstractmethod
+    def CommitTransferUpload(
+        self,
+        request: _aggregation_pb2.CommitTransferUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.CommitTransferUploadResponse, _abc.Awaitable[_aggregation_pb2.CommitTransferUploadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetOwnerRequest(
+        self,
+        request: _aggregation_pb2.GetOwnerRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_aggregation_pb2.OwnerRequestPart], _abc.AsyncIterator[_aggregation_pb2.OwnerRequestPart]]:
+        """Long-poll: the trainer's request number next_seq (a header, then its ciphertexts in
+        pieces); a header with ready false when there is none yet.
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerOwnerRequest(
+        self,
+        request_iterator: _MaybeAsyncIterator[_aggregation_pb2.OwnerReplyPart],
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregation_pb2.AnswerOwnerRequestResponse, _abc.Awaitable[_aggregation_pb2.AnswerOwnerRequestResponse]]:
+        """The data owner's answer to one request: a header, then fresh ciphertexts in pieces."""
 
 def add_AggregationServiceServicer_to_server(servicer: AggregationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

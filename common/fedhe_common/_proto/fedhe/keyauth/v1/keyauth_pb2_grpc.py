@@ -69,6 +69,21 @@ class KeyAuthorityServiceStub:
                 request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.SerializeToString,
                 response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.FromString,
                 _registered_method=True)
+        self.CreateTransferJob = channel.unary_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/CreateTransferJob',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobResponse.FromString,
+                _registered_method=True)
+        self.RegisterEvalKeys = channel.stream_unary(
+                '/fedhe.keyauth.v1.KeyAuthorityService/RegisterEvalKeys',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.RegisterEvalKeysResponse.FromString,
+                _registered_method=True)
+        self.GetEvalKeys = channel.unary_stream(
+                '/fedhe.keyauth.v1.KeyAuthorityService/GetEvalKeys',
+                request_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetEvalKeysRequest.SerializeToString,
+                response_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.FromString,
+                _registered_method=True)
 
 
 class KeyAuthorityServiceServicer:
@@ -123,6 +138,29 @@ class KeyAuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTransferJob(self, request, context):
+        """Transfer jobs (server identity): open the job; its one data owner makes the keys
+        on its device and registers only evaluation keys here (never a secret key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterEvalKeys(self, request_iterator, context):
+        """The data owner (an enrolled client): its evaluation keys (public, relinearisation,
+        Galois), streamed in parts; size bounded by the job; idempotent for the same blob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvalKeys(self, request, context):
+        """Server identity: a transfer job's evaluation keys, streamed (NOT_FOUND until registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +198,21 @@ def add_KeyAuthorityServiceServicer_to_server(servicer, server):
                     servicer.GetKeyGeneration,
                     request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.FromString,
                     response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.SerializeToString,
+            ),
+            'CreateTransferJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTransferJob,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobResponse.SerializeToString,
+            ),
+            'RegisterEvalKeys': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterEvalKeys,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.RegisterEvalKeysResponse.SerializeToString,
+            ),
+            'GetEvalKeys': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetEvalKeys,
+                    request_deserializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetEvalKeysRequest.FromString,
+                    response_serializer=fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +404,87 @@ class KeyAuthorityService:
             '/fedhe.keyauth.v1.KeyAuthorityService/GetKeyGeneration',
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationRequest.SerializeToString,
             fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetKeyGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTransferJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/CreateTransferJob',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.CreateTransferJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterEvalKeys(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/RegisterEvalKeys',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.RegisterEvalKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvalKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedhe.keyauth.v1.KeyAuthorityService/GetEvalKeys',
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.GetEvalKeysRequest.SerializeToString,
+            fedhe_dot_keyauth_dot_v1_dot_keyauth__pb2.EvalKeysPart.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,16 @@ class KeyAuthorityServiceStub:
     """
     SubmitKeyShares: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.SubmitKeySharesRequest, _keyauth_pb2.SubmitKeySharesResponse]
     GetKeyGeneration: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.GetKeyGenerationRequest, _keyauth_pb2.GetKeyGenerationResponse]
+    CreateTransferJob: _grpc.UnaryUnaryMultiCallable[_keyauth_pb2.CreateTransferJobRequest, _keyauth_pb2.CreateTransferJobResponse]
+    """Transfer jobs (server identity): open the job; its one data owner makes the keys
+    on its device and registers only evaluation keys here (never a secret key).
+    """
+    RegisterEvalKeys: _grpc.StreamUnaryMultiCallable[_keyauth_pb2.EvalKeysPart, _keyauth_pb2.RegisterEvalKeysResponse]
+    """The data owner (an enrolled client): its evaluation keys (public, relinearisation,
+    Galois), streamed in parts; size bounded by the job; idempotent for the same blob.
+    """
+    GetEvalKeys: _grpc.UnaryStreamMultiCallable[_keyauth_pb2.GetEvalKeysRequest, _keyauth_pb2.EvalKeysPart]
+    """Server identity: a transfer job's evaluation keys, streamed (NOT_FOUND until registered)."""
 
 @_typing.type_check_only
 class KeyAuthorityServiceAsyncStub(KeyAuthorityServiceStub):
@@ -69,6 +79,16 @@ class KeyAuthorityServiceAsyncStub(KeyAuthorityServiceStub):
     """
     SubmitKeyShares: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.SubmitKeySharesRequest, _keyauth_pb2.SubmitKeySharesResponse]  # type: ignore[assignment]
     GetKeyGeneration: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.GetKeyGenerationRequest, _keyauth_pb2.GetKeyGenerationResponse]  # type: ignore[assignment]
+    CreateTransferJob: _aio.UnaryUnaryMultiCallable[_keyauth_pb2.CreateTransferJobRequest, _keyauth_pb2.CreateTransferJobResponse]  # type: ignore[assignment]
+    """Transfer jobs (server identity): open the job; its one data owner makes the keys
+    on its device and registers only evaluation keys here (never a secret key).
+    """
+    RegisterEvalKeys: _aio.StreamUnaryMultiCallable[_keyauth_pb2.EvalKeysPart, _keyauth_pb2.RegisterEvalKeysResponse]  # type: ignore[assignment]
+    """The data owner (an enrolled client): its evaluation keys (public, relinearisation,
+    Galois), streamed in parts; size bounded by the job; idempotent for the same blob.
+    """
+    GetEvalKeys: _aio.UnaryStreamMultiCallable[_keyauth_pb2.GetEvalKeysRequest, _keyauth_pb2.EvalKeysPart]  # type: ignore[assignment]
+    """Server identity: a transfer job's evaluation keys, streamed (NOT_FOUND until registered)."""
 
 class KeyAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,5 +148,33 @@ class KeyAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _keyauth_pb2.GetKeyGenerationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keyauth_pb2.GetKeyGenerationResponse, _abc.Awaitable[_keyauth_pb2.GetKeyGenerationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateTransferJob(
+        self,
+        request: _keyauth_pb2.CreateTransferJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keyauth_pb2.CreateTransferJobResponse, _abc.Awaitable[_keyauth_pb2.CreateTransferJobResponse]]:
+        """Transfer jobs (server identity): open the job; its one data owner makes the keys
+        on its device and registers only evaluation keys here (never a secret key).
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterEvalKeys(
+        self,
+        request_iterator: _MaybeAsyncIterator[_keyauth_pb2.EvalKeysPart],
+        context: _ServicerContext,
+    ) -> _typing.Union[_keyauth_pb2.RegisterEvalKeysResponse, _abc.Awaitable[_keyauth_pb2.RegisterEvalKeysResponse]]:
+        """The data owner (an enrolled client): its evaluation keys (public, relinearisation,
+        Galois), streamed in parts; size bounded by the job; idempotent for the same blob.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvalKeys(
+        self,
+        request: _keyauth_pb2.GetEvalKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_keyauth_pb2.EvalKeysPart], _abc.AsyncIterator[_keyauth_pb2.EvalKeysPart]]:
+        """Server identity: a transfer job's evaluation keys, streamed (NOT_FOUND until registered)."""
 
 def add_KeyAuthorityServiceServicer_to_server(servicer: KeyAuthorityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
