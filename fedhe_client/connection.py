@@ -9,6 +9,7 @@ from typing import Protocol
 
 import grpc
 
+from fedhe_client.heartbeat import host_stats
 from fedhe_client.update_codec import EncodedUpdate
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
@@ -128,7 +129,7 @@ class ServerConnection(PeerConnection):
         """Tell the server this client is alive."""
         self.call(
             "SendHeartbeat",
-            pb.SendHeartbeatRequest(job_id=job_id, client_id=client_id),
+            pb.SendHeartbeatRequest(job_id=job_id, client_id=client_id, host=host_stats()),
             timeout=timeout,
         )
 

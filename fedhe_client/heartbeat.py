@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
+from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import FedHEError
 
 logger = logging.getLogger(__name__)
@@ -44,3 +47,43 @@ class HeartbeatSender:
                 self._send()
             except FedHEError as exc:
                 logger.warning("heartbeat not delivered: %s", exc)
+
+
+def host_stats() -> pb.HostStats | None:
+    """This host's CPU and RAM (psutil, when installed) and GPU (torch.cuda, if loaded).
+
+    Never imports torch: a GPU is reported only by a process that already uses it.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    memory = psutil.virtual_memory()
+    stats = pb.HostStats(
+        cpu_percent=min(100.0, max(0.0, float(psutil.cpu_percent(interval=None)))),
+        ram_used_bytes=int(memory.total - memory.available),
+        ram_total_bytes=int(memory.total),
+        gpu_utilization_percent=-1.0,
+    )
+    torch: Any = sys.modules.get("torch")
+    if torch is not None:
+        _add_gpu(stats, torch)
+    return stats
+
+
+def _add_gpu(stats: pb.HostStats, torch: Any) -> None:
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        device = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(device)
+        stats.gpu_name = str(torch.cuda.get_device_name(device))[:128]
+        stats.gpu_memory_total_bytes = int(total)
+        stats.gpu_memory_used_bytes = int(total - free)
+    except (RuntimeError, AssertionError) as exc:
+        logger.debug("no GPU figures: %s", exc)
+        return
+    try:  # needs NVML (pynvml); absent: the utilisation stays -1
+        stats.gpu_utilization_percent = float(torch.cuda.utilization(device))
+    except Exception as exc:  # any NVML failure only hides one number
+        logger.debug("no GPU utilisation: %s", exc)

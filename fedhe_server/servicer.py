@@ -23,6 +23,7 @@ from fedhe_common.rpc.serving import Register, add_service, blocking
 from fedhe_common.rpc.states import job_state
 from fedhe_server.decryption import ThresholdDecryption
 from fedhe_server.edge import job_offers
+from fedhe_server.hostload import host_load
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.views import ensure_enrolled, job_history, job_list, job_status, round_plan
@@ -317,12 +318,18 @@ class AggregationServicer:
         self, request: pb.SendHeartbeatRequest, context: Context
     ) -> pb.SendHeartbeatResponse:
         who = self._client(context, request.client_id)
-        return await blocking(self._heartbeat, request.job_id, who.id)
+        return await blocking(self._heartbeat, request, who.id)
 
-    def _heartbeat(self, job_id: str, client_id: str) -> pb.SendHeartbeatResponse:
+    def _heartbeat(
+        self, request: pb.SendHeartbeatRequest, client_id: str
+    ) -> pb.SendHeartbeatResponse:
+        job_id, t = request.job_id, self.server.clock()
         run = self.server.run_for(job_id)
-        if not self.server.db.touch_client(job_id, client_id, time.time()):
+        if not self.server.db.touch_client(job_id, client_id, t):
             raise NotFoundError(f"client {client_id!r} is not registered for job {job_id!r}")
+        load = host_load(request)  # liveness is recorded even when the load is malformed
+        if load is not None:
+            self.server.db.put_host_load(client_id, load, t)
         return pb.SendHeartbeatResponse(
             heartbeat_interval_s=run.config.participants.heartbeat_interval_s
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedhe_server.store.clients import ClientsStore
 from fedhe_server.store.decryptions import DecryptionsStore
+from fedhe_server.store.devices import DevicesStore
 from fedhe_server.store.history import HistoryStore
 from fedhe_server.store.jobs import JobsStore
 from fedhe_server.store.model import (
@@ -33,6 +34,7 @@ class StateDB(
     DecryptionsStore,
     TelemetryStore,
     HistoryStore,
+    DevicesStore,
 ):
     """The whole state store."""
 

@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS client_errors (
   job_id TEXT NOT NULL, client_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL,
   message TEXT NOT NULL, t REAL NOT NULL, count INTEGER NOT NULL DEFAULT 1,
   PRIMARY KEY (job_id, client_id));
+CREATE TABLE IF NOT EXISTS hosts (
+  client_id TEXT PRIMARY KEY, t REAL NOT NULL, cpu_percent REAL NOT NULL,
+  ram_used INTEGER NOT NULL, ram_total INTEGER NOT NULL, gpu_name TEXT NOT NULL,
+  gpu_memory_used INTEGER NOT NULL, gpu_memory_total INTEGER NOT NULL, gpu_util REAL NOT NULL);
 """
 
 
