@@ -459,6 +459,19 @@ class PeerSection(_Model):
         return self
 
 
+class DashboardSection(_Model):
+    """The read-only web dashboard (admin identities only; HTTPS with the server's TLS)."""
+
+    listen: str = Field(
+        default="127.0.0.1:0",
+        description="Host:port of the dashboard (port 0: any free port, printed at start); "
+        "outside loopback only with the server's TLS.",
+    )
+    poll_interval_s: float = Field(
+        default=3.0, ge=0.5, le=60, description="How often the page refreshes its data."
+    )
+
+
 class ServerConfig(_Listener):
     """``fedhe-server serve`` configuration."""
 
@@ -467,6 +480,15 @@ class ServerConfig(_Listener):
     keyauth: PeerSection
     identities: list[IdentitySection]
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    dashboard: DashboardSection | None = Field(
+        default=None, description="Serve the web dashboard (off when absent)."
+    )
+
+    @model_validator(mode="after")
+    def _dashboard_tls_or_loopback(self) -> ServerConfig:
+        if self.dashboard and self.insecure and not _loopback(self.dashboard.listen):
+            raise ValueError("dashboard.listen outside loopback needs TLS (insecure is true)")
+        return self
 
 
 class PartitionSection(_Model):
