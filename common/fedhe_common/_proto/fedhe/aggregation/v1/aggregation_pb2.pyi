@@ -1826,8 +1826,17 @@ class BeginTransferUploadRequest(_message.Message):
     TRAIN_ROWS_FIELD_NUMBER: _builtins.int
     VAL_ROWS_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     client_id: _builtins.str
+    features: _builtins.int
+    """Feature columns (bias included) and classes of the owner's data, and the
+    TransferParams JSON the owner built from them (the server derives and compares it).
+    """
+    classes: _builtins.int
+    params_json: _builtins.str
     @_builtins.property
     def train_rows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Real (unpadded) sample count of each training / validation block."""
@@ -1846,10 +1855,13 @@ class BeginTransferUploadRequest(_message.Message):
         train_rows: _abc.Iterable[_builtins.int] | None = ...,
         val_rows: _abc.Iterable[_builtins.int] | None = ...,
         items: _abc.Iterable[Global___TransferItem] | None = ...,
+        features: _builtins.int = ...,
+        classes: _builtins.int = ...,
+        params_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "items", b"items", "job_id", b"job_id", "train_rows", b"train_rows", "val_rows", b"val_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "client_id", b"client_id", "features", b"features", "items", b"items", "job_id", b"job_id", "params_json", b"params_json", "train_rows", b"train_rows", "val_rows", b"val_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
