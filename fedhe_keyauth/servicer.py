@@ -7,13 +7,15 @@ Handlers are coroutines; key-store work runs on the server's thread pool
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as pb
-from fedhe_common.errors import PermissionDeniedError
+from fedhe_common.errors import InvalidArgumentError, PermissionDeniedError
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import Register, add_service, blocking
+from fedhe_keyauth.evalkeys import EvalKeyStore, EvalKeyUpload
 from fedhe_keyauth.store import KeyStore
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class KeyAuthorityServicer:
     def __init__(self, store: KeyStore, auth: TokenAuthority) -> None:
         self.store = store
         self.auth = auth
+        self.eval_keys = EvalKeyStore(store.root.parent)
 
     async def CreateJobKeys(
         self, request: pb.CreateJobKeysRequest, context: Context
@@ -63,6 +66,64 @@ class KeyAuthorityServicer:
         self, request: pb.GetKeyGenerationRequest, context: Context
     ) -> pb.GetKeyGenerationResponse:
         return await blocking(self._get_key_generation, request, context)
+
+    # ------------------------------------------------------- transfer jobs (HETAL)
+    async def CreateTransferJob(
+        self, request: pb.CreateTransferJobRequest, context: Context
+    ) -> pb.CreateTransferJobResponse:
+        self.auth.require(context, "server")
+        created = await blocking(
+            self.eval_keys.create,
+            request.job_id,
+            list(request.clients),
+            request.max_eval_key_bytes,
+        )
+        return pb.CreateTransferJobResponse(created=created)
+
+    async def RegisterEvalKeys(
+        self, request_iterator: AsyncIterator[pb.EvalKeysPart], context: Context
+    ) -> pb.RegisterEvalKeysResponse:
+        who = self.auth.require(context, "client")
+        upload: EvalKeyUpload | None = None
+        first: pb.EvalKeysPart | None = None
+        try:
+            async for part in request_iterator:
+                if first is None:
+                    first = part
+                    upload = await blocking(
+                        self.eval_keys.begin,
+                        part.job_id,
+                        who.id,
+                        part.total_bytes,
+                        bytes(part.sha256),
+                    )
+                elif (part.job_id, part.total_bytes, part.sha256) != (
+                    first.job_id, first.total_bytes, first.sha256,
+                ):  # fmt: skip
+                    raise InvalidArgumentError("every key part must name the same blob")
+                if upload is not None:
+                    await blocking(upload.add, part.offset, bytes(part.data))
+            if first is None:
+                raise InvalidArgumentError("no key parts")
+            if upload is not None:
+                await blocking(upload.finish)
+                logger.info("job %s: evaluation keys of %s registered", first.job_id, who.id)
+        finally:
+            if upload is not None:
+                upload.abort()
+        return pb.RegisterEvalKeysResponse(sha256=first.sha256, created=upload is not None)
+
+    async def GetEvalKeys(
+        self, request: pb.GetEvalKeysRequest, context: Context
+    ) -> AsyncIterator[pb.EvalKeysPart]:
+        self.auth.require(context, "server")
+        total, digest = await blocking(self.eval_keys.info, request.job_id)
+        parts = self.eval_keys.read(request.job_id)
+        while (item := await blocking(next, parts, None)) is not None:
+            offset, data = item
+            yield pb.EvalKeysPart(
+                job_id=request.job_id, total_bytes=total, sha256=digest, offset=offset, data=data
+            )
 
     # Blocking bodies, run on the thread pool.
     def _create_job_keys(

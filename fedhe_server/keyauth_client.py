@@ -94,3 +94,40 @@ class KeyAuthClient:
             {p.client_id: p.alpha for p in reply.parties},
             {p.client_id: bytes(p.identity_public_key).hex() for p in reply.parties},
         )
+
+    def create_transfer(self, job_id: str, clients: list[str], max_eval_key_bytes: int) -> None:
+        """Open a transfer job: its data owner registers evaluation keys (no secret key here)."""
+        self._once(
+            "CreateTransferJob",
+            pb.CreateTransferJobRequest(
+                job_id=job_id, clients=clients, max_eval_key_bytes=max_eval_key_bytes
+            ),
+        )
+
+    def eval_keys(self, job_id: str, max_bytes: int) -> bytes | None:
+        """A transfer job's evaluation keys, or None until the owner registered them."""
+        import hashlib
+
+        from fedhe_common.errors import NotFoundError
+
+        parts: list[bytes] = []
+        size, digest = 0, b""
+        try:
+            with rpc_errors():
+                stream = self._conn.stub.GetEvalKeys(
+                    pb.GetEvalKeysRequest(job_id=job_id),
+                    timeout=TIMEOUT_S * 10,
+                    metadata=self._conn.metadata,
+                )
+                for part in stream:
+                    if part.offset != size or part.total_bytes > max_bytes:
+                        raise KeyMaterialError("evaluation keys: bad part from the key authority")
+                    parts.append(bytes(part.data))
+                    size += len(part.data)
+                    digest = bytes(part.sha256)
+        except NotFoundError:
+            return None
+        blob = b"".join(parts)
+        if not blob or hashlib.sha256(blob).digest() != digest:
+            raise KeyMaterialError("evaluation keys: sha256 mismatch")
+        return blob

@@ -27,6 +27,8 @@ from fedhe_server.metrics import ServerMetrics
 from fedhe_server.rounds import Clock, Faults, no_faults
 from fedhe_server.staging import JobFiles
 from fedhe_server.store import JobState, StateDB, now
+from fedhe_server.transfer.jobs import TransferJobs
+from fedhe_server.transfer.run import TrainerFactory, hetal_trainer
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.2
@@ -52,6 +54,7 @@ class AggregationServer:
         keyauth: KeyAuthClient | None = None,
         faults: Faults = no_faults,
         clock: Clock = now,
+        trainer_factory: TrainerFactory = hetal_trainer,
     ) -> None:
         self.config = config
         self.faults = faults  # tests name crash points; production passes nothing
@@ -66,6 +69,9 @@ class AggregationServer:
         self._configs: dict[str, JobConfig] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.transfers = TransferJobs(
+            self.db, self.state_dir, self.keyauth, self.changed, clock, faults, trainer_factory
+        )
         for job_id in self.db.running_jobs():
             self._start_run(job_id)
         self._keeper = threading.Thread(target=self._keep_rounds, name="round-keeper", daemon=True)
@@ -86,7 +92,9 @@ class AggregationServer:
             clients = list(config.participants.clients or ())
             # One bounded attempt each: a key authority that is down fails the submission
             # now (UNAVAILABLE) instead of creating the job after the caller gave up.
-            if config.threshold_keys:
+            if config.transfer is not None:  # the data owner makes the keys on its device
+                self.transfers.open(job_id, config)
+            elif config.threshold_keys:
                 assert config.keys.parties and config.keys.threshold
                 self.keyauth.create_threshold(
                     job_id,
@@ -121,6 +129,10 @@ class AggregationServer:
         job = self.db.job(job_id)
         assert job is not None
         config = parse_yaml(str(job.config_yaml), JobConfig)
+        if config.transfer is not None:
+            if job.state == JobState.RUNNING:
+                self.transfers.start(job_id, config)
+            return
         params_json = str(job.params_json) if job.params_json else None
         try:
             fingerprint = bytes(job.fingerprint or b"")  # type: ignore[arg-type]
@@ -149,6 +161,8 @@ class AggregationServer:
             if run is None:
                 if self.db.job(job_id) is None:
                     raise NotFoundError(f"unknown job {job_id!r}")
+                if self.job_config(job_id).transfer is not None:
+                    raise InvalidArgumentError(f"job {job_id!r} is a transfer job: no rounds")
                 self._start_run(job_id)
                 run = self.runs[job_id]
             return run
@@ -171,7 +185,8 @@ class AggregationServer:
         ensure_may_register(self, job_id, client_id)
         job = self.db.job(job_id)
         assert job is not None
-        run = self.run_for(job_id) if job.state != JobState.KEYGEN else None
+        rounds = job.state != JobState.KEYGEN and self.job_config(job_id).transfer is None
+        run = self.run_for(job_id) if rounds else None
         self.db.register_client(job_id, client_id, self.clock())
         logger.info("client %s registered for job %s", client_id, job_id)
         return run
@@ -210,6 +225,8 @@ class AggregationServer:
                     changed, aborted = self.db.cancel_job(job_id, self.clock())
             else:
                 changed, aborted = self.db.cancel_job(job_id, self.clock())
+        if changed:
+            self.transfers.stop(job_id)
         if changed and run is not None:
             for number in aborted:
                 run.files.drop_uploads(number)
@@ -267,4 +284,5 @@ class AggregationServer:
         """Stop the round keeper."""
         self._stop.set()
         self._keeper.join(timeout=5)
+        self.transfers.stop_all()
         self.keyauth.close()

@@ -26,6 +26,7 @@ from fedhe_server.edge import job_offers
 from fedhe_server.hostload import host_load
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
+from fedhe_server.transfer.rpc import TransferServicer
 from fedhe_server.views import ensure_enrolled, job_history, job_list, job_status, round_plan
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ BUSY_RETRY_MS = (1000, 3000)
 Context = grpc.aio.ServicerContext
 
 
-class AggregationServicer:
-    """Thin adapter: identity checks and protobuf <-> JobRun calls."""
+class AggregationServicer(TransferServicer):
+    """Thin adapter: identity checks and protobuf <-> JobRun / TransferRun calls."""
 
     def __init__(self, server: AggregationServer, auth: TokenAuthority) -> None:
         self.server = server
@@ -324,14 +325,14 @@ class AggregationServicer:
         self, request: pb.SendHeartbeatRequest, client_id: str
     ) -> pb.SendHeartbeatResponse:
         job_id, t = request.job_id, self.server.clock()
-        run = self.server.run_for(job_id)
+        config = self.server.job_config(job_id)
         if not self.server.db.touch_client(job_id, client_id, t):
             raise NotFoundError(f"client {client_id!r} is not registered for job {job_id!r}")
         load = host_load(request)  # liveness is recorded even when the load is malformed
         if load is not None:
             self.server.db.put_host_load(client_id, load, t)
         return pb.SendHeartbeatResponse(
-            heartbeat_interval_s=run.config.participants.heartbeat_interval_s
+            heartbeat_interval_s=config.participants.heartbeat_interval_s
         )
 
     async def SubmitMask(
