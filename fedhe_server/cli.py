@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
+
+if TYPE_CHECKING:
+    from fedhe_server.dashboard.http import Dashboard
 
 logger = logging.getLogger("fedhe_server")
 
@@ -53,21 +57,27 @@ def serve(
             service.submit(job_yaml, job_path)
         if config.metrics_port:
             _serve_metrics(service, config)
-        servicer = AggregationServicer(service, TokenAuthority(config.identities))
+        authority = TokenAuthority(config.identities)
+        servicer = AggregationServicer(service, authority)
         server = create_server(
             config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
         )
         port = server.port
+        dashboard = _start_dashboard(service, config, authority)
     except FedHEError as exc:
         service.stop()  # the round keeper is running: a start-up error must not leave it
         raise click.ClickException(str(exc)) from None
     if port_file:
         atomic_write(port_file, str(port).encode())
     logger.info("server listening on port %d", port)
+    if dashboard is not None:
+        click.echo(f"dashboard: {dashboard.url} (admin token as bearer or Basic password)")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    if dashboard is not None:
+        dashboard.stop()
     server.stop(grace=10)
     service.stop()
 
@@ -77,6 +87,16 @@ def _read_job(path: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the job: {exc.strerror}") from None
+
+
+def _start_dashboard(
+    service: AggregationServer, config: ServerConfig, authority: TokenAuthority
+) -> Dashboard | None:
+    if config.dashboard is None:
+        return None
+    from fedhe_server.dashboard.http import Dashboard
+
+    return Dashboard(service, config, authority).start()
 
 
 def _serve_metrics(service: AggregationServer, config: ServerConfig) -> None:

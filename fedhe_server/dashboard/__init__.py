@@ -1,0 +1,1 @@
+"""The server's read-only web dashboard: devices, jobs, rounds and per-step overheads."""
