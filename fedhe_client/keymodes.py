@@ -17,6 +17,7 @@ from fedhe_client.threshold_member import ThresholdMember
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.models import ClientConfig, JobConfig
+from fedhe_common.crypto.compact import CompactCipher
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
@@ -110,6 +111,32 @@ class SingleKey:
         return self.holder.decrypt(blob, weight_sum=weight_sum)
 
 
+class Compact:
+    """``single-key-compact``: c0-only uploads of model deltas; sums decrypt as a whole
+    (chunk 0 names every contributor's seed, needed for all chunks)."""
+
+    name = "single-key-compact"
+    encrypts = True
+    decrypts_chunkwise = False
+
+    def __init__(self, cipher: CompactCipher) -> None:
+        self.cipher = cipher
+        self.fingerprint = cipher.fingerprint
+
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        return self.cipher.encrypt_vector(values)
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        raise FedHEError("a compact aggregate decrypts as a whole stream")
+
+    def decrypt_stream(
+        self, header: pb.AggregateHeader, chunks: list[pb.Chunk], plan: ChunkPlan
+    ) -> np.ndarray:
+        blobs = _ciphertexts(chunks, plan)
+        ordered = [blobs[k] for k in range(plan.count)]
+        return self.cipher.decrypt_chunks(ordered, plan.total, max(1, int(header.weight_sum)))
+
+
 class Threshold:
     """No single key: t of N parties decrypt together; uploads use the collective key."""
 
@@ -147,6 +174,8 @@ def key_mode(
         holder = fetch_secret_key(config, job_id)
         if holder.fingerprint != server_fingerprint:
             raise KeyMaterialError("server and key authority disagree on the job's context")
+        if holder.preset.encryption == "seeded-compact":
+            return Compact(CompactCipher(holder, f"{job_id}/{config.client_id}"))
         return SingleKey(holder)
     return Plain()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fedhe_common.config.models import JobConfig
+from fedhe_common.crypto import compactwire
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.presets import get_preset
@@ -19,6 +20,7 @@ from fedhe_common.crypto.provenance import check_c1_plausible
 from fedhe_common.errors import InvalidArgumentError, KeyMaterialError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.compact_accumulate import CompactAccumulator, SeedRegistry
 from fedhe_server.store import RoundState
 
 
@@ -105,6 +107,29 @@ class Threshold(SingleKey):
         check_c1_plausible(self.ctx, self.aggregator.load_upload(payload))
 
 
+class Compact(SingleKey):
+    """``single-key-compact``: c0-only uploads added as raw residues (numpy, no SEAL).
+
+    Keeps the job's seed registry: an upload's seed id feeds one round's sum only.
+    """
+
+    name = "single-key-compact"
+
+    def __init__(self, aggregator: CiphertextAggregator) -> None:
+        super().__init__(aggregator)
+        self.seeds = SeedRegistry()
+        self._q = compactwire.compact_prime(aggregator.preset)
+
+    def check_ciphertext(self, payload: bytes) -> None:
+        compactwire.unpack_upload(payload, self.fingerprint, self.values_per_chunk, self._q)
+
+    def accumulator(self, plan: ChunkPlan, path: Path | None = None) -> EncryptedAccumulator | None:
+        if not plan.count:
+            return None
+        preset = self.aggregator.preset
+        return CompactAccumulator(preset, self.fingerprint, plan, path, self.seeds)
+
+
 def aggregation_mode(
     config: JobConfig, params_json: str | None, fingerprint: bytes
 ) -> AggregationMode:
@@ -116,4 +141,8 @@ def aggregation_mode(
     aggregator = CiphertextAggregator(PublicParams.from_json(params_json))
     if aggregator.fingerprint != fingerprint:
         raise KeyMaterialError("stored fingerprint does not match the job's parameters")
-    return Threshold(aggregator) if config.threshold_keys else SingleKey(aggregator)
+    if config.threshold_keys:
+        return Threshold(aggregator)
+    if aggregator.preset.encryption == "seeded-compact":
+        return Compact(aggregator)
+    return SingleKey(aggregator)

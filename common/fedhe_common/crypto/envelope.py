@@ -33,6 +33,8 @@ class BlobKind(IntEnum):
     PUBLIC_KEY = 3
     SECRET_KEY = 4
     DECRYPTION_SHARE = 5
+    CIPHERTEXT_COMPACT = 6  # single-key-compact upload chunk (compactwire.py)
+    CIPHERTEXT_COMPACT_SUM = 7  # single-key-compact aggregate chunk
 
 
 def wrap(kind: BlobKind, fingerprint: bytes, seal_blob: bytes) -> bytes:

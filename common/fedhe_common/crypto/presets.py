@@ -20,7 +20,7 @@ from fedhe_common.errors import ConfigError, ValueRangeError
 MIN_THRESHOLD = 2
 MIN_THRESHOLD_CLIENTS = 3
 
-EncryptionMode = Literal["seeded-symmetric", "public-key"]
+EncryptionMode = Literal["seeded-symmetric", "public-key", "seeded-compact"]
 WeightMode = Literal["integer", "real"]
 Compression = Literal["none", "zstd"]
 
@@ -63,6 +63,8 @@ class Preset:
     def values_per_ciphertext(self) -> int:
         """Real values carried by one ciphertext (N with complex packing, N/2 without)."""
         n = self.poly_modulus_degree
+        if self.encryption == "seeded-compact":
+            return n  # coefficient encoding: one value per coefficient
         return n if self.complex_packing else n // 2
 
     @property
@@ -72,6 +74,12 @@ class Preset:
 
     def max_weight_sum(self, clip_bound: float | None = None) -> float:
         """Largest ``sum|w_i|`` the aggregate can carry without wrapping."""
+        if self.encryption == "seeded-compact":
+            # Per-chunk scales: the limit is on weights, whatever the clip bound; two bits
+            # stay free for chunks whose ranges differ between clients (compactwire.py).
+            from fedhe_common.crypto.compactwire import value_limit
+
+            return float(value_limit(self) // 4)
         bound = self.clip_bound if clip_bound is None else clip_bound
         log2_total_scale = self.scale_bits + math.log2(self.weight_scale)
         # q_data >= 2^(sum bits - k), one bit per prime below its nominal size.
@@ -152,6 +160,23 @@ PRESETS: dict[str, Preset] = {
             baseline_only=False,
             summary="single-key at N=8192 (one 60-bit prime): same bytes and value range, "
             "8192 values per ciphertext, ~5% less client and ~15% less server CPU per value",
+        ),
+        Preset(
+            name="single-key-compact",
+            poly_modulus_degree=4096,
+            coeff_modulus_bits=(32,),
+            scale_bits=25,  # the SEAL key self-test only
+            encryption="seeded-compact",
+            weight_mode="integer",
+            weight_scale_bits=0,
+            complex_packing=True,  # only the SEAL key self-test packs; chunks are N values
+            clip_bound=16.0,
+            compression="none",
+            smudging_bits=None,
+            baseline_only=False,
+            summary="N=4096, one 32-bit prime, coefficient encoding of model deltas at a "
+            "power-of-two scale per chunk (15 bits), c0-only uploads and sums with seeds "
+            "per upload attempt: ~4.02 B/value up, ~4.01 down (opt-in)",
         ),
         Preset(
             name="single-key-real-weights",

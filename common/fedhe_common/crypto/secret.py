@@ -19,7 +19,7 @@ from fedhe_common.crypto.context import CKKSContext, PublicParams
 from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.crypto.presets import Preset
 from fedhe_common.crypto.public import load_public_key
-from fedhe_common.errors import KeyMaterialError
+from fedhe_common.errors import InvalidArgumentError, KeyMaterialError
 
 _SELF_TEST = np.array([1.0, -2.5, 3.25, 0.125])
 
@@ -103,6 +103,17 @@ class SecretKeyHolder:
             BlobKind.SECRET_KEY, self.fingerprint, _raw_seal_bytes(self._secret_key)
         )
 
+    def secret_residues(self) -> np.ndarray:
+        """The secret key's (k, N) residues in SEAL's NTT form (for :mod:`.compact`)."""
+        raw = sealbytes.plaintext_array(sealbytes.save_bytes(self._secret_key))
+        return raw.reshape(self.ctx.k, self.ctx.n).copy()
+
+    def _refuse_compact(self) -> None:
+        if self.preset.encryption == "seeded-compact":
+            raise InvalidArgumentError(
+                f"preset {self.preset.name!r} encrypts with fedhe_common.crypto.compact, not CKKS"
+            )
+
     # -- crypto ------------------------------------------------------------------------
     def encrypt(self, values: np.ndarray) -> bytes:
         """Encrypt up to one ciphertext's worth of values the preset's way.
@@ -122,6 +133,7 @@ class SecretKeyHolder:
             yield self._encrypt_plaintext(pt)
 
     def _encrypt_plaintext(self, pt: sa.Plaintext) -> bytes:
+        self._refuse_compact()
         if self.preset.encryption == "seeded-symmetric":
             return to_blob(self.ctx, self._sym.encrypt_symmetric(pt), BlobKind.CIPHERTEXT_SEEDED)
         ct = sa.Ciphertext()
@@ -138,6 +150,7 @@ class SecretKeyHolder:
         grid for ``weight_sum`` (the round's sum of weights; 1 for an upload), so no
         exact decryption ever leaves this object (:mod:`.release`).
         """
+        self._refuse_compact()
         grid_weight = weight_sum if aggregate else 1.0
         release.output_grid(self.preset, grid_weight)  # bad input changes nothing
         if aggregate:

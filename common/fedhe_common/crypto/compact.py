@@ -1,0 +1,159 @@
+"""``single-key-compact`` on a client: encrypt model deltas, decrypt c0-only sums.
+
+A chunk's delta ``d`` (values minus the common base, the last global model) is
+encoded at the power-of-two scale ``2^(VALUE_BITS - x)`` with ``|d| < 2^x``, so
+``|m| <= 2^15``; then ``c0 = NTT(m + e) - a*s`` with ``a`` expanded from the
+upload's public seed. Decryption is ``INTT(c0_sum + (sum w_i a_i) * s)``: one
+inverse NTT per chunk plus one seed expansion per contributor. Every upload
+attempt draws a fresh 16-byte nonce, so no ``a`` is ever used for two plaintexts,
+also after a crash and retrain (docs/crypto.md, "compact preset").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from fedhe_common.crypto import compactwire as cw
+from fedhe_common.crypto.secret import SecretKeyHolder
+from fedhe_common.errors import FedHEError, InvalidArgumentError, ValueRangeError
+
+_ID_DOMAIN = b"fedhe-compact-upload-v1\x00"
+_BLOCK_CHUNKS = 32
+
+
+def cbd_noise(shape: tuple[int, ...]) -> np.ndarray:
+    """Centered binomial noise from the OS CSPRNG: 21 coin pairs, |e| <= 21, sigma 3.24."""
+    words = np.frombuffer(os.urandom(8 * int(np.prod(shape))), dtype=np.uint64).reshape(shape)
+    mask = np.uint64((1 << cw.NOISE_BOUND) - 1)
+    pos = np.bitwise_count(words & mask).astype(np.int64)
+    neg = np.bitwise_count((words >> np.uint64(cw.NOISE_BOUND)) & mask).astype(np.int64)
+    return pos - neg
+
+
+def chunk_exponents(deltas: np.ndarray) -> np.ndarray:
+    """Per row, the x with max|d| < 2^x (EXP_ANY for an all-zero row)."""
+    peak = np.abs(deltas).max(axis=1)
+    _, exp = np.frexp(peak)  # peak = f * 2^exp with f in [0.5, 1): peak < 2^exp
+    if (exp > cw.EXP_MAX).any():
+        raise ValueRangeError(f"a delta of magnitude >= 2^{cw.EXP_MAX} cannot be encoded")
+    exp = np.maximum(exp, cw.EXP_MIN)
+    return np.where(peak > 0, exp, cw.EXP_ANY).astype(np.int64)
+
+
+class CompactCipher:
+    """Encrypts deltas and decrypts sums for one client of one job."""
+
+    def __init__(self, holder: SecretKeyHolder, identity: str) -> None:
+        if holder.preset.encryption != "seeded-compact":
+            raise InvalidArgumentError(f"preset {holder.preset.name!r} is not a compact preset")
+        self.preset = holder.preset
+        self.fingerprint = holder.fingerprint
+        self.ring = cw.CompactRing(self.preset)
+        self.n, self.q = self.ring.n, self.ring.q
+        self._s = holder.secret_residues()[0]
+        self._s_shoup = self.ring.shoup(self._s)
+        self._identity = identity.encode()
+        self._attempts = 0
+        self._bases: dict[bytes, np.ndarray] = {}
+        self._latest: bytes | None = None
+
+    # -- bases ---------------------------------------------------------------------------
+    def base_for(self, size: int) -> tuple[bytes, np.ndarray]:
+        """The common base for a vector of ``size`` values: the last sum's mean, or zeros."""
+        if self._latest is not None and self._bases[self._latest].size == size:
+            return self._latest, self._bases[self._latest]
+        return cw.ZERO_BASE_ID, np.zeros(size)
+
+    def remember(self, mean: np.ndarray) -> bytes:
+        """Take a decrypted global mean as the base of the next upload; return its id."""
+        base = np.ascontiguousarray(mean, dtype=np.float64)
+        base_id = hashlib.sha256(base.tobytes()).digest()[:8]
+        self._bases = {k: v for k, v in self._bases.items() if k == self._latest}
+        self._bases[base_id] = base
+        self._latest = base_id
+        return base_id
+
+    def _base(self, base_id: bytes, size: int) -> np.ndarray:
+        if base_id == cw.ZERO_BASE_ID:
+            return np.zeros(size)
+        base = self._bases.get(base_id)
+        if base is None or base.size != size:
+            raise FedHEError(
+                "the aggregate is relative to a global model this client does not hold "
+                "(it missed a round or restarted mid-job)"
+            )
+        return base
+
+    # -- encryption ----------------------------------------------------------------------
+    def new_upload_id(self) -> bytes:
+        """A fresh seed id: job, client, attempt counter and 16 random bytes."""
+        self._attempts += 1
+        h = hashlib.sha256(_ID_DOMAIN + self.fingerprint + self._identity)
+        h.update(self._attempts.to_bytes(8, "little") + os.urandom(16))
+        return h.digest()[:16]
+
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        """One upload attempt: a fresh seed id, then one blob per N values of deltas."""
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 1:
+            raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise InvalidArgumentError("values contain NaN or infinity")
+        bound = self.preset.clip_bound
+        base_id, base = self.base_for(arr.size)
+        return self._blobs(np.clip(arr, -bound, bound) - base, base_id, self.new_upload_id())
+
+    def _blobs(self, deltas: np.ndarray, base_id: bytes, uid: bytes) -> Iterator[bytes]:
+        n, block = self.n, self.n * _BLOCK_CHUNKS
+        for start in range(0, max(deltas.size, 1), block):
+            part = deltas[start : start + block]
+            rows = np.zeros((-(-part.size // n) or 1, n))
+            rows.reshape(-1)[: part.size] = part
+            yield from self._encrypt_rows(rows, start // n, base_id, uid)
+
+    def _encrypt_rows(
+        self, rows: np.ndarray, first: int, base_id: bytes, uid: bytes
+    ) -> Iterator[bytes]:
+        exps = chunk_exponents(rows)
+        scales = np.ldexp(1.0, np.where(exps == cw.EXP_ANY, 0, cw.VALUE_BITS - exps))
+        m = np.rint(rows * scales[:, None]).astype(np.int64) + cbd_noise(rows.shape)
+        poly = np.where(m < 0, m + self.q, m).astype(np.uint64)
+        ntt = self.ring.ntt(poly)
+        for i in range(rows.shape[0]):
+            a_s = self.ring.mul(self.ring.expand_a(uid, first + i), self._s, self._s_shoup)
+            c0 = np.where(ntt[i] >= a_s, ntt[i] - a_s, ntt[i] + (self.ring.q64 - a_s))
+            yield cw.pack_upload(self.fingerprint, uid, base_id, int(exps[i]), c0)
+
+    # -- decryption ----------------------------------------------------------------------
+    def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
+        """All chunks of a sum -> ``total`` weighted sums ``sum w_i x_i`` (base added back).
+
+        The result is rounded to 2^RELEASE_BITS units of each chunk's common scale,
+        so no exact decryption leaves this object (as :mod:`.release` for CKKS). The
+        mean ``result / weight_sum`` becomes the base of this client's next upload.
+        """
+        parts = [cw.unpack_aggregate(b, self.fingerprint, self.n, self.q) for b in blobs]
+        if not parts or parts[0].table is None or any(p.table for p in parts[1:]):
+            raise FedHEError("a compact aggregate carries its contributor table in chunk 0")
+        table = parts[0].table
+        if any(p.shifts.size != len(table) or p.base_id != parts[0].base_id for p in parts):
+            raise FedHEError("compact aggregate chunks disagree on contributors or base")
+        if -(-total // self.n) != len(parts):
+            raise FedHEError(f"compact aggregate has {len(parts)} chunks for {total} values")
+        t = np.empty((len(parts), self.n), dtype=np.uint64)
+        for k, part in enumerate(parts):
+            rows = [(uid, w << int(sh)) for (uid, w), sh in zip(table, part.shifts, strict=True)]
+            a_sum = self.ring.weighted_a(rows, k)
+            t[k] = self.ring.add(part.c0, self.ring.mul(a_sum, self._s, self._s_shoup))
+        coeffs = self.ring.intt(t).astype(np.int64)
+        coeffs = np.where(coeffs > self.q // 2, coeffs - self.q, coeffs)
+        exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
+        unit = np.ldexp(1.0, cw.RELEASE_BITS)  # release grid in units of the common scale
+        sums = np.rint(coeffs / unit) * unit * np.ldexp(1.0, exps - cw.VALUE_BITS)[:, None]
+        out = sums.reshape(-1)[:total] + weight_sum * self._base(parts[0].base_id, total)
+        self.remember(out / weight_sum)
+        return out

@@ -1,0 +1,222 @@
+"""The ``single-key-compact`` scheme's key-less half: ring, seeds and wire formats.
+
+Coefficient-encoded RLWE over one ~32-bit NTT prime (docs/crypto.md, "compact
+preset"). A chunk of N values travels as c0 only, in NTT form, as N little-endian
+uint32 words; its ``a`` is expanded from a public seed (SHAKE-256 of the upload id
+and the chunk index), so the server adds c0s and clients regenerate ``sum w_i a_i``.
+
+Both the server (adds, no key) and clients import this module; it never touches
+a secret key. Client encryption and decryption live in :mod:`.compact`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhe_common.crypto import envelope
+from fedhe_common.crypto.envelope import BlobKind
+from fedhe_common.crypto.presets import Preset
+from fedhe_common.crypto.ring import RingArithmetic
+from fedhe_common.errors import InvalidCiphertextError
+
+VALUE_BITS = 15  # |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for |d| < 2^x
+NOISE_BOUND = 21  # centered binomial, 21 coin pairs: |e| <= 21, sigma = 3.24
+EXP_MIN, EXP_MAX = -100, 100
+EXP_ANY = -128  # an all-zero chunk: no scale of its own, joins any sum with shift 0
+RELEASE_BITS = 4  # released sums are rounded to 2^4 units of the common scale
+MAX_CONTRIBUTORS = 1 << 16
+_A_DOMAIN = b"fedhe-compact-a-v1\x00"
+_NTT_BATCH = 16  # SEAL ciphertexts hold at most 16 polynomials
+
+UPLOAD_HEAD = struct.Struct("<16s8sbxxx")  # upload id, base id, exponent
+AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, contributors
+TABLE_ROW = struct.Struct("<16sI")  # upload id, integer weight
+ZERO_BASE_ID = bytes(8)
+
+
+def value_limit(preset: Preset) -> int:
+    """Largest effective weight sum ``sum w_i 2^shift_i`` a chunk can hold unwrapped."""
+    q = compact_prime(preset)
+    return (q - 1) // 2 // ((1 << VALUE_BITS) + NOISE_BOUND)
+
+
+def compact_prime(preset: Preset) -> int:
+    """The preset's one prime (what SEAL's CoeffModulus.Create picks for its bit size)."""
+    return _prime_cache(preset.poly_modulus_degree, preset.coeff_modulus_bits)
+
+
+_PRIMES: dict[tuple[int, tuple[int, ...]], int] = {}
+
+
+def _prime_cache(n: int, bits: tuple[int, ...]) -> int:
+    key = (n, bits)
+    if key not in _PRIMES:
+        import tenseal.sealapi as sa
+
+        _PRIMES[key] = int(sa.CoeffModulus.Create(n, list(bits))[0].value())
+    return _PRIMES[key]
+
+
+def shoup(b: np.ndarray | int, q: int) -> np.ndarray:
+    """Shoup companion floor(b * 2^32 / q) of a multiplier b < q < 2^32."""
+    return (np.asarray(b, dtype=np.uint64) << np.uint64(32)) // np.uint64(q)
+
+
+def mulmod(a: np.ndarray, b: np.ndarray | int, b_shoup: np.ndarray, q: int) -> np.ndarray:
+    """a * b mod q (a, b < q < 2^32) with Shoup's trick: no 64-bit division."""
+    q64 = np.uint64(q)
+    hi = (a * b_shoup) >> np.uint64(32)
+    r = a * np.asarray(b, dtype=np.uint64) - hi * q64  # exact mod 2^64; true value in [0, 2q)
+    return np.where(r >= q64, r - q64, r)
+
+
+def addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """(a + b) mod q for a, b < q."""
+    q64 = np.uint64(q)
+    s = a + b
+    return np.where(s >= q64, s - q64, s)
+
+
+class CompactRing:
+    """NTT (by SEAL), Shoup products and seed expansion mod the preset's prime."""
+
+    def __init__(self, preset: Preset) -> None:
+        self.arith = RingArithmetic(preset)
+        self.n = preset.poly_modulus_degree
+        self.q = int(self.arith.q_data[0])
+        self.q64 = np.uint64(self.q)
+
+    def ntt(self, polys: np.ndarray) -> np.ndarray:
+        """Coefficient form (m, N) uint64 < q -> NTT form (SEAL's ordering)."""
+        return self._batched(polys, self.arith.to_ntt)
+
+    def intt(self, polys: np.ndarray) -> np.ndarray:
+        """NTT form (m, N) -> coefficient form."""
+        return self._batched(polys, self.arith.from_ntt)
+
+    @staticmethod
+    def _batched(polys: np.ndarray, fn: object) -> np.ndarray:
+        out = np.empty_like(polys)
+        for i in range(0, polys.shape[0], _NTT_BATCH):
+            block = polys[i : i + _NTT_BATCH]
+            out[i : i + block.shape[0]] = fn(block[:, None, :], "data")[:, 0, :]  # type: ignore[operator]
+        return out
+
+    def shoup(self, b: np.ndarray | int) -> np.ndarray:
+        """Shoup companion of a multiplier (see :func:`shoup`)."""
+        return shoup(b, self.q)
+
+    def mul(self, a: np.ndarray, b: np.ndarray | int, b_shoup: np.ndarray) -> np.ndarray:
+        """a * b mod q (see :func:`mulmod`)."""
+        return mulmod(a, b, b_shoup, self.q)
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(a + b) mod q."""
+        return addmod(a, b, self.q)
+
+    def expand_a(self, upload_id: bytes, index: int) -> np.ndarray:
+        """The public ``a`` of chunk ``index`` of an upload (NTT form, uniform mod q)."""
+        xof = hashlib.shake_256(_A_DOMAIN + upload_id + index.to_bytes(8, "little"))
+        want = self.n + 64
+        while True:
+            words = np.frombuffer(xof.digest(4 * want), dtype="<u4")
+            ok = words[words < self.q]
+            if ok.size >= self.n:
+                return ok[: self.n].astype(np.uint64)
+            want *= 2  # rejection rate ~3e-5 per word: practically never taken
+
+    def weighted_a(self, rows: list[tuple[bytes, int]], index: int) -> np.ndarray:
+        """sum_i w_i * a_i of one chunk, ``rows`` = (upload id, weight mod q)."""
+        acc = np.zeros(self.n, dtype=np.uint64)
+        for uid, w in rows:
+            w %= self.q
+            acc = self.add(acc, self.mul(self.expand_a(uid, index), w, self.shoup(w)))
+        return acc
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    """One parsed upload chunk: seed id, base id, exponent and c0 (NTT form)."""
+
+    upload_id: bytes
+    base_id: bytes
+    exponent: int
+    c0: np.ndarray
+
+
+def pack_upload(
+    fp: bytes, upload_id: bytes, base_id: bytes, exponent: int, c0: np.ndarray
+) -> bytes:
+    """Envelope + upload header + c0 as uint32 words."""
+    body = UPLOAD_HEAD.pack(upload_id, base_id, exponent) + c0.astype("<u4").tobytes()
+    return envelope.wrap(BlobKind.CIPHERTEXT_COMPACT, fp, body)
+
+
+def unpack_upload(blob: bytes, fp: bytes, n: int, q: int) -> UploadChunk:
+    """Check and parse untrusted upload bytes (sizes, exponent range, c0 < q)."""
+    _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_COMPACT}), fp)
+    if len(body) != UPLOAD_HEAD.size + 4 * n:
+        raise InvalidCiphertextError(
+            f"compact upload chunk is {len(body)} bytes, expected {UPLOAD_HEAD.size + 4 * n}"
+        )
+    uid, base_id, exponent = UPLOAD_HEAD.unpack_from(body, 0)
+    if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
+        raise InvalidCiphertextError(f"compact chunk exponent {exponent} out of range")
+    c0 = np.frombuffer(body, dtype="<u4", offset=UPLOAD_HEAD.size).astype(np.uint64)
+    if (c0 >= q).any():
+        raise InvalidCiphertextError("compact chunk has a coefficient >= q")
+    return UploadChunk(uid, base_id, exponent, c0)
+
+
+@dataclass(frozen=True)
+class AggregateChunk:
+    """One chunk of a published compact sum."""
+
+    base_id: bytes
+    exponent: int
+    table: list[tuple[bytes, int]] | None  # (upload id, weight), chunk 0 only
+    shifts: np.ndarray  # per contributor, table order
+    c0: np.ndarray
+
+
+def pack_aggregate(
+    fp: bytes,
+    base_id: bytes,
+    exponent: int,
+    table: list[tuple[bytes, int]] | None,
+    shifts: list[int],
+    c0: np.ndarray,
+) -> bytes:
+    """Envelope + aggregate header (+ contributor table) + shifts + c0 words."""
+    parts = [AGG_HEAD.pack(base_id, exponent, 1 if table else 0, len(shifts))]
+    if table:
+        parts += [TABLE_ROW.pack(uid, w) for uid, w in table]
+    parts += [bytes(shifts), c0.astype("<u4").tobytes()]
+    return envelope.wrap(BlobKind.CIPHERTEXT_COMPACT_SUM, fp, b"".join(parts))
+
+
+def unpack_aggregate(blob: bytes, fp: bytes, n: int, q: int) -> AggregateChunk:
+    """Check and parse downloaded aggregate bytes."""
+    _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_COMPACT_SUM}), fp)
+    if len(body) < AGG_HEAD.size:
+        raise InvalidCiphertextError("compact aggregate chunk too short")
+    base_id, exponent, has_table, count = AGG_HEAD.unpack_from(body, 0)
+    if not 0 < count <= MAX_CONTRIBUTORS or has_table not in (0, 1):
+        raise InvalidCiphertextError(f"compact aggregate declares {count} contributors")
+    expect = AGG_HEAD.size + has_table * TABLE_ROW.size * count + count + 4 * n
+    if len(body) != expect:
+        raise InvalidCiphertextError(f"compact aggregate is {len(body)} bytes, expected {expect}")
+    pos = AGG_HEAD.size
+    table = None
+    if has_table:
+        table = [TABLE_ROW.unpack_from(body, pos + i * TABLE_ROW.size) for i in range(count)]
+        pos += TABLE_ROW.size * count
+    shifts = np.frombuffer(body, dtype=np.uint8, count=count, offset=pos)
+    c0 = np.frombuffer(body, dtype="<u4", offset=pos + count).astype(np.uint64)
+    if (c0 >= q).any():
+        raise InvalidCiphertextError("compact aggregate has a coefficient >= q")
+    return AggregateChunk(base_id, exponent, table, shifts, c0)
