@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedhe_cli.bench.cputime import PhaseTimer
-from fedhe_cli.bench.crypto_paths import AggregationPath, SealPath, TenSEALVectorPath
+from fedhe_cli.bench.crypto_paths import (
+    AggregationPath,
+    CompactPath,
+    SealPath,
+    TenSEALVectorPath,
+)
 from fedhe_common.crypto.presets import get_preset
 
 DEFAULT_SIZES = (1_663_370, 11_689_512)
@@ -43,9 +48,18 @@ PATH_FACTORIES: dict[str, Callable[[], AggregationPath]] = {
     "single-key-real-weights": lambda: SealPath(
         "single-key-real-weights", get_preset("single-key-real-weights")
     ),
+    "single-key-compact": lambda: CompactPath(
+        "single-key-compact", get_preset("single-key-compact")
+    ),
     "threshold-strict-pk": lambda: SealPath("threshold-strict-pk", get_preset("threshold-strict")),
 }
-DEFAULT_CONFIGS = ("single-key", "single-key-8k", "paper-default", "nvflare-default")
+DEFAULT_CONFIGS = (
+    "single-key",
+    "single-key-8k",
+    "single-key-compact",
+    "paper-default",
+    "nvflare-default",
+)
 
 
 @dataclass
@@ -62,6 +76,8 @@ class CryptoResult:
     decrypt_cpu_s: float
     max_abs_err: float
     summary: str
+    # max |error of the weighted mean| / the update range (the values' span, 2 * VALUE_RANGE)
+    max_rel_err: float = 0.0
 
 
 def client_block(seed: int, client: int, block: int, size: int) -> np.ndarray:
@@ -114,6 +130,7 @@ def _result(path: AggregationPath, n_params: int, tally: _Tally) -> CryptoResult
         decrypt_cpu_s=cpu["decrypt"],
         max_abs_err=tally.max_err,
         summary=path.summary,
+        max_rel_err=tally.max_err / (2 * VALUE_RANGE),
     )
 
 
@@ -158,7 +175,9 @@ def ratios_vs(results: list[CryptoResult], baseline: str) -> list[dict[str, floa
                 "n_params": r.n_params,
                 "client_cpu_ratio": r.client_cpu_s / b.client_cpu_s,
                 "server_cpu_ratio": r.server_cpu_s_per_client / b.server_cpu_s_per_client,
+                "decrypt_cpu_ratio": r.decrypt_cpu_s / b.decrypt_cpu_s,
                 "upload_bytes_ratio": r.upload_bytes_per_value / b.upload_bytes_per_value,
+                "download_bytes_ratio": r.download_bytes_per_value / b.download_bytes_per_value,
             }
         )
     return out

@@ -14,9 +14,11 @@ import numpy as np
 import tenseal as ts
 
 from fedhe_common.crypto.aggregate import CiphertextAggregator
+from fedhe_common.crypto.compact import CompactCipher
 from fedhe_common.crypto.presets import Preset
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.compact_accumulate import CompactAccumulator
 
 
 class AggregationPath(Protocol):
@@ -62,6 +64,43 @@ class SealPath:
 
     def decrypt(self, blobs: list[bytes], count: int) -> np.ndarray:
         return np.concatenate([self.holder.decrypt(b) for b in blobs])[:count]
+
+
+class CompactPath:
+    """FedHE's ``single-key-compact``: c0-only uploads, residue sums in numpy.
+
+    The bench's vectors are independent draws, so every block is sent against the
+    zero base (the worst case for precision: full values, not small deltas).
+    """
+
+    def __init__(self, name: str, preset: Preset) -> None:
+        self.name = name
+        self.summary = preset.summary
+        self.preset = preset
+        holder = SecretKeyHolder.generate(preset)
+        self.cipher = CompactCipher(holder, "bench/client")
+        self.fingerprint = holder.fingerprint
+        self.values_per_ciphertext = preset.values_per_ciphertext
+        self._weight_sum = 1
+
+    def encrypt(self, values: np.ndarray) -> list[bytes]:
+        return list(self.cipher.encrypt_vector(values))  # a fresh seed id per call
+
+    def aggregate(self, uploads: list[list[bytes]], weights: list[int]) -> list[object]:
+        plan = ChunkPlan(len(uploads[0]) * self.values_per_ciphertext, self.values_per_ciphertext)
+        acc = CompactAccumulator(self.preset, self.fingerprint, plan)
+        for blobs, w in zip(uploads, weights, strict=True):
+            acc.add_upload(blobs, w)
+        self._weight_sum = sum(weights)
+        return [acc]
+
+    def serialize(self, sums: list[object]) -> list[bytes]:
+        (acc,) = sums
+        assert isinstance(acc, CompactAccumulator)
+        return [acc.chunk_blob(k) for k in range(acc.plan.count)]
+
+    def decrypt(self, blobs: list[bytes], count: int) -> np.ndarray:
+        return self.cipher.decrypt_chunks(blobs, count, self._weight_sum, keep_base=False)
 
 
 class TenSEALVectorPath:

@@ -129,12 +129,15 @@ class CompactCipher:
             yield cw.pack_upload(self.fingerprint, uid, base_id, int(exps[i]), c0)
 
     # -- decryption ----------------------------------------------------------------------
-    def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
+    def decrypt_chunks(
+        self, blobs: list[bytes], total: int, weight_sum: int, keep_base: bool = True
+    ) -> np.ndarray:
         """All chunks of a sum -> ``total`` weighted sums ``sum w_i x_i`` (base added back).
 
         The result is rounded to 2^RELEASE_BITS units of each chunk's common scale,
         so no exact decryption leaves this object (as :mod:`.release` for CKKS). The
-        mean ``result / weight_sum`` becomes the base of this client's next upload.
+        mean ``result / weight_sum`` becomes the base of this client's next upload
+        (unless ``keep_base`` is false: benchmarks of unrelated vectors).
         """
         parts = [cw.unpack_aggregate(b, self.fingerprint, self.n, self.q) for b in blobs]
         if not parts or parts[0].table is None or any(p.table for p in parts[1:]):
@@ -155,5 +158,6 @@ class CompactCipher:
         unit = np.ldexp(1.0, cw.RELEASE_BITS)  # release grid in units of the common scale
         sums = np.rint(coeffs / unit) * unit * np.ldexp(1.0, exps - cw.VALUE_BITS)[:, None]
         out = sums.reshape(-1)[:total] + weight_sum * self._base(parts[0].base_id, total)
-        self.remember(out / weight_sum)
+        if keep_base:
+            self.remember(out / weight_sum)
         return out
