@@ -44,11 +44,15 @@ class LevelError(InvalidArgumentError):
 class Backend(Protocol[CT]):
     """Homomorphic evaluation on ciphertexts of ``slots`` complex slots.
 
-    ``counts`` accumulates how many of each :class:`Op` ran (rotations by a multiple
-    of ``slots`` are free and not counted).
+    ``depth`` is the level of a fresh ciphertext. ``counts`` accumulates how many of
+    each :class:`Op` ran (rotations by a multiple of ``slots`` are free, not counted).
+
+    Added after the first version (for the softmax): ``depth``, :meth:`factor`,
+    :meth:`rescale_ratio`. Nothing was renamed.
     """
 
     slots: int
+    depth: int
     counts: dict[str, int]
 
     def encrypt(self, vec: np.ndarray) -> CT:
@@ -85,6 +89,14 @@ class Backend(Protocol[CT]):
 
     def level(self, ct: CT) -> int:
         """Multiplicative levels left (0: no more rescales)."""
+        ...
+
+    def factor(self, ct: CT) -> float:
+        """Exact correction factor: true value = factor x decoded value (1.0 when exact)."""
+        ...
+
+    def rescale_ratio(self, level: int) -> float:
+        """q_level / nominal scale: what a product at ``level`` multiplies the factor by."""
         ...
 
     def serialize(self, ct: CT) -> bytes:

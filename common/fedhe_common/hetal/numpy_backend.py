@@ -97,6 +97,14 @@ class NumpyBackend:
         """Levels left."""
         return ct.lvl
 
+    def factor(self, ct: NumCT) -> float:
+        """Always 1.0: the simulation is exact."""
+        return 1.0
+
+    def rescale_ratio(self, level: int) -> float:
+        """Always 1.0."""
+        return 1.0
+
     def serialize(self, ct: NumCT) -> bytes:
         """Magic, level (u32) and the complex128 slots."""
         return _MAGIC + int(ct.lvl).to_bytes(4, "little") + ct.v.astype("<c16").tobytes()

@@ -186,6 +186,14 @@ class SealBackend:
     def _prime(self, level: int) -> float:
         return self.primes[self.depth - level]
 
+    def factor(self, ct: SealCT) -> float:
+        """The ciphertext's exact factor ``ct.f``."""
+        return ct.f
+
+    def rescale_ratio(self, level: int) -> float:
+        """q_level / scale (the factor a product at ``level`` picks up)."""
+        return self._prime(level) / self.scale
+
     def _encode(self, vec: np.ndarray | complex, level: int, scale: float) -> sa.Plaintext:
         pt = sa.Plaintext()
         pid = self.parms_ids[self.depth - level]

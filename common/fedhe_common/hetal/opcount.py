@@ -1,0 +1,101 @@
+"""Closed-form operation counts: HETAL's formulas (hetal.md §1.3) and this package's kernels.
+
+Notation: a x b times (c x b)^T, unit shape s0 x s1, m = ceil(a / s0) row blocks,
+P = c / 2 diagonal pairs. HETAL's kb = ceil(b / s1); ours uses the layout's ``kappa``
+(ceil(b / (s1/2)) in ZERO_HALF, ceil(b / s1) in MASKED). HETAL does not count
+conjugations; ours are reported separately (``conj``).
+
+Where ours differs from HETAL in the MASKED variant (same structure), and why:
+
+* DiagABT Rot: HETAL - kb. The owner uploads W already complex-packed
+  (W + i W shifted one row), so the server needs no packing rotation per feature block.
+* DiagABT CMult: c per row block (HETAL's table has m = 1 everywhere; equal there).
+* DiagATB Rot: HETAL - 2, CMult: HETAL - 1. The owner uploads A^ = A + i A(one class
+  left) already packed; HETAL builds it on the server (2 rotations + 1 wrap mask).
+
+ZERO_HALF (our default when cp <= s1/2) halves the row-sum rotations (no broadcast, no
+column-0 mask, depth 2 instead of 3) at the price of twice the feature blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedhe_common.hetal.layout import Layout, RowSum
+
+
+@dataclass(frozen=True)
+class OpCount:
+    """CMult (plaintext products), Mult (ciphertext products), Rot, and conjugations."""
+
+    cmult: int
+    mult: int
+    rot: int
+    conj: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Keys as the backends' ``counts``."""
+        return {"cmult": self.cmult, "mult": self.mult, "rot": self.rot, "conj": self.conj}
+
+
+def _ceil(x: int, y: int) -> int:
+    return -(-x // y)
+
+
+def _log2(x: int) -> int:
+    return int(math.log2(x))
+
+
+# -- HETAL (Table 6 of src/benchmark/hetal_matmul_table_fixed.pdf) ---------------------------
+def hetal_diag_abt(a: int, b: int, c: int, s0: int, s1: int) -> OpCount:
+    """CMult = c, Mult = (c/2) m kb, Rot = (c/2)(kb + 2 m log2 s1)."""
+    m, kb, p = _ceil(a, s0), _ceil(b, s1), c // 2
+    return OpCount(c, p * m * kb, p * (kb + 2 * m * _log2(s1)))
+
+
+def hetal_diag_atb(
+    a: int, b: int, c: int, s0: int, s1: int, level_a_lower: bool = False
+) -> OpCount:
+    """Both of HETAL's variants (``level_a_lower``: level(A) < level(B), "PRotUp")."""
+    m, kb, p = _ceil(a, s0), _ceil(b, s1), c // 2
+    mult = p * m * kb
+    if not level_a_lower:
+        cmult = 1 + p * (m + kb) - m
+        rot = 2 + p * (2 * m + kb * _log2(s0)) - 2 * m
+    else:
+        cmult = 1 + p * (m * kb + kb) - m * kb
+        rot = 2 + p * (m + m * kb + kb * _log2(s0)) - m - m * kb
+    return OpCount(cmult, mult, rot)
+
+
+def jin_abt(a: int, b: int, c: int, slots: int) -> OpCount:
+    """Jin et al. column packing: Mult = b c ceil(a / slots), no rotation."""
+    return OpCount(0, b * c * _ceil(a, slots), 0)
+
+
+def jin_atb(a: int, b: int, c: int, slots: int) -> OpCount:
+    """Jin et al.: Mult = b c ceil(a / slots), Rot = b c log2(slots) (replicated sums)."""
+    return OpCount(0, b * c * _ceil(a, slots), b * c * _log2(slots))
+
+
+# -- ours ----------------------------------------------------------------------------------
+def ours_diag_abt(layout: Layout, a: int, *, duplicate: bool = True) -> OpCount:
+    """rotate_weights once + diag_abt on each of the m row blocks of an a-row X."""
+    m, k, p = layout.row_blocks(a), layout.kappa, len(layout.pairs)
+    ls1 = _log2(layout.s1)
+    weights = k * (p - 1)
+    if layout.rowsum == RowSum.ZERO_HALF:
+        per = OpCount(p, p * k, p * ls1 + (2 if duplicate else 1), 1)
+    else:
+        per = OpCount(2 * p, p * k, 2 * p * ls1, 1)
+    return OpCount(m * per.cmult, m * per.mult, weights + m * per.rot, m * per.conj)
+
+
+def ours_diag_atb(layout: Layout, a: int) -> OpCount:
+    """diag_atb over the m row blocks of an a-row A and X."""
+    m, k, p = layout.row_blocks(a), layout.kappa, len(layout.pairs)
+    colsum = k * p * _log2(layout.s0)
+    if layout.rowsum == RowSum.ZERO_HALF:
+        return OpCount(k * p, p * m * k, m * (p - 1) + colsum, k)
+    return OpCount(m * (p - 1) + k * p, p * m * k, 2 * m * (p - 1) + colsum, k)
