@@ -18,6 +18,7 @@ from fedhe_client.keymodes import Threshold, key_mode
 from fedhe_client.learner import check_global, check_layout, learner_for_client
 from fedhe_client.model_out import save_global
 from fedhe_client.spool import SpooledChunks
+from fedhe_client.transfer.job import TransferJob
 from fedhe_client.update_codec import (
     EncodedUpdate,
     StreamingDecoder,
@@ -79,6 +80,10 @@ class ClientAgent:
             reg.values_per_chunk or get_preset(self.job.preset_name).values_per_ciphertext
         )
         self.conn = ServerConnection(config.server, reg.max_message_bytes)
+        self.transfer: TransferJob | None = None
+        if self.job.transfer is not None:  # HETAL: this site is the data owner
+            self.transfer = TransferJob(config, self.job_id, self.job, self.conn)
+            return
         self.mode = key_mode(config, self.job_id, self.job, bytes(reg.context_fingerprint))
         if isinstance(self.mode, Threshold):  # parties verify aggregates against signed uploads
             self.conn.signer = self.mode.member.sign_upload
@@ -116,6 +121,11 @@ class ClientAgent:
         interval = self.job.participants.heartbeat_interval_s
         beat = functools.partial(self.conn.heartbeat, self.job_id, self.config.client_id, interval)
         with HeartbeatSender(beat, interval):
+            if self.transfer is not None:
+                try:
+                    return self.transfer.run()
+                finally:
+                    self.where = self.transfer.where
             return self._rounds()
 
     def _rounds(self) -> dict[str, float]:

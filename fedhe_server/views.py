@@ -74,6 +74,27 @@ def job_status(
         rounds_aborted=totals.get(RoundState.ABORTED, 0),
         history_truncated=truncated,
         clients=[_client_summary(c) for c in db.client_rows(job_id, MAX_STATUS_CLIENTS)],
+        transfer=transfer_progress(db, job_id),
+    )
+
+
+def transfer_progress(db: StateDB, job_id: str) -> pb.TransferProgress | None:
+    """A transfer job's phase, epoch, step and best epoch (None for other jobs)."""
+    from fedhe_server.store.transfer import TransferStore
+    from fedhe_server.transfer.rpc import PHASES
+
+    row = TransferStore(db).row(job_id)
+    if row is None:
+        return None
+    return pb.TransferProgress(
+        phase=PHASES[row.phase],
+        mode=row.mode,
+        epoch=row.epoch,
+        step=row.step,
+        epochs_run=row.epochs_run,
+        best_epoch=row.best_epoch,
+        answered=row.answered,
+        error=row.error or "",
     )
 
 
