@@ -13,6 +13,7 @@ until they are delivered, the test split and the stage reached.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -295,27 +296,30 @@ class TransferJob:
 
 
 def save_head(state_dir: str | Path, job_id: str, head: Any, metrics: dict[str, float]) -> Path:
-    """``<state_dir>/models/<job_id>/head.npz`` (W) and ``card.json`` (preprocessing, metrics)."""
+    """``<state_dir>/models/<job_id>/head.npz`` (the weights, bias column first) and
+    ``card.json`` (the preprocessing that maps raw features to the head's input, metrics)."""
     folder = Path(state_dir) / "models" / job_id
     folder.mkdir(parents=True, exist_ok=True)
-    import io
-
+    weights = np.asarray(getattr(head, "weights", getattr(head, "W", None)), dtype=np.float64)
     buf = io.BytesIO()
-    np.savez(buf, W=np.asarray(head.W, dtype=np.float64))
+    np.savez(buf, W=weights)
     blob = buf.getvalue()
-    prep = head.preprocessing
+    prep: Any = getattr(head, "preprocessor", getattr(head, "preprocessing", None))
     card = {
         "job_id": job_id,
         "kind": "transfer-head",
         "model_file": HEAD_FILE,
         "sha256": hashlib.sha256(blob).hexdigest(),
+        "classes": int(weights.shape[0]),
+        "features": int(weights.shape[1]),
         "preprocessing": json.loads(prep.to_json()) if hasattr(prep, "to_json") else prep,
         "best_epoch": int(head.best_epoch),
-        "history": getattr(head, "history", None),
+        "val_loss": list(getattr(head, "val_loss", [])),
+        "val_acc": list(getattr(head, "val_acc", [])),
         "metrics": metrics,
         "saved_unix": round(time.time(), 3),
     }
     atomic_write(folder / HEAD_FILE, blob, 0o600)
-    atomic_write(folder / CARD_FILE, (json.dumps(card, indent=2, default=str) + "\n").encode(),
-                 0o600)  # fmt: skip
+    text = json.dumps(card, indent=2, default=str) + "\n"
+    atomic_write(folder / CARD_FILE, text.encode(), 0o600)
     return folder / CARD_FILE
