@@ -99,16 +99,25 @@ def _round_json(db: StateDB, job_id: str, r: RoundRow, now: float) -> dict[str, 
 
 
 def overhead(per_round: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any] | None:
-    """The newest round with per-step times: each client's seconds per step (Fig. 13)."""
+    """Each client's seconds per step (Fig. 13) in the newest complete round.
+
+    Complete: every client with step times there also sent its own report (``train_s``);
+    the server's ``aggregate_s`` lands first. Without one, the newest round with any.
+    """
+    found: list[dict[str, Any]] = []
     for number in sorted(per_round, reverse=True):
         clients = [
             {"client_id": cid, "steps": {s: float(m.get(s, 0.0)) for s in STEPS}}
             for cid, m in sorted(per_round[number].items())
             if any(s in m for s in STEPS)
         ]
-        if clients:
-            return {"round": number, "steps": list(STEPS), "clients": clients}
-    return None
+        if not clients:
+            continue
+        entry = {"round": number, "steps": list(STEPS), "clients": clients}
+        if all("train_s" in per_round[number][c["client_id"]] for c in clients):
+            return entry
+        found.append(entry)
+    return found[0] if found else None
 
 
 def job_detail(db: StateDB, job_id: str, now: float) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def _fill(db: StateDB) -> None:
         for cid in ("c1", "c2"):
             steps = {s: 0.1 * (i + 1) for i, s in enumerate(STEPS)} if n == 2 else {}
             db.report_metrics("live", n, cid, {"accuracy": acc, "loss": 1 - acc, **steps}, 32)
+    with db.transaction() as tx:  # round 3: only the server's aggregate_s so far
+        db.put_metric(tx, "live", 3, "c1", "aggregate_s", 0.5)
     db.report_client_error("live", "c2", 2, "train", "CUDA out of memory <script>", T0 - 30)
 
 
