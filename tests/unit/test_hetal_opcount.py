@@ -127,3 +127,26 @@ def test_jin_baseline_counts_and_values(shape: tuple[int, int, int], slots: int)
     )
     got = np.array([[be.decrypt(g[j][k])[7].real for k in range(b)] for j in range(c)])
     assert np.abs(got - am.T @ x).max() < 1e-8
+
+
+def test_matmul_bench_rows_on_seal() -> None:
+    """The bench's rows: all four algorithms, counts = formulas, results correct."""
+    from fedhe_cli.bench.hetal_matmul import run_matmul_bench
+
+    shape = (64, 16, 2)
+    rows = run_matmul_bench([shape], max_depth=2, measure_limit_s=30.0)
+    by = {r["algo"]: r for r in rows}
+    assert set(by) == {"DiagABT", "DiagATB", "JinABT", "JinATB"}
+    lay = opcount.best_layout(*shape[:1], shape[2], shape[1], 8192, max_depth=2)
+    assert {k: by["DiagABT"][k] for k in ("cmult", "mult", "rot", "conj")} == (
+        opcount.ours_diag_abt(lay, 64).as_dict()
+    )
+    assert {k: by["DiagATB"][k] for k in ("cmult", "mult", "rot", "conj")} == (
+        opcount.ours_diag_atb(lay, 64).as_dict()
+    )
+    assert (by["JinABT"]["mult"], by["JinATB"]["rot"]) == (32, 32 * 13)
+    for algo in ("DiagABT", "DiagATB", "JinABT"):
+        assert by[algo]["cpu_s_method"] == "measured"
+        assert by[algo]["max_abs_err"] < 1e-3
+        assert by[algo]["cpu_s"] > 0
+    assert by["JinATB"]["cpu_s_method"] == "extrapolated"

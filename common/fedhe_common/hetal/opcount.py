@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fedhe_common.errors import InvalidArgumentError
 from fedhe_common.hetal.layout import Layout, RowSum
 
 
@@ -99,3 +100,49 @@ def ours_diag_atb(layout: Layout, a: int) -> OpCount:
     if layout.rowsum == RowSum.ZERO_HALF:
         return OpCount(k * p, p * m * k, m * (p - 1) + colsum, k)
     return OpCount(m * (p - 1) + k * p, p * m * k, 2 * m * (p - 1) + colsum, k)
+
+
+# Relative CPU cost of one operation at the top of a chain (SEAL, N = 2^14, measured
+# here: relinearised product ~1.4 rotations, plaintext product + rescale ~0.35), and
+# of a chain one level deeper (~1.5x per extra 33-bit prime at depth 2..3).
+COST_WEIGHTS = {"mult": 1.4, "rot": 1.0, "cmult": 0.35, "conj": 1.0}
+
+
+def chain_factor(depth: int) -> float:
+    """Cost of an operation on a depth-``depth`` chain relative to depth 2 (measured)."""
+    return float(((depth + 2) / 4) ** 1.5)
+
+
+def step_cost(layout: Layout, a: int) -> float:
+    """Weighted operation count of one DiagABT + DiagATB over a rows on the minimal chain."""
+    total = 0.0
+    for c in (ours_diag_abt(layout, a), ours_diag_atb(layout, a)):
+        total += sum(COST_WEIGHTS[k] * v for k, v in c.as_dict().items())
+    return total * chain_factor(layout.depth)
+
+
+def best_layout(a: int, classes: int, d: int, slots: int = 8192, max_depth: int = 3) -> Layout:
+    """The block height s0 (power of two) that minimises :func:`step_cost` for a rows.
+
+    HETAL takes s0 = min(max(a, cp), slots / cp); a tall block makes d's feature blocks
+    narrow and the column sums many (kappa P log2 s0), a flat one makes the row sums
+    many (m P log2 s1): the optimum is in between (e.g. 64 x 128 for d = 769, c = 4).
+    Ties keep the lower depth (ZERO_HALF); ``max_depth`` = 2 keeps ZERO_HALF only.
+    """
+    best: tuple[float, int, Layout] | None = None
+    s0 = 2
+    while s0 < slots:
+        for variant in (RowSum.ZERO_HALF, RowSum.MASKED):
+            try:
+                lay = Layout(classes, d, slots, s0, variant)
+            except InvalidArgumentError:
+                continue
+            if lay.depth > max_depth:
+                continue
+            key = (step_cost(lay, a), lay.depth, lay)
+            if best is None or key[:2] < best[:2]:
+                best = key
+        s0 *= 2
+    if best is None:
+        raise InvalidArgumentError(f"no block shape fits {classes} classes in {slots} slots")
+    return best[2]

@@ -1,0 +1,262 @@
+"""Encrypted matrix products on SEAL (N = 2^14): DiagABT / DiagATB vs Jin et al.'s packing.
+
+``run_matmul_bench`` is the "matmul" part of ``fedhe bench hetal``: one row per shape
+(a, b, c) of HETAL's Table 7 and algorithm, with the operation counts the kernels ran
+and the process CPU time. The bench plays both roles in one process (it makes the keys,
+encrypts, evaluates, and decrypts to check the result); only evaluation is timed.
+
+DiagABT / DiagATB are always measured. Jin et al. needs b c ciphertext products (and
+b c log2(slots) rotations for ATB) and b (c + 1) ciphertexts in memory; a row is
+measured when its estimate is under ``measure_limit_s``, otherwise its ``cpu_s`` is
+its exact operation count times per-operation costs measured in the same run on the
+same chain, and the row says ``"cpu_s_method": "extrapolated"``. Jin runs on its own
+minimal chain (depth 1), which favours the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedhe_common.hetal import baseline, opcount
+from fedhe_common.hetal.kernels import diag_abt, diag_atb, required_steps, rotate_weights
+from fedhe_common.hetal.layout import Layout
+from fedhe_common.hetal.seal_backend import (
+    ChainParams,
+    SealBackend,
+    SealCT,
+    build_context,
+    galois_elements,
+)
+
+TABLE7: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 4),
+    (256, 256, 8),
+    (512, 769, 4),
+    (1024, 769, 8),
+    (2048, 769, 16),
+)
+ALGOS = ("DiagABT", "DiagATB", "JinABT", "JinATB")
+Log = Callable[[str], None]
+
+
+class _Owner:
+    """Keys for one chain; the bench decrypts only to check results."""
+
+    def __init__(self, params: ChainParams, steps: Sequence[int]) -> None:
+        ctx = build_context(params)
+        kg = sa.KeyGenerator(ctx)
+        pk, rk, gk = sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys()
+        kg.create_public_key(pk)
+        kg.create_relin_keys(rk)
+        kg.create_galois_keys(galois_elements(steps, params.n), gk)
+        self.be = SealBackend(params, pk, rk, gk, context=ctx)
+        self._dec = sa.Decryptor(ctx, kg.secret_key())
+
+    def decrypt(self, ct: SealCT) -> np.ndarray:
+        pt = sa.Plaintext()
+        self._dec.decrypt(ct.ct, pt)
+        return self.be.decode(pt, ct.f)
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def _row(
+    shape: tuple[int, int, int],
+    algo: str,
+    ops: dict[str, int],
+    cpu: float,
+    method: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    a, b, c = shape
+    return {
+        "a": a,
+        "b": b,
+        "c": c,
+        "algo": algo,
+        "cmult": ops["cmult"],
+        "mult": ops["mult"],
+        "rot": ops["rot"],
+        "conj": ops.get("conj", 0),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_method": method,
+        **extra,
+    }
+
+
+def bench_diag(
+    shape: tuple[int, int, int], layout: Layout, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """DiagABT (weights rotated once + every row block) and DiagATB on one shape, measured."""
+    a, b, c = shape
+    owner = _Owner(ChainParams.for_depth(layout.depth), required_steps(layout))
+    be, s0 = owner.be, layout.s0
+    x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
+    w, am = rng.uniform(-1, 1, (c, b)), rng.uniform(-1, 1, (a, c))
+    xb = [[be.encrypt(v) for v in layout.pack_x(x[r : r + s0])] for r in range(0, a, s0)]
+    wc = [be.encrypt(v) for v in layout.pack_wc(w)]
+    ah = [be.encrypt(layout.pack_ahat(am[r : r + s0])) for r in range(0, a, s0)]
+    extra = {
+        "unit": f"{layout.s0}x{layout.s1}",
+        "rowsum": str(layout.rowsum),
+        "depth": layout.depth,
+    }
+
+    c0, t0 = dict(be.counts), time.process_time()
+    rotated = rotate_weights(be, layout, wc)
+    zs = [diag_abt(be, layout, row, rotated) for row in xb]
+    cpu_abt = time.process_time() - t0
+    ops_abt = _delta(c0, be.counts)
+    z = np.vstack(
+        [layout.unpack_z(owner.decrypt(zc), min(s0, a - i * s0)) for i, zc in enumerate(zs)]
+    )
+    err_abt = float(np.abs(z - x @ w.T).max())
+
+    c0, t0 = dict(be.counts), time.process_time()
+    gs = diag_atb(be, layout, ah, xb, 1.0)
+    cpu_atb = time.process_time() - t0
+    ops_atb = _delta(c0, be.counts)
+    g = layout.unpack_w([owner.decrypt(gc) for gc in gs])
+    err_atb = float(np.abs(g - am.T @ x).max())
+    return [
+        _row(shape, "DiagABT", ops_abt, cpu_abt, "measured", max_abs_err=err_abt, **extra),
+        _row(shape, "DiagATB", ops_atb, cpu_atb, "measured", max_abs_err=err_atb, **extra),
+    ]
+
+
+def jin_unit_costs(owner: _Owner, repeats: int = 8) -> dict[str, float]:
+    """CPU seconds of Jin's two building blocks on its chain: product + add at the top
+    level, rotation + add one level down (where its ATB rotates)."""
+    be = owner.be
+    u = be.encrypt(np.full(be.slots, 0.5))
+    acc = be.mul(u, u)
+    be.mul(u, u)
+    t0 = time.process_time()
+    for _ in range(repeats):
+        acc = be.add(acc, be.mul(u, u))
+    t_mult = (time.process_time() - t0) / repeats
+    t0 = time.process_time()
+    for _ in range(repeats):
+        acc = be.add(acc, be.rot(acc, 1))
+    t_rot = (time.process_time() - t0) / repeats
+    return {"mult": t_mult, "rot": t_rot}
+
+
+def bench_jin(
+    shape: tuple[int, int, int], rng: np.random.Generator, measure_limit_s: float
+) -> list[dict[str, Any]]:
+    """JinABT / JinATB: exact counts; CPU time measured or extrapolated (see module doc)."""
+    a, b, c = shape
+    params = ChainParams.for_depth(1)
+    owner = _Owner(params, [1 << t for t in range(int(np.log2(params.slots)))])
+    be = owner.be
+    unit = jin_unit_costs(owner)
+    rows = []
+    for algo, count in (
+        ("JinABT", opcount.jin_abt(a, b, c, be.slots)),
+        ("JinATB", opcount.jin_atb(a, b, c, be.slots)),
+    ):
+        est = count.mult * unit["mult"] + count.rot * unit["rot"]
+        model = {"cpu_s_model": round(est, 3), "depth": 1, "unit": f"{be.slots}x1"}
+        if algo == "JinABT" and est <= measure_limit_s and a <= be.slots:
+            cpu, ops, err = _measure_jin_abt(owner, a, b, c, rng)
+            rows.append(_row(shape, algo, ops, cpu, "measured", max_abs_err=err, **model))
+        else:
+            rows.append(_row(shape, algo, count.as_dict(), est, "extrapolated", **model))
+    return rows
+
+
+def _measure_jin_abt(
+    owner: _Owner, a: int, b: int, c: int, rng: np.random.Generator
+) -> tuple[float, dict[str, int], float]:
+    """Jin's ABT on SEAL, one class at a time (its b weight ciphertexts encrypted untimed)."""
+    be = owner.be
+    x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
+    w = rng.uniform(-1, 1, (c, b))
+    xc = [be.encrypt(v) for v in baseline.pack_columns(x, be.slots)[0]]
+    cpu, c0, cols = 0.0, dict(be.counts), []
+    for j in range(c):
+        wr = [be.encrypt(v) for v in baseline.pack_replicated(w[j : j + 1], be.slots)[0]]
+        t0 = time.process_time()
+        (zj,) = baseline.jin_abt(be, xc, [wr])
+        cpu += time.process_time() - t0
+        cols.append(owner.decrypt(zj).real[:a])
+    err = float(np.abs(np.stack(cols, 1) - x @ w.T).max())
+    return cpu, _delta(c0, be.counts), err
+
+
+def run_matmul_bench(
+    shapes: Sequence[tuple[int, int, int]] = TABLE7,
+    *,
+    max_depth: int = 3,
+    measure_limit_s: float = 6.0,
+    seed: int = 0,
+    log: Log | None = None,
+) -> list[dict[str, Any]]:
+    """Rows {"a","b","c","algo","cmult","mult","rot","cpu_s", "cpu_s_method", ...} for
+    DiagABT, DiagATB, JinABT, JinATB on every shape (SEAL, N = 2^14, process CPU time).
+
+    The Diag layout is :func:`~fedhe_common.hetal.opcount.best_layout` (block height
+    minimising the modelled cost, depth <= ``max_depth``), on the minimal chain.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for shape in shapes:
+        a, b, c = shape
+        layout = opcount.best_layout(a, c, b, 8192, max_depth=max_depth)
+        t0 = time.time()
+        new = bench_diag(shape, layout, rng) + bench_jin(shape, rng, measure_limit_s)
+        rows += new
+        if log is not None:
+            speed = {r["algo"]: r["cpu_s"] for r in new}
+            log(
+                f"{shape}: DiagABT {speed['DiagABT']:.2f}s vs JinABT {speed['JinABT']:.2f}s, "
+                f"DiagATB {speed['DiagATB']:.2f}s vs JinATB {speed['JinATB']:.2f}s "
+                f"(layout {layout.s0}x{layout.s1} {layout.rowsum}; {time.time() - t0:.0f}s wall)"
+            )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m fedhe_cli.bench.hetal_matmul [--shapes a,b,c ...] [--json]``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--shapes", nargs="*", default=None, help="a,b,c triples (default: Table 7)")
+    ap.add_argument("--max-depth", type=int, default=3)
+    ap.add_argument("--measure-limit-s", type=float, default=6.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    shapes = (
+        [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else list(TABLE7)
+    )
+    rows = run_matmul_bench(
+        shapes,  # type: ignore[arg-type]
+        max_depth=args.max_depth,
+        measure_limit_s=args.measure_limit_s,
+        log=None if args.json else print,
+    )
+    if args.json:
+        print(json.dumps({"matmul": rows}, indent=1))
+        return
+    print(
+        "| (a, b, c) | algo | CMult | Mult | Rot | conj | cpu_s | method | unit | max err |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        err = f"{r['max_abs_err']:.1e}" if "max_abs_err" in r else "-"
+        print(
+            f"| {(r['a'], r['b'], r['c'])} | {r['algo']} | {r['cmult']} | {r['mult']} | {r['rot']}"
+            f" | {r['conj']} | {r['cpu_s']:.2f} | {r['cpu_s_method']} | {r['unit']} | {err} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
