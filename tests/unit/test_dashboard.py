@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import ServerConfig
 from fedhe_common.errors import InvalidArgumentError
+from fedhe_common.pki import issue, new_ca, write_ca
 from fedhe_common.rpc.auth import TokenAuthority, new_token, token_sha256, write_secret_file
 from fedhe_server.dashboard.http import Dashboard
 from fedhe_server.dashboard.view import STEPS, dashboard_state
@@ -133,11 +135,15 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
 
 
 def _get(
-    board: Dashboard, path: str, method: str = "GET", **headers: str
+    board: Dashboard,
+    path: str,
+    method: str = "GET",
+    context: ssl.SSLContext | None = None,
+    **headers: str,
 ) -> tuple[int, Any, bytes]:
     request = urllib.request.Request(board.url.rstrip("/") + path, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             return reply.status, reply.headers, reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
@@ -179,3 +185,52 @@ def test_http_auth_and_read_only(dashboard: Dashboard) -> None:
     for token in TOKENS.values():
         assert token.encode() not in body
     assert b"config_yaml" not in body and b"token" not in body
+
+
+def test_dashboard_outside_loopback_needs_tls(tmp_path: Path) -> None:
+    base = {"listen": "127.0.0.1:0", "insecure": True, "state_dir": str(tmp_path),
+            "keyauth": {"address": "127.0.0.1:1", "insecure": True, "token_file": "t"},
+            "identities": []}  # fmt: skip
+    ServerConfig.model_validate({**base, "dashboard": {"listen": "127.0.0.1:8080"}})
+    with pytest.raises(ValueError, match=r"dashboard\.listen outside loopback needs TLS"):
+        ServerConfig.model_validate({**base, "dashboard": {"listen": "0.0.0.0:8080"}})
+
+
+def test_https_with_the_admin_client_certificate(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    ca = new_ca()
+    ca_file, _ = write_ca(ca, pki)
+    for name in ("server", "admin", "c1"):
+        issue(ca, name, ["127.0.0.1"], pki / f"{name}.crt", pki / f"{name}.key")
+    write_secret_file(tmp_path / "server.token", new_token())
+    config = ServerConfig.model_validate({
+        "listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
+        "tls": {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key"),
+                "ca_file": str(ca_file)},
+        "keyauth": {"address": "127.0.0.1:1", "insecure": True,
+                    "token_file": str(tmp_path / "server.token")},
+        "identities": [{"id": "admin", "role": "admin"}, {"id": "c1", "role": "client"}],
+        "dashboard": {"listen": "127.0.0.1:0"},
+    })  # fmt: skip
+    server = AggregationServer(config, clock=lambda: T0)
+    _fill(server.db)
+    board = Dashboard(server, config, TokenAuthority(config.identities)).start()
+    try:
+        assert board.url.startswith("https://127.0.0.1:")
+
+        def context(cert: str | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=str(ca_file))
+            if cert is not None:
+                ctx.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
+            return ctx
+
+        status, headers, body = _get(board, "/api/state", context=context("admin"))
+        assert status == 200 and len(json.loads(body)["devices"]) == 2
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+        assert _get(board, "/api/state", context=context(None))[0] == 401
+        assert _get(board, "/api/state", context=context("c1"))[0] == 403
+        with pytest.raises(urllib.error.URLError):  # the server's certificate is checked
+            _get(board, "/api/state", context=ssl.create_default_context())
+    finally:
+        board.stop()
+        server.stop()
