@@ -29,6 +29,7 @@ class HeartbeatSender:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def __enter__(self) -> HeartbeatSender:
+        host_stats()  # psutil's CPU figure is "since the last call": start the first span
         self._thread.start()
         return self
 

@@ -234,3 +234,44 @@ def test_https_with_the_admin_client_certificate(tmp_path: Path) -> None:
     finally:
         board.stop()
         server.stop()
+
+
+class _Cuda:
+    """torch.cuda as a GPU host without NVML shows it (no GPU on this machine)."""
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def current_device(self) -> int:
+        return 0
+
+    def mem_get_info(self, device: int) -> tuple[int, int]:
+        return 30 << 30, 80 << 30
+
+    def get_device_name(self, device: int) -> str:
+        return "NVIDIA H100"
+
+    def utilization(self, device: int) -> int:
+        raise ModuleNotFoundError("pynvml")
+
+
+def test_client_host_stats_cpu_ram_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from fedhe_client.heartbeat import host_stats
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    stats = host_stats()
+    assert stats is not None and 0 < stats.ram_used_bytes <= stats.ram_total_bytes
+    assert 0 <= stats.cpu_percent <= 100 and stats.gpu_name == ""
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=_Cuda()))
+    stats = host_stats()
+    assert stats is not None and stats.gpu_name == "NVIDIA H100"
+    assert stats.gpu_memory_used_bytes == 50 << 30 and stats.gpu_memory_total_bytes == 80 << 30
+    assert stats.gpu_utilization_percent == -1  # no NVML: unknown, not 0
+    load = host_load(pb.SendHeartbeatRequest(host=stats))  # what the server keeps
+    assert load is not None and load.gpu_name == "NVIDIA H100" and load.gpu_util == -1
