@@ -106,15 +106,17 @@ def overhead(per_round: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any
     """
     found: list[dict[str, Any]] = []
     for number in sorted(per_round, reverse=True):
+        reported = {
+            cid: m for cid, m in sorted(per_round[number].items()) if any(s in m for s in STEPS)
+        }
+        if not reported:
+            continue
         clients = [
             {"client_id": cid, "steps": {s: float(m.get(s, 0.0)) for s in STEPS}}
-            for cid, m in sorted(per_round[number].items())
-            if any(s in m for s in STEPS)
+            for cid, m in reported.items()
         ]
-        if not clients:
-            continue
         entry = {"round": number, "steps": list(STEPS), "clients": clients}
-        if all("train_s" in per_round[number][c["client_id"]] for c in clients):
+        if all("train_s" in m for m in reported.values()):
             return entry
         found.append(entry)
     return found[0] if found else None
