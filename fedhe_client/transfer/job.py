@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from fedhe_client.transfer import link
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import ClientConfig, JobConfig
-from fedhe_common.errors import FedHEError, NotFoundError
+from fedhe_common.errors import ConfigError, FedHEError, NotFoundError
 from fedhe_common.hetal.protocol import EncryptedDataset, OwnerReply, OwnerRequest, RequestKind
 from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.pieces import BlobInfo
@@ -76,16 +76,44 @@ OwnerRestore = Callable[[bytes], Owner]
 
 
 def site_features(config: ClientConfig, job: JobConfig) -> FeatureSplits:
-    """Features from the extractor and data set the job names (fedhe_client.transfer.datasets)."""
-    from fedhe_client.transfer.datasets import transfer_splits  # type: ignore[import-not-found]
+    """Features of the data set the job names: a built-in transfer task (its own split and
+    extractor), or this site's ``data`` through the job's extractor (an hf model's folder
+    from this client's ``hf_models``, the ``task`` extractor from this client's task)."""
+    from fedhe_client.transfer import datasets, extractors
 
-    splits: FeatureSplits = transfer_splits(config, job)
-    return splits
+    section = job.transfer
+    assert section is not None
+    if section.dataset != "site":
+        s = datasets.load_transfer_task(section.dataset, section.seed)
+    else:
+        if config.data is None:
+            raise ConfigError("the job trains on site data: give this client a data section")
+        ext = section.extractor
+        local = None
+        if ext.kind == "hf":
+            local = config.hf_models.get(ext.name or "")
+            if local is None:
+                raise ConfigError(f"hf_models in this client's config has no {ext.name!r}")
+        task = None
+        if ext.kind == "task":
+            from fedhe_client.tasks.loading import resolve_task
+
+            task = resolve_task(config, job)
+        device = "cpu" if config.device == "auto" else config.device
+        extractor = extractors.load_extractor(
+            ext.kind, ext.name or "", ext.pooling, local, task, device
+        )
+        s = datasets.site_features(config.data, extractor, section.test_fraction)
+    return FeatureSplits(
+        np.asarray(s.x_train, dtype=np.float64), np.asarray(s.y_train, dtype=np.int64),
+        np.asarray(s.x_val, dtype=np.float64), np.asarray(s.y_val, dtype=np.int64),
+        np.asarray(s.x_test, dtype=np.float64), np.asarray(s.y_test, dtype=np.int64),
+    )  # fmt: skip
 
 
 def hetal_owner(params: Any, splits: FeatureSplits) -> Owner:
     """A new data owner (generates the job's keys on this device)."""
-    from fedhe_client.transfer.owner import DataOwner  # type: ignore[import-not-found]
+    from fedhe_client.transfer.owner import DataOwner
 
     owner: Owner = DataOwner.create(
         params, splits.train_x, splits.train_y, splits.val_x, splits.val_y
