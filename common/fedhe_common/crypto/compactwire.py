@@ -2,8 +2,8 @@
 
 Coefficient-encoded RLWE over one ~32-bit NTT prime (docs/crypto.md, "compact
 preset"). A chunk of N values travels as c0 only, in NTT form, as N little-endian
-uint32 words; its ``a`` is expanded from a public seed (SHAKE-256 of the upload id
-and the chunk index), so the server adds c0s and clients regenerate ``sum w_i a_i``.
+uint32 words; its ``a`` is expanded from a public seed (AES-256-CTR keyed by a hash of
+the upload id and the chunk index), so the server adds c0s and clients regenerate ``sum w_i a_i``.
 
 Both the server (adds, no key) and clients import this module; it never touches
 a secret key. Client encryption and decryption live in :mod:`.compact`.
@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedhe_common.crypto import envelope
 from fedhe_common.crypto.envelope import BlobKind
@@ -31,6 +32,8 @@ RELEASE_BITS = 4  # released sums are rounded to 2^4 units of the common scale
 MAX_CONTRIBUTORS = 1 << 16
 _A_DOMAIN = b"fedhe-compact-a-v1\x00"
 _NTT_BATCH = 16  # SEAL ciphertexts hold at most 16 polynomials
+_LAZY_WEIGHT = 1 << 16  # a_i * w < 2^48: 2^15 such terms plus a reduced rest fit in 64 bits
+_LAZY_ROWS = 1 << 15
 
 UPLOAD_HEAD = struct.Struct("<16s8sbxxx")  # upload id, base id, exponent
 AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, contributors
@@ -119,23 +122,43 @@ class CompactRing:
         return addmod(a, b, self.q)
 
     def expand_a(self, upload_id: bytes, index: int) -> np.ndarray:
-        """The public ``a`` of chunk ``index`` of an upload (NTT form, uniform mod q)."""
-        xof = hashlib.shake_256(_A_DOMAIN + upload_id + index.to_bytes(8, "little"))
-        want = self.n + 64
+        """The public ``a`` of chunk ``index`` of an upload (NTT form, uniform mod q):
+        the first N words below q of the AES-256-CTR keystream (zero IV) under the key
+        SHA-256(domain || upload id || index). AES-NI: ~4x faster than SHAKE-256 here."""
+        key = hashlib.sha256(_A_DOMAIN + upload_id + index.to_bytes(8, "little")).digest()
+        stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        words = np.frombuffer(stream.update(bytes(4 * (self.n + 64))), dtype="<u4")
         while True:
-            words = np.frombuffer(xof.digest(4 * want), dtype="<u4")
+            if words[: self.n].max() < self.q:  # ~87% of chunks: no word rejected
+                return words[: self.n].astype(np.uint64)
             ok = words[words < self.q]
             if ok.size >= self.n:
                 return ok[: self.n].astype(np.uint64)
-            want *= 2  # rejection rate ~3e-5 per word: practically never taken
+            more = stream.update(bytes(4 * self.n))  # rejection ~3e-5 per word: ~never
+            words = np.concatenate([words, np.frombuffer(more, dtype="<u4")])
 
     def weighted_a(self, rows: list[tuple[bytes, int]], index: int) -> np.ndarray:
-        """sum_i w_i * a_i of one chunk, ``rows`` = (upload id, weight mod q)."""
+        """sum_i w_i * a_i of one chunk, ``rows`` = (upload id, weight).
+
+        Weights below 2^16 (every sum the server may publish: :func:`value_limit`)
+        are multiplied and added without reduction (a_i w_i < 2^48) and reduced
+        once per 2^15 rows; larger ones take the modular path.
+        """
         acc = np.zeros(self.n, dtype=np.uint64)
+        pending = 0
         for uid, w in rows:
-            w %= self.q
-            acc = self.add(acc, self.mul(self.expand_a(uid, index), w, self.shoup(w)))
-        return acc
+            a = self.expand_a(uid, index)
+            if w < _LAZY_WEIGHT:
+                acc += a * np.uint64(w)
+                pending += 1
+            else:
+                w %= self.q
+                acc = acc % self.q64 + self.mul(a, w, self.shoup(w))
+                pending = 1
+            if pending >= _LAZY_ROWS:
+                acc %= self.q64
+                pending = 0
+        return acc % self.q64
 
 
 @dataclass(frozen=True)
