@@ -8,7 +8,6 @@ round's per-step overhead bars, and saves the screenshot the README shows.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,14 +55,14 @@ class DashboardCluster(LocalCluster):
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium "
                     "chromium-driver)")  # fmt: skip
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (dev extra)")
     from selenium.webdriver.chrome.service import Service
 
-    os.environ["SE_OFFLINE"] = "true"  # selenium manager must never download a driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium manager must never download a driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
