@@ -32,7 +32,7 @@ def bench() -> None:
 )
 @click.option(
     "--configs",
-    default="single-key,single-key-8k,paper-default,nvflare-default",
+    default="single-key,single-key-8k,single-key-compact,paper-default,nvflare-default",
     show_default=True,
     help="comma-separated configs",
 )
@@ -69,6 +69,7 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
             "server cpu s/client",
             "decrypt cpu s",
             "max abs err",
+            "max rel err",
         ],
         [
             [
@@ -80,6 +81,7 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
                 r.server_cpu_s_per_client,
                 r.decrypt_cpu_s,
                 r.max_abs_err,
+                r.max_rel_err,
             ]
             for r in results
         ],
@@ -88,14 +90,24 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
     if ratios:
         print_table(
             "ratios vs nvflare-default (same run)",
-            ["config", "n_params", "client cpu", "server cpu", "upload bytes"],
+            [
+                "config",
+                "n_params",
+                "client cpu",
+                "server cpu",
+                "decrypt cpu",
+                "upload bytes",
+                "download bytes",
+            ],
             [
                 [
                     r["config"],
                     r["n_params"],
                     r["client_cpu_ratio"],
                     r["server_cpu_ratio"],
+                    r["decrypt_cpu_ratio"],
                     r["upload_bytes_ratio"],
+                    r["download_bytes_ratio"],
                 ]
                 for r in ratios
             ],

@@ -15,7 +15,13 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["bench", "crypto", "--sizes", "20000", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = {r["config"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"single-key", "single-key-8k", "paper-default", "nvflare-default"}
+    assert set(rows) == {
+        "single-key",
+        "single-key-8k",
+        "single-key-compact",
+        "paper-default",
+        "nvflare-default",
+    }
     keys = {
         "config",
         "n_params",
@@ -25,6 +31,7 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
         "server_cpu_s_per_client",
         "decrypt_cpu_s",
         "max_abs_err",
+        "max_rel_err",
     }
     for row in rows.values():
         assert keys <= set(row) and row["n_params"] == 20000
@@ -34,6 +41,14 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
     assert ours["download_bytes_per_value"] <= 16.5
     assert ours["max_abs_err"] <= 1e-6
     assert rows["nvflare-default"]["upload_bytes_per_value"] > 50
+    compact = rows["single-key-compact"]
+    used = 20000 / (5 * 4096)  # 5 chunks of 4096 values, the last one padded
+    assert compact["upload_bytes_per_value"] * used <= 4.1
+    assert compact["download_bytes_per_value"] * used <= 4.2
+    assert compact["max_rel_err"] <= 1e-3
+    ratios = {r["config"]: r for r in json.loads(out.read_text())["ratios"]}
+    assert ratios["single-key-compact"]["upload_bytes_ratio"] < 0.1
+    assert {"decrypt_cpu_ratio", "download_bytes_ratio"} <= set(ratios["single-key"])
 
 
 def test_bench_rejects_unknown_config() -> None:
