@@ -70,8 +70,9 @@ class AggregationServer:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.transfers = TransferJobs(
-            self.db, self.state_dir, self.keyauth, self.changed, clock, faults, trainer_factory
-        )
+            self.db, self.state_dir, self.keyauth, self.changed, clock, faults, self.job_config,
+            trainer_factory,
+        )  # fmt: skip
         for job_id in self.db.running_jobs():
             self._start_run(job_id)
         self._keeper = threading.Thread(target=self._keep_rounds, name="round-keeper", daemon=True)
@@ -225,8 +226,8 @@ class AggregationServer:
                     changed, aborted = self.db.cancel_job(job_id, self.clock())
             else:
                 changed, aborted = self.db.cancel_job(job_id, self.clock())
-        if changed:
-            self.transfers.stop(job_id)
+        if changed and self.job_config(job_id).transfer is not None:
+            self.transfers.cancel(job_id)
         if changed and run is not None:
             for number in aborted:
                 run.files.drop_uploads(number)

@@ -290,6 +290,7 @@ class TransferJob:
                 self._check_cancelled()
                 raise
             if header.phase == pb.TRANSFER_PHASE_FAILED:
+                self._check_cancelled()
                 raise FedHEError(f"transfer job {self.job_id} failed on the server: {header.error}")
             if request is None:
                 if header.phase == pb.TRANSFER_PHASE_FINISHED:

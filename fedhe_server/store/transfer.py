@@ -164,14 +164,16 @@ class TransferStore:
             )
             tx.execute("UPDATE jobs SET state=? WHERE job_id=?", (job_state, job_id))
 
-    def fail(self, job_id: str, error: str, t: float, job_state: str) -> None:
-        """Any phase -> FAILED with the reason, and the job's own state."""
+    def fail(self, job_id: str, error: str, t: float, job_state: str | None) -> None:
+        """Any phase -> FAILED with the reason, and the job's own state (None: as it is,
+        e.g. already CANCELLED)."""
         with self.db.transaction() as tx:
             tx.execute(
                 "UPDATE transfer_jobs SET phase=?, error=?, updated=? WHERE job_id=?",
                 (TransferPhase.FAILED.value, error[:2000], t, job_id),
             )
-            tx.execute("UPDATE jobs SET state=? WHERE job_id=?", (job_state, job_id))
+            if job_state is not None:
+                tx.execute("UPDATE jobs SET state=? WHERE job_id=?", (job_state, job_id))
 
     def _move(self, job_id: str, old: TransferPhase, new: TransferPhase, t: float) -> None:
         with self.db.transaction() as tx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from fedhe_common.config.models import JobConfig
@@ -30,9 +31,11 @@ class TransferJobs:
         changed: threading.Condition,
         clock: Clock,
         faults: Faults,
+        config_of: Callable[[str], JobConfig],
         trainer_factory: TrainerFactory = hetal_trainer,
     ) -> None:
         self.store = TransferStore(db)
+        self.config_of = config_of
         self.state_dir = state_dir
         self.keyauth = keyauth
         self.changed = changed
@@ -56,37 +59,48 @@ class TransferJobs:
             run = self.runs.get(job_id)
             if run is None:
                 self.store.insert(job_id, config.transfer.mode, self.clock())  # no-op if there
-                fetch = functools.partial(
-                    self.keyauth.eval_keys, job_id, config.transfer.max_eval_key_bytes
-                )
-                run = TransferRun(
-                    self.store,
-                    TransferFiles(self.state_dir, job_id),
-                    job_id,
-                    config,
-                    self.changed,
-                    fetch,
-                    self.trainer_factory,
-                    self.clock,
-                    self.faults,
-                )
+                run = self._run(job_id, config)
                 run.start()
                 self.runs[job_id] = run
             return run
 
-    def get(self, job_id: str) -> TransferRun:
-        """A started transfer job's run."""
-        run = self.runs.get(job_id)
-        if run is None:
-            raise NotFoundError(f"no running transfer job {job_id!r}")
-        return run
+    def _run(self, job_id: str, config: JobConfig) -> TransferRun:
+        assert config.transfer is not None
+        fetch = functools.partial(
+            self.keyauth.eval_keys, job_id, config.transfer.max_eval_key_bytes
+        )
+        return TransferRun(
+            self.store,
+            TransferFiles(self.state_dir, job_id),
+            job_id,
+            config,
+            self.changed,
+            fetch,
+            self.trainer_factory,
+            self.clock,
+            self.faults,
+        )
 
-    def stop(self, job_id: str) -> None:
-        """Stop one job's worker (cancelled)."""
+    def get(self, job_id: str) -> TransferRun:
+        """A transfer job's run; a job that no longer runs gets a read-only one (no worker),
+        so its owner still learns that it finished, failed or was cancelled."""
+        with self._lock:
+            run = self.runs.get(job_id)
+            if run is None:
+                if self.store.row(job_id) is None:
+                    raise NotFoundError(f"no transfer job {job_id!r}")
+                run = self._run(job_id, self.config_of(job_id))
+                self.runs[job_id] = run
+            return run
+
+    def cancel(self, job_id: str) -> None:
+        """An admin cancelled the job: stop its worker, mark the training FAILED."""
         with self._lock:
             run = self.runs.pop(job_id, None)
         if run is not None:
             run.stop()
+        if self.store.row(job_id) is not None:
+            self.store.fail(job_id, "cancelled by an admin", self.clock(), None)
 
     def stop_all(self) -> None:
         """Stop every worker (server shutdown)."""

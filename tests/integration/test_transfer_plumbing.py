@@ -45,6 +45,7 @@ from fedhe_keyauth.store import KeyStore
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer
 from fedhe_server.servicer import register as register_server
+from fedhe_server.store import JobState
 
 EPOCHS, STEPS = 3, 2
 BIG = PIECE_BYTES + 1000  # every ciphertext crosses a piece boundary
@@ -353,3 +354,35 @@ def test_server_restart_mid_training_resumes_and_finishes(cluster: Cluster) -> N
     assert json.loads(LOADS[-1])["seq"] == 5
     final = server.transfers.store.require("tl")
     assert (final.phase, final.answered) == ("finished", 10)
+
+
+def test_cancelled_transfer_job_stops_its_owner(cluster: Cluster) -> None:
+    from fedhe_client.agent import JobCancelledError
+
+    hold, cancelled = threading.Event(), threading.Event()
+
+    def faults(point: str) -> None:
+        if point == "before_pending" and len(StandInOwner.answered) == 3:
+            hold.set()
+            cancelled.wait(30)  # the worker is mid-step while the admin cancels
+
+    server = cluster.start_server(faults)
+    server.submit(JOB)
+    outcome: dict[str, BaseException] = {}
+
+    def owner() -> None:
+        try:
+            cluster.owner_job().run()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert hold.wait(60)
+    assert server.cancel("tl") == []
+    cancelled.set()
+    thread.join(60)
+    assert isinstance(outcome.get("error"), JobCancelledError), outcome
+    row = server.transfers.store.require("tl")
+    assert (row.phase, row.error) == ("failed", "cancelled by an admin")
+    assert server.db.job("tl").state == JobState.CANCELLED  # type: ignore[union-attr]
