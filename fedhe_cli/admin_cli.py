@@ -73,9 +73,14 @@ def validate(file: Path, kind: str | None) -> None:
 
 
 def _admin(peer: PeerSection) -> ServerConnection:
+    """The admin's connection; a certificate the server refuses is one line, not retried."""
     from fedhe_client.connection import ServerConnection
+    from fedhe_common.pki import tls_problem
 
     try:
+        why = tls_problem(peer)
+        if why is not None:
+            raise ConfigError(f"TLS certificate error: {why}")
         return ServerConnection(peer)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -4,7 +4,8 @@
 long-poll, filtered by the client config's ``jobs`` allow-list. A job that fails on
 this side is reported (``ReportError``) and not taken again by this process; a server
 or key authority that is down is waited for with capped exponential backoff and full
-jitter, and the job in hand is taken again once it is back.
+jitter, and the job in hand is taken again once it is back. A TLS certificate error
+(a foreign CA, an expired or refused certificate) ends the agent with that error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fedhe_client.agent import AgentHooks, ClientAgent, JobCancelledError
 from fedhe_client.connection import ServerConnection
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import ClientConfig
-from fedhe_common.errors import FedHEError, UnavailableError
+from fedhe_common.errors import ConfigError, FedHEError, UnavailableError
+from fedhe_common.pki import tls_problem
+from fedhe_common.rpc.errors import is_certificate_error
 
 logger = logging.getLogger(__name__)
 LIST_WAIT_S = 20
@@ -69,19 +72,35 @@ class EdgeDaemon:
         self.conn = ServerConnection(config.server)
 
     def run(self) -> None:
-        """Serve jobs until :attr:`stop` is set."""
+        """Serve jobs until :attr:`stop` is set (a TLS certificate error is raised)."""
         logger.info("client %s waiting for jobs", self.config.client_id)
-        while not self.stop.is_set():
-            try:
-                job_id = self._next_job()
-                if job_id is not None:
-                    self._take(job_id)
-                self.backoff.reset()
-            except UnavailableError as exc:
-                delay = self.backoff.next_delay()
-                logger.warning("server unreachable (%s); retrying in %.1fs", exc.message, delay)
-                self.stop.wait(delay)
-        self.conn.close()
+        try:
+            self._check_certificates()
+            while not self.stop.is_set():
+                self._serve_once()
+        finally:
+            self.conn.close()
+
+    def _serve_once(self) -> None:
+        try:
+            job_id = self._next_job()
+            if job_id is not None:
+                self._take(job_id)
+            self.backoff.reset()
+        except UnavailableError as exc:
+            if is_certificate_error(exc.message):
+                raise  # a certificate the peer refuses (or we distrust) is not transient
+            self._check_certificates()
+            delay = self.backoff.next_delay()
+            logger.warning("server unreachable (%s); retrying in %.1fs", exc.message, delay)
+            self.stop.wait(delay)
+
+    def _check_certificates(self) -> None:
+        """A certificate the server or key authority refuses ends the agent at once."""
+        for peer in (self.config.server, self.config.keyauth):
+            why = tls_problem(peer)
+            if why is not None:
+                raise ConfigError(f"TLS certificate error: {why}")
 
     def allowed(self, offer: pb.JobOffer) -> bool:
         """The config's allow-list: job names (and ``job_id``) and task names."""

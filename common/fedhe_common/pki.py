@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedhe_common.config.models import PeerSection
 from fedhe_common.errors import ConfigError
 from fedhe_common.rpc.auth import read_secret_file, write_secret_file
 
 VALIDITY = dt.timedelta(days=365)
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,65 @@ def init_pki(out: Path, services: list[str], hosts: list[str]) -> list[Path]:
         issue(ca, service, hosts, crt, key_path)
         written += [crt, key_path]
     return written
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _reply_after_handshake(
+    ctx: ssl.SSLContext, target: tuple[str, int], timeout_s: float
+) -> str | None:
+    """None when the server sends a first byte after the handshake, else how it refused."""
+    with (
+        socket.create_connection(target, timeout=timeout_s) as raw,
+        ctx.wrap_socket(raw, server_hostname=target[0]) as tls,
+    ):
+        try:
+            return None if tls.recv(1) else "closed without a reply"
+        except ssl.SSLError as exc:  # a TLS alert after the handshake
+            return str(exc.reason or exc)
+
+
+def tls_problem(peer: PeerSection, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """A certificate problem between this side and ``peer`` in one line, or None.
+
+    gRPC reports both directions poorly: a server certificate that ``ca_file`` cannot verify
+    comes with native log noise, and with TLS 1.3 a client certificate the server refuses
+    (another CA, expired) is only "Socket closed", like a peer that went away. One TLS
+    probe tells them apart: a gRPC server that accepted this side sends its HTTP/2 SETTINGS
+    at once; one that refused it closes the connection without a byte. Nothing is sent.
+    None also when the peer is down or the probe cannot tell (gRPC then reports).
+    """
+    target = _host_port(peer.address)
+    if peer.insecure or target is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        if peer.ca_file:
+            ctx.load_verify_locations(peer.ca_file)
+        else:  # gRPC's default roots may differ from Python's: leave that check to gRPC
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if peer.cert_file and peer.key_file:
+            ctx.load_cert_chain(peer.cert_file, peer.key_file)
+        refusal = _reply_after_handshake(ctx, target, timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"{peer.address}: the server's certificate does not verify with ca_file "
+            f"{peer.ca_file} ({exc.verify_message}): is it the project's CA certificate, "
+            "and the address one of the server's hosts?"
+        )
+    except OSError:  # down, refused, unreadable files, other handshake failures, a timeout
+        return None
+    if refusal is None:
+        return None
+    if not peer.cert_file:
+        return f"{peer.address} wants a client certificate (cert_file, key_file): {refusal}"
+    return (
+        f"{peer.address} refused this side's certificate {peer.cert_file} right after the "
+        f"TLS handshake ({refusal}): is it signed by the project CA, and still valid?"
+    )
