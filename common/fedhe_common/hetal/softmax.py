@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic
 
 import numpy as np
@@ -78,18 +79,8 @@ class PolySoftmax:
 
     @classmethod
     def build(cls, spec: ServerSoftmax, classes: int) -> PolySoftmax:
-        """Fit the polynomials for ``classes`` classes and logits in [-bound, bound].
-
-        The owner's projection (``bound_logits``) keeps classes <= S <= s_max on its
-        training data; the margins cover the exp polynomial's error.
-        """
-        lo = 0.95 * classes
-        hi = spec.inv_margin * s_max(classes, spec.bound)
-        norm = (lo + hi) / 2.0
-        inv = inverse_coefficients(lo / norm - 1.0, hi / norm - 1.0, spec.inv_degree)
-        gain = norm ** (-1.0 / 2**spec.squarings)
-        expc = exp_coefficients(spec.bound, spec.exp_degree, spec.squarings) * gain
-        return cls(spec, classes, expc, inv, norm, lo, hi)
+        """Fit (once per spec and class count, cached) the polynomials; see :func:`_fit`."""
+        return _fit(spec, classes)
 
     def inverse_error(self) -> float:
         """Max relative error of the inverse polynomial on [s_lo, s_hi]."""
@@ -111,6 +102,22 @@ class PolySoftmax:
         """Approximate softmax of logits z (rows x classes)."""
         e = self.exp_scaled(z)
         return np.asarray(e * self._inverse(e.sum(axis=1, keepdims=True)), dtype=np.float64)
+
+
+@lru_cache(maxsize=16)
+def _fit(spec: ServerSoftmax, classes: int) -> PolySoftmax:
+    """Fit the polynomials for ``classes`` classes and logits in [-bound, bound].
+
+    The owner's projection (``bound_logits``) keeps classes <= S <= s_max on its
+    training data; the margins cover the exp polynomial's error.
+    """
+    lo = 0.95 * classes
+    hi = spec.inv_margin * s_max(classes, spec.bound)
+    norm = (lo + hi) / 2.0
+    inv = inverse_coefficients(lo / norm - 1.0, hi / norm - 1.0, spec.inv_degree)
+    gain = norm ** (-1.0 / 2**spec.squarings)
+    expc = exp_coefficients(spec.bound, spec.exp_degree, spec.squarings) * gain
+    return PolySoftmax(spec, classes, expc, inv, norm, lo, hi)
 
 
 def bound_logits(w: Array, train_x: Array, bound: float, classes: int) -> Array:
