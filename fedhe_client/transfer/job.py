@@ -36,6 +36,7 @@ from fedhe_common.storage.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 HEAD_FILE = "head.npz"
+MODEL_FILE = "head.safetensors"
 CARD_FILE = "card.json"
 
 
@@ -337,8 +338,6 @@ def save_head(state_dir: str | Path, job_id: str, head: Any, metrics: dict[str, 
     card = {
         "job_id": job_id,
         "kind": "transfer-head",
-        "model_file": HEAD_FILE,
-        "sha256": hashlib.sha256(blob).hexdigest(),
         "classes": int(weights.shape[0]),
         "features": int(weights.shape[1]),
         "preprocessing": json.loads(prep.to_json()) if hasattr(prep, "to_json") else prep,
@@ -349,6 +348,28 @@ def save_head(state_dir: str | Path, job_id: str, head: Any, metrics: dict[str, 
         "saved_unix": round(time.time(), 3),
     }
     atomic_write(folder / HEAD_FILE, blob, 0o600)
+    card.update(_safetensors_head(folder, job_id, weights))
     text = json.dumps(card, indent=2, default=str) + "\n"
     atomic_write(folder / CARD_FILE, text.encode(), 0o600)
     return folder / CARD_FILE
+
+
+def _safetensors_head(folder: Path, job_id: str, weights: np.ndarray) -> dict[str, str]:
+    """The head as a one-tensor state_dict in safetensors, so ``fedhe model export`` takes
+    it like any kept model (the card's ``preprocessing`` maps raw features to its input)."""
+    import torch
+    from safetensors.torch import save as st_save
+
+    from fedhe_common.mlbridge.flatten import build_manifest
+
+    state = {"weights": torch.from_numpy(np.ascontiguousarray(weights))}
+    blob = st_save(state, metadata={"job_id": job_id, "order": json.dumps(list(state))})
+    atomic_write(folder / MODEL_FILE, blob, 0o600)
+    return {
+        "model_file": MODEL_FILE,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "layout_id": build_manifest(state).layout_id,
+        "npz_file": HEAD_FILE,
+        "npz_sha256": hashlib.sha256((folder / HEAD_FILE).read_bytes()).hexdigest(),
+        "task": "transfer-head",
+    }

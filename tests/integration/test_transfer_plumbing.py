@@ -386,3 +386,22 @@ def test_cancelled_transfer_job_stops_its_owner(cluster: Cluster) -> None:
     row = server.transfers.store.require("tl")
     assert (row.phase, row.error) == ("failed", "cancelled by an admin")
     assert server.db.job("tl").state == JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_saved_head_exports_like_any_kept_model(tmp_path: Path) -> None:
+    import torch
+    from click.testing import CliRunner
+
+    from fedhe_cli.app import cli
+    from fedhe_client.transfer.job import save_head
+
+    weights = np.arange(33, dtype=np.float64).reshape(3, 11)
+    card_path = save_head(tmp_path, "tl", Head(weights, 2, {"kind": 1}), {"accuracy": 0.5})
+    card = json.loads(card_path.read_text())
+    assert card["model_file"] == "head.safetensors" and card["best_epoch"] == 2
+    result = CliRunner().invoke(cli, ["model", "export", str(card_path.parent), "--out",
+                                      str(tmp_path / "head.pt")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "head.pt", weights_only=True)
+    assert np.array_equal(state["weights"].numpy(), weights)
+    assert np.array_equal(np.load(card_path.parent / "head.npz")["W"], weights)
