@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from fedhe_client.transfer import link
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import ClientConfig, JobConfig
-from fedhe_common.errors import ConfigError, FedHEError, NotFoundError
+from fedhe_common.errors import ConfigError, FedHEError, NotFoundError, WrongRoundError
 from fedhe_common.hetal.protocol import EncryptedDataset, OwnerReply, OwnerRequest, RequestKind
 from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.pieces import BlobInfo
@@ -302,7 +302,11 @@ class TransferJob:
             self.where = ("train", request.epoch)
             reply = owner.answer(request)
             self._save_owner(owner)  # before sending: a restart answers the same seq again
-            link.send_reply(self.conn, self.job_id, self.config.client_id, reply)
+            try:
+                link.send_reply(self.conn, self.job_id, self.config.client_id, reply)
+            except WrongRoundError as exc:  # a restarted server has not asked it again yet
+                logger.info("job %s: %s; asking for the request again", self.job_id, exc.message)
+                continue
             next_seq = request.seq + 1
             self._set_stage("train", next_seq)
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext
 MAX_WAIT_S = 30
 MAX_REPLY_ITEMS = 4096
-MAX_REPLY_BYTES = 4 << 30
+MAX_REPLY_BYTES = 256 << 20  # one reply: the owner's fresh ciphertexts for one request
 PHASES = {
     TransferPhase.KEYS: pb.TRANSFER_PHASE_KEYS,
     TransferPhase.UPLOAD: pb.TRANSFER_PHASE_UPLOAD,

@@ -319,13 +319,17 @@ class Crash(Exception):
     """A crash point fired."""
 
 
-def test_server_restart_mid_training_resumes_and_finishes(cluster: Cluster) -> None:
-    """The server dies after persisting reply 4's state but before its progress row; the
-    restarted server repairs the row from the state file, asks request 5, and ends."""
+@pytest.mark.parametrize(("point", "resumed_seq"), [("after_state", 5), ("before_state", 4)])
+def test_server_restart_mid_training_resumes_and_finishes(
+    cluster: Cluster, point: str, resumed_seq: int
+) -> None:
+    """The server dies while applying reply 4: after persisting its state but before the
+    progress row (the restart repairs the row and asks request 5), or before persisting
+    it (the restart asks request 4 again and the owner answers it again)."""
     fired = threading.Event()
 
-    def faults(point: str) -> None:
-        if point == "after_state" and len(StandInOwner.answered) == 5 and not fired.is_set():
+    def faults(point_now: str) -> None:
+        if point_now == point and len(StandInOwner.answered) == 5 and not fired.is_set():
             fired.set()
             raise Crash("server dies here")
 
@@ -351,9 +355,10 @@ def test_server_restart_mid_training_resumes_and_finishes(cluster: Cluster) -> N
     metrics = cluster.owner_job().run()  # a restarted owner continues from its state
     assert metrics["best_epoch"] == 1
     assert LOADS[0] is None and LOADS[-1] is not None  # resumed from the persisted state
-    assert json.loads(LOADS[-1])["seq"] == 5
+    assert json.loads(LOADS[-1])["seq"] == resumed_seq
     final = server.transfers.store.require("tl")
     assert (final.phase, final.answered) == ("finished", 10)
+    assert StandInOwner.answered.count(4) == (2 if point == "before_state" else 1)
 
 
 def test_cancelled_transfer_job_stops_its_owner(cluster: Cluster) -> None:
