@@ -30,12 +30,18 @@ Progress = Callable[[str], None]
 class Splits(Protocol):
     """Raw features (extractor output) and labels of the owner's three splits."""
 
-    train_x: NDArray[np.float64]
-    train_y: NDArray[np.int64]
-    val_x: NDArray[np.float64]
-    val_y: NDArray[np.int64]
-    test_x: NDArray[np.float64]
-    test_y: NDArray[np.int64]
+    @property
+    def train_x(self) -> NDArray[np.float64]: ...
+    @property
+    def train_y(self) -> NDArray[np.int64]: ...
+    @property
+    def val_x(self) -> NDArray[np.float64]: ...
+    @property
+    def val_y(self) -> NDArray[np.int64]: ...
+    @property
+    def test_x(self) -> NDArray[np.float64]: ...
+    @property
+    def test_y(self) -> NDArray[np.int64]: ...
 
 
 @dataclass
