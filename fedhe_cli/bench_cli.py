@@ -443,3 +443,11 @@ def _lora_table() -> list[Any]:
     )  # fmt: skip
     return rows
 
+
+def _register_hetal() -> None:
+    from fedhe_cli.bench.hetal_bench import bench_hetal
+
+    bench.add_command(bench_hetal)
+
+
+_register_hetal()
