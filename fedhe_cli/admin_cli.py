@@ -144,19 +144,26 @@ def job_group() -> None:
 
 @job_group.command("submit")
 @click.argument("job_file", type=click.Path(path_type=Path))
+@click.option(
+    "--follow", is_flag=True, help="then print each closed round until the job ends (exit 1 "
+    "unless it finished)"
+)  # fmt: skip
 @server_options
-def submit(job_file: Path, peer: PeerSection) -> None:
+def submit(job_file: Path, follow: bool, peer: PeerSection) -> None:
     """Submit JOB_FILE (validated locally first)."""
+    from fedhe_cli.job_follow import follow as follow_job
     from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 
     try:
         load_yaml(job_file, JobConfig)
         conn = _admin(peer)
         reply = conn.call("SubmitJob", pb.SubmitJobRequest(job_yaml=job_file.read_text()))
+        verb = "created" if reply.created else "already exists (identical)"  # type: ignore[attr-defined]
+        click.echo(f"job {reply.job_id} {verb}")  # type: ignore[attr-defined]
+        if follow and follow_job(conn, reply.job_id, click.echo) != "FINISHED":  # type: ignore[attr-defined]
+            raise SystemExit(1)
     except FedHEError as exc:
         raise click.ClickException(str(exc)) from None
-    verb = "created" if reply.created else "already exists (identical)"  # type: ignore[attr-defined]
-    console.print(f"job {reply.job_id} {verb}")  # type: ignore[attr-defined]
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")

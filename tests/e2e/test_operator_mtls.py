@@ -25,6 +25,7 @@ from fedhe_client.connection import ServerConnection
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.config.models import PeerSection
+from fedhe_common.errors import NotFoundError
 from fedhe_common.rpc.transport import create_channel
 from tests.e2e.helpers import free_port, job_yaml
 
@@ -156,8 +157,11 @@ def wait_status(
     conn = ServerConnection(admin_peer(kits))
     try:
         while True:
-            status = conn.job_status(job)
-            if done(status):
+            try:
+                status = conn.job_status(job)
+            except NotFoundError:  # a background `job submit` that has not submitted yet
+                status = pb.GetJobStatusResponse()
+            if status.job_id and done(status):
                 return status
             for site in SITES:
                 assert fed.alive(site), fed.log(site)
@@ -262,24 +266,37 @@ def test_operator_run_over_provisioned_kits(tmp_path: Path, federation: Federati
                          f"fl/kits/{site}/client.yaml"])  # fmt: skip
     admin = "fl/kits/alice/admin.yaml"
     finished = pb.JOB_STATE_FINISHED
+    for job in ("job-a", "job-b", "job-c"):
+        rounds = 50 if job == "job-c" else 2
+        (fed.root / f"{job}.yaml").write_text(job_yaml(job, rounds, min_clients=3, hidden=16))
+    # Job A: submitted and followed (one line per round) as in the README.
+    follow_a = fed.start("follow-a", [str(BIN / "fedhe"), "job", "submit", "job-a.yaml",
+                                      "--peer", admin, "--follow"])  # fmt: skip
+    check_impersonation(kits)  # while job A runs
+    check_foreign_ca(fed, kits, rogue)
+    assert follow_a.wait(timeout=120) == 0, fed.log("follow-a")
+    lines = fed.log("follow-a").splitlines()
+    assert lines[0] == "job job-a created" and lines[-1] == "job job-a: FINISHED", lines
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == [
+        "round 1/2 PUBLISHED", "round 2/2 PUBLISHED"], lines  # fmt: skip
+    assert all(" 3 clients, accuracy " in ln for ln in lines[1:-1]), lines
+    # Job B after A: the same agents take it without a restart.
+    done = fedhe(fed.root, "job", "submit", "job-b.yaml", "--peer", admin)
+    assert done.returncode == 0 and "job job-b created" in done.stdout, done
     for job in ("job-a", "job-b"):
-        (fed.root / f"{job}.yaml").write_text(job_yaml(job, rounds=2, min_clients=3, hidden=16))
-        done = fedhe(fed.root, "job", "submit", f"{job}.yaml", "--peer", admin)
-        assert done.returncode == 0 and f"job {job} created" in done.stdout, done
-        if job == "job-a":  # while job A runs
-            check_impersonation(kits)
-            check_foreign_ca(fed, kits, rogue)
         status = wait_status(fed, kits, job, lambda s: s.state == finished)
         assert [(r.round, r.contributors) for r in status.history] == [(1, 3), (2, 3)]
         assert sorted(c.client_id for c in status.clients) == SITES
-        assert all(not c.error.phase for c in status.clients), status.clients
-    # Job C: cancelled mid-round with `fedhe job cancel`.
-    (fed.root / "job-c.yaml").write_text(job_yaml("job-c", rounds=50, min_clients=3, hidden=16))
-    assert fedhe(fed.root, "job", "submit", "job-c.yaml", "--peer", admin).returncode == 0
+        assert all(not c.error.phase for c in status.clients), status.clients  # none forged
+    # Job C: cancelled mid-round with `fedhe job cancel`; its follower exits 1.
+    follow_c = fed.start("follow-c", [str(BIN / "fedhe"), "job", "submit", "job-c.yaml",
+                                      "--peer", admin, "--follow"])  # fmt: skip
     wait_status(fed, kits, "job-c", lambda s: s.current_round >= 2)
     done = fedhe(fed.root, "job", "cancel", "job-c", "--peer", admin, "--json")
     assert done.returncode == 0, done
     assert '"state": "JOB_STATE_CANCELLED"' in done.stdout, done.stdout
+    assert follow_c.wait(timeout=60) == 1, fed.log("follow-c")
+    assert fed.log("follow-c").splitlines()[-1] == "job job-c: CANCELLED", fed.log("follow-c")
     wait_logs(fed, "job job-c was cancelled")
     # Watch and export, as in the README.
     history = fedhe(fed.root, "job", "history", "job-b", "--csv", "--peer", admin)
