@@ -179,6 +179,17 @@ def _message_json(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
+def transfer_line(t: Any) -> str:
+    """A transfer job's progress: phase, mode, epoch, step, epochs run, best epoch."""
+    phase = {1: "keys", 2: "upload", 3: "training", 4: "finished", 5: "failed"}.get(t.phase, "?")
+    best = "none yet" if t.best_epoch < 0 else str(t.best_epoch)
+    text = (
+        f"transfer {phase} (mode {t.mode}): epoch {t.epoch}, step {t.step}, "
+        f"{t.epochs_run} epochs run, best epoch {best}, {t.answered} owner replies"
+    )
+    return text + (f"; error: {t.error}" if t.error else "")
+
+
 @job_group.command("status")
 @click.argument("job_id")
 @_json_option
@@ -193,7 +204,10 @@ def status(job_id: str, as_json: bool, peer: PeerSection) -> None:
         _print_json(_message_json(reply))
         return
     state = job_state_name(reply.state)
-    console.print(f"job {reply.job_id}: {state}, round {reply.current_round}/{reply.rounds}")
+    if reply.HasField("transfer"):  # HETAL: training progress instead of rounds
+        console.print(f"job {reply.job_id}: {state}, {transfer_line(reply.transfer)}")
+    else:
+        console.print(f"job {reply.job_id}: {state}, round {reply.current_round}/{reply.rounds}")
     print_table(
         "rounds",
         ["round", "state", "clients", "weight sum", "seconds", "accuracy"],

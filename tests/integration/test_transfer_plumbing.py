@@ -299,6 +299,16 @@ def test_transfer_job_runs_through_the_services(cluster: Cluster) -> None:
 
     reply = job_status(server.db, "tl")
     assert reply.state == 3 and reply.transfer.epochs_run == 2 and reply.transfer.best_epoch == 1
+    from click.testing import CliRunner
+
+    from fedhe_cli.app import cli
+
+    peer = ["--server", f"127.0.0.1:{cluster.port}", "--insecure",
+            "--token-file", str(cluster.root / "admin.tok")]  # fmt: skip
+    shown = CliRunner().invoke(cli, ["job", "status", "tl", *peer])
+    assert shown.exit_code == 0, shown.output
+    assert "transfer finished (mode client)" in shown.output
+    assert "2 epochs run, best epoch 1, 10 owner replies" in shown.output
     # The key authority and the server hold exactly the owner's evaluation keys.
     assert (cluster.root / "ka/jobs/tl/eval_keys.bin").read_bytes() == StandInOwner.KEYS
     assert (cluster.root / "srv/transfer/tl/eval_keys.bin").read_bytes() == StandInOwner.KEYS
