@@ -181,5 +181,10 @@ def simulate(
     job_file: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
 ) -> None:
     """Run JOB_FILE with N client processes on loopback."""
-    load_yaml(job_file, JobConfig)  # clear, file-named errors before anything starts
+    config = load_yaml(job_file, JobConfig)  # clear, file-named errors before anything starts
+    if config.transfer is not None:  # HETAL: owner and trainer in process (fedhe_cli.hetal_local)
+        from fedhe_cli.hetal_local import simulate_transfer
+
+        simulate_transfer(config, compare, say=console.print)
+        return
     run_federation(Path(job_file).read_text(), clients, workdir, compare, timeout_s)
