@@ -8,6 +8,7 @@ and CPU is split per side (thread CPU time around each side's calls). Used by
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from numpy.typing import NDArray
 
 from fedhe_client.transfer.owner import DataOwner
 from fedhe_client.transfer.preprocess import Preprocessor
+from fedhe_common.config.models import JobConfig
 from fedhe_common.hetal.params import TransferParams
 from fedhe_common.hetal.plain import accuracy, train_plain
 from fedhe_common.hetal.protocol import EncryptedDataset, RequestKind, StepStats
@@ -166,3 +168,45 @@ def run_transfer(
         bytes_setup={"eval_keys": len(keys), "dataset": dataset_bytes(data)},
         val_loss=list(head.val_loss), val_acc=list(head.val_acc), peak_rss_mb=peak_rss_mb(),
     )  # fmt: skip
+
+
+def simulate_transfer(
+    config: JobConfig, compare: bool = True, say: Progress = print
+) -> TransferResult:
+    """``fedhe simulate`` on a transfer job: a built-in task, owner and trainer in process."""
+    from fedhe_cli.bench.hetal_bench import load_task
+    from fedhe_common.errors import ConfigError
+
+    section = config.transfer
+    if section is None:
+        raise ConfigError("not a transfer job (no transfer section)")
+    if section.dataset == "site":
+        raise ConfigError("fedhe simulate runs built-in transfer tasks (digits, digits-transfer)")
+    view, classes = load_task(section.dataset, section.seed)
+    if section.max_train_samples is not None:
+        n = section.max_train_samples
+        view = dataclasses.replace(view, train_x=view.train_x[:n], train_y=view.train_y[:n])
+    features = Preprocessor.fit(view.train_x).out_features
+    params = TransferParams.from_config(section, features, classes)
+    say(
+        f"transfer job {config.job.name}: {section.dataset}, mode {params.mode}, "
+        f"{len(view.train_x)} train / {len(view.val_x)} val / {len(view.test_x)} test, "
+        f"d = {features}, {classes} classes, CKKS N = {params.chain.poly_modulus_degree} "
+        f"{list(params.chain.coeff_bits)}"
+    )
+    res = run_transfer(params, view, progress=say, compare=compare)
+    say(
+        f"epochs run {res.epochs_run} (best {res.best_epoch}), steps {res.steps_run}; per step "
+        f"server {res.per_step('server_cpu_s'):.2f} CPU-s, owner "
+        f"{res.per_step('client_cpu_s'):.2f} CPU-s, up {res.per_step('bytes_up') / 1e6:.2f} MB, "
+        f"down {res.per_step('bytes_down') / 1e6:.2f} MB"
+    )
+    say(f"test accuracy HE {res.acc_he:.4f}")
+    if compare:
+        sk = "-" if res.acc_sklearn is None else f"{res.acc_sklearn:.4f}"
+        say(
+            f"test accuracy plaintext, same algorithm {res.acc_plain_same_algo:.4f} "
+            f"(difference {100 * (res.acc_he - res.acc_plain_same_algo):+.2f} pp); "
+            f"sklearn LogisticRegression {sk}"
+        )
+    return res

@@ -4,6 +4,7 @@ polynomial softmax and its twin, and real encrypted runs (SEAL) against the floa
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,25 @@ def test_mode_server_steps_equal_the_float64_twin() -> None:
                             chain=default_chain("server"))  # fmt: skip
     res = run_transfer(params, splits, max_steps=2)
     assert res.steps_run == 2 and res.max_abs_w_diff < 5e-3
+
+
+JOB_YAML = """version: 1
+job: {name: digits-hetal, rounds: 1}
+participants: {min_clients: 1}
+transfer: {mode: client, dataset: digits, max_epochs: 1, max_train_samples: 128}
+"""
+
+
+def test_fedhe_simulate_runs_a_transfer_job_and_prints_he_vs_plaintext(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fedhe_cli.run_cli import simulate
+
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB_YAML)
+    result = CliRunner().invoke(simulate, [str(job)])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy HE" in result.output and "same algorithm" in result.output
+    he = float(result.output.split("test accuracy HE ")[1].split()[0])
+    plain = float(result.output.split("same algorithm ")[1].split()[0])
+    assert abs(he - plain) <= 0.01 and he > 0.5
