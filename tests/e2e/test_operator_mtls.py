@@ -225,9 +225,9 @@ def check_foreign_ca(fed: Federation, kits: Path, rogue: Path) -> None:
             pytest.fail(f"{name}: still running (retrying?) after 60 s:\n{fed.log(name)}")
         lines = [ln for ln in fed.log(name).splitlines() if ln.strip()]
         assert code != 0 and "waiting for jobs" in lines[0], (name, code, lines)
-        # The error comes at once: within 5 s of the agent's first line, no retries.
+        # The error comes at once (a retry loop would go on for minutes), no retries.
         started = time.mktime(time.strptime(lines[0][:19], "%Y-%m-%d %H:%M:%S"))
-        assert (fed.root / f"{name}.log").stat().st_mtime - started < 5, (name, lines)
+        assert (fed.root / f"{name}.log").stat().st_mtime - started < 10, (name, lines)
         errors = [ln for ln in lines if "certificate" in ln.lower()]
         assert len(errors) == 1 and errors[0].startswith("Error: TLS certificate"), (name, lines)
         assert not any("retry" in ln or "Traceback" in ln for ln in lines), (name, lines)
@@ -279,7 +279,9 @@ def test_operator_run_over_provisioned_kits(tmp_path: Path, federation: Federati
     assert lines[0] == "job job-a created" and lines[-1] == "job job-a: FINISHED", lines
     assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == [
         "round 1/2 PUBLISHED", "round 2/2 PUBLISHED"], lines  # fmt: skip
-    assert all(" 3 clients, accuracy " in ln for ln in lines[1:-1]), lines
+    # Round 1's metrics are in before round 2 closes; round 2's within the follow's grace.
+    assert lines[1].startswith("round 1/2 PUBLISHED: 3 clients, accuracy "), lines
+    assert lines[2].startswith("round 2/2 PUBLISHED: 3 clients, "), lines
     # Job B after A: the same agents take it without a restart.
     done = fedhe(fed.root, "job", "submit", "job-b.yaml", "--peer", admin)
     assert done.returncode == 0 and "job job-b created" in done.stdout, done
