@@ -12,131 +12,37 @@ until they are delivered, the test split and the stage reached.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from fedhe_client.transfer import link
+from fedhe_client.transfer.head_out import save_head
+from fedhe_client.transfer.sources import (
+    FeatureSource,
+    FeatureSplits,
+    Owner,
+    OwnerCreate,
+    OwnerRestore,
+    hetal_owner,
+    hetal_restore,
+    job_params,
+    site_features,
+)
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import ClientConfig, JobConfig
-from fedhe_common.errors import ConfigError, FedHEError, NotFoundError, WrongRoundError
-from fedhe_common.hetal.protocol import EncryptedDataset, OwnerReply, OwnerRequest, RequestKind
+from fedhe_common.errors import FedHEError, NotFoundError, WrongRoundError
+from fedhe_common.hetal.protocol import RequestKind
 from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.pieces import BlobInfo
 from fedhe_common.storage.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
-HEAD_FILE = "head.npz"
-MODEL_FILE = "head.safetensors"
-CARD_FILE = "card.json"
-
-
-@dataclass(frozen=True)
-class FeatureSplits:
-    """The owner's features (extractor output, before preprocessing) and labels."""
-
-    train_x: NDArray[np.float64]
-    train_y: NDArray[np.int64]
-    val_x: NDArray[np.float64]
-    val_y: NDArray[np.int64]
-    test_x: NDArray[np.float64]
-    test_y: NDArray[np.int64]
-
-    @property
-    def classes(self) -> int:
-        """Number of classes (largest label + 1)."""
-        return int(max(self.train_y.max(), self.val_y.max(), self.test_y.max())) + 1
-
-
-class Owner(Protocol):
-    """What the job needs of ``fedhe_client.transfer.owner.DataOwner``."""
-
-    def eval_keys(self) -> bytes: ...
-
-    def encrypt_dataset(self) -> EncryptedDataset: ...
-
-    def answer(self, request: OwnerRequest) -> OwnerReply: ...
-
-    def to_state(self) -> bytes: ...
-
-    def result(self) -> Any: ...
-
-
-FeatureSource = Callable[[ClientConfig, JobConfig], FeatureSplits]
-OwnerCreate = Callable[[Any, FeatureSplits], Owner]
-OwnerRestore = Callable[[bytes], Owner]
-
-
-def site_features(config: ClientConfig, job: JobConfig) -> FeatureSplits:
-    """Features of the data set the job names: a built-in transfer task (its own split and
-    extractor), or this site's ``data`` through the job's extractor (an hf model's folder
-    from this client's ``hf_models``, the ``task`` extractor from this client's task)."""
-    from fedhe_client.transfer import datasets, extractors
-
-    section = job.transfer
-    assert section is not None
-    if section.dataset != "site":
-        s = datasets.load_transfer_task(section.dataset, section.seed)
-    else:
-        if config.data is None:
-            raise ConfigError("the job trains on site data: give this client a data section")
-        ext = section.extractor
-        local = None
-        if ext.kind == "hf":
-            local = config.hf_models.get(ext.name or "")
-            if local is None:
-                raise ConfigError(f"hf_models in this client's config has no {ext.name!r}")
-        task = None
-        if ext.kind == "task":
-            from fedhe_client.tasks.loading import resolve_task
-
-            task = resolve_task(config, job)
-        device = "cpu" if config.device == "auto" else config.device
-        extractor = extractors.load_extractor(
-            ext.kind, ext.name or "", ext.pooling, local, task, device
-        )
-        s = datasets.site_features(config.data, extractor, section.test_fraction)
-    return FeatureSplits(
-        np.asarray(s.x_train, dtype=np.float64), np.asarray(s.y_train, dtype=np.int64),
-        np.asarray(s.x_val, dtype=np.float64), np.asarray(s.y_val, dtype=np.int64),
-        np.asarray(s.x_test, dtype=np.float64), np.asarray(s.y_test, dtype=np.int64),
-    )  # fmt: skip
-
-
-def hetal_owner(params: Any, splits: FeatureSplits) -> Owner:
-    """A new data owner (generates the job's keys on this device)."""
-    from fedhe_client.transfer.owner import DataOwner
-
-    owner: Owner = DataOwner.create(
-        params, splits.train_x, splits.train_y, splits.val_x, splits.val_y
-    )
-    return owner
-
-
-def hetal_restore(state: bytes) -> Owner:
-    """The data owner as persisted."""
-    from fedhe_client.transfer.owner import DataOwner
-
-    owner: Owner = DataOwner.from_state(state)
-    return owner
-
-
-def job_params(job: JobConfig, splits: FeatureSplits) -> Any:
-    """TransferParams for this owner's data: features after preprocessing (bias included)."""
-    from fedhe_client.transfer.preprocess import Preprocessor
-    from fedhe_common.hetal.params import TransferParams
-
-    features = Preprocessor.fit(splits.train_x).out_features
-    return TransferParams.from_config(job.transfer, features, splits.classes)
 
 
 class TransferJob:
@@ -327,53 +233,3 @@ class TransferJob:
         logger.info("job %s finished: test accuracy %.4f (best epoch %d); head in %s",
                     self.job_id, accuracy, head.best_epoch, card.parent)  # fmt: skip
         return metrics
-
-
-def save_head(state_dir: str | Path, job_id: str, head: Any, metrics: dict[str, float]) -> Path:
-    """``<state_dir>/models/<job_id>/head.npz`` (the weights, bias column first) and
-    ``card.json`` (the preprocessing that maps raw features to the head's input, metrics)."""
-    folder = Path(state_dir) / "models" / job_id
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = np.asarray(getattr(head, "weights", getattr(head, "W", None)), dtype=np.float64)
-    buf = io.BytesIO()
-    np.savez(buf, W=weights)
-    blob = buf.getvalue()
-    prep: Any = getattr(head, "preprocessor", getattr(head, "preprocessing", None))
-    card = {
-        "job_id": job_id,
-        "kind": "transfer-head",
-        "classes": int(weights.shape[0]),
-        "features": int(weights.shape[1]),
-        "preprocessing": json.loads(prep.to_json()) if hasattr(prep, "to_json") else prep,
-        "best_epoch": int(head.best_epoch),
-        "val_loss": list(getattr(head, "val_loss", [])),
-        "val_acc": list(getattr(head, "val_acc", [])),
-        "metrics": metrics,
-        "saved_unix": round(time.time(), 3),
-    }
-    atomic_write(folder / HEAD_FILE, blob, 0o600)
-    card.update(_safetensors_head(folder, job_id, weights))
-    text = json.dumps(card, indent=2, default=str) + "\n"
-    atomic_write(folder / CARD_FILE, text.encode(), 0o600)
-    return folder / CARD_FILE
-
-
-def _safetensors_head(folder: Path, job_id: str, weights: np.ndarray) -> dict[str, str]:
-    """The head as a one-tensor state_dict in safetensors, so ``fedhe model export`` takes
-    it like any kept model (the card's ``preprocessing`` maps raw features to its input)."""
-    import torch
-    from safetensors.torch import save as st_save
-
-    from fedhe_common.mlbridge.flatten import build_manifest
-
-    state = {"weights": torch.from_numpy(np.ascontiguousarray(weights))}
-    blob = st_save(state, metadata={"job_id": job_id, "order": json.dumps(list(state))})
-    atomic_write(folder / MODEL_FILE, blob, 0o600)
-    return {
-        "model_file": MODEL_FILE,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "layout_id": build_manifest(state).layout_id,
-        "npz_file": HEAD_FILE,
-        "npz_sha256": hashlib.sha256((folder / HEAD_FILE).read_bytes()).hexdigest(),
-        "task": "transfer-head",
-    }

@@ -14,8 +14,8 @@ import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_client.connection import ServerConnection
-from fedhe_client.transfer.job import FeatureSplits, job_params, site_features
 from fedhe_client.transfer.preprocess import Preprocessor
+from fedhe_client.transfer.sources import FeatureSplits, job_params, site_features
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig, PeerSection

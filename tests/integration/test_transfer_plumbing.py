@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from fedhe_client.connection import ServerConnection
-from fedhe_client.transfer.job import FeatureSplits, TransferJob
+from fedhe_client.transfer.job import TransferJob
+from fedhe_client.transfer.sources import FeatureSplits
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import (
     ClientConfig,
@@ -408,7 +409,7 @@ def test_saved_head_exports_like_any_kept_model(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from fedhe_cli.app import cli
-    from fedhe_client.transfer.job import save_head
+    from fedhe_client.transfer.head_out import save_head
 
     weights = np.arange(33, dtype=np.float64).reshape(3, 11)
     card_path = save_head(tmp_path, "tl", Head(weights, 2, {"kind": 1}), {"accuracy": 0.5})
