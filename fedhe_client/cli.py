@@ -9,7 +9,7 @@ import logging
 import click
 
 from fedhe_client.agent import ClientAgent
-from fedhe_client.daemon import EdgeDaemon
+from fedhe_client.daemon import EdgeDaemon, check_certificates
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ClientConfig
 from fedhe_common.errors import ConfigError, FedHEError
@@ -41,6 +41,7 @@ def run(config_path: str, once: bool, log_level: str, log_format: str) -> None:
         if not once:
             EdgeDaemon(config, on_result=functools.partial(_print_result, config)).run()
             return
+        check_certificates(config)  # a refused certificate is one line, never retried
         agent = ClientAgent(config)
         metrics = agent.run()
     except (ConfigError, FedHEError) as exc:

@@ -96,11 +96,7 @@ class EdgeDaemon:
             self.stop.wait(delay)
 
     def _check_certificates(self) -> None:
-        """A certificate the server or key authority refuses ends the agent at once."""
-        for peer in (self.config.server, self.config.keyauth):
-            why = tls_problem(peer)
-            if why is not None:
-                raise ConfigError(f"TLS certificate error: {why}")
+        check_certificates(self.config)
 
     def allowed(self, offer: pb.JobOffer) -> bool:
         """The config's allow-list: job names (and ``job_id``) and task names."""
@@ -167,3 +163,11 @@ class EdgeDaemon:
             )
         except FedHEError as report_exc:
             logger.warning("could not report the error to the server: %s", report_exc.message)
+
+
+def check_certificates(config: ClientConfig) -> None:
+    """A certificate the server or key authority refuses ends the agent at once."""
+    for peer in (config.server, config.keyauth):
+        why = tls_problem(peer)
+        if why is not None:
+            raise ConfigError(f"TLS certificate error: {why}")

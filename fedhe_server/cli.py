@@ -14,6 +14,7 @@ from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ServerConfig, host_of
 from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
+from fedhe_common.pki import tls_problem
 from fedhe_common.rpc.auth import TokenAuthority
 from fedhe_common.rpc.serving import create_server
 from fedhe_common.storage.atomic import atomic_write
@@ -48,6 +49,7 @@ def serve(
     configure_logging(log_level, log_format)
     try:
         config = load_yaml(config_path, ServerConfig)
+        _check_keyauth_certificates(config)
         job_yaml = _read_job(job_path) if job_path else None
         service = AggregationServer(config)
     except FedHEError as exc:
@@ -80,6 +82,13 @@ def serve(
         dashboard.stop()
     server.stop(grace=10)
     service.stop()
+
+
+def _check_keyauth_certificates(config: ServerConfig) -> None:
+    """A certificate the key authority refuses (or we distrust) fails at once, not retried."""
+    why = tls_problem(config.keyauth)
+    if why is not None:
+        raise ConfigError(f"TLS certificate error (key authority): {why}")
 
 
 def _read_job(path: str) -> str:

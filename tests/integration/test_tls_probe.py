@@ -3,11 +3,14 @@ line before gRPC retries it, against a real mutual-TLS gRPC server on loopback."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedhe_common.config.models import PeerSection, TLSSection
@@ -15,6 +18,8 @@ from fedhe_common.pki import issue, new_ca, tls_problem, write_ca
 from fedhe_common.rpc.serving import ServerHandle, create_server
 from fedhe_common.rpc.transport import create_channel
 from tests.e2e.helpers import free_port
+
+BIN = Path(sys.executable).parent
 
 
 def _pki(root: Path, name: str, leaves: list[str]) -> Path:
@@ -85,3 +90,35 @@ def test_probe_says_nothing_when_it_cannot_tell(pki: tuple[Path, Path]) -> None:
     assert tls_problem(down) is None  # nobody listening: gRPC's retries handle that
     insecure = PeerSection(address="127.0.0.1:1", token_file="t", insecure=True)
     assert tls_problem(insecure) is None
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_one_job_client_and_server_stop_at_once_on_a_refused_certificate(
+    pki: tuple[Path, Path], server: ServerHandle, tmp_path: Path
+) -> None:
+    """``fedhe-client run --once`` and ``fedhe-server serve`` (towards its key authority)
+    exit with one TLS line instead of retrying a certificate the peer refuses."""
+    ours, other = pki
+    peer = {"address": f"localhost:{server.port}", "ca_file": str(ours / "ca.crt"),
+            "cert_file": str(other / "site.crt"), "key_file": str(other / "site.key")}  # fmt: skip
+    client = {"client_id": "site", "server": peer, "keyauth": peer,
+              "partition": {"index": 0, "count": 1}}  # fmt: skip
+    (tmp_path / "client.yaml").write_text(yaml.safe_dump(client))
+    done = _run(
+        [str(BIN / "fedhe-client"), "run", "--once", "--config", str(tmp_path / "client.yaml")]
+    )
+    assert done.returncode != 0
+    assert (
+        "TLS certificate error" in done.stderr and "refused this side's certificate" in done.stderr
+    )
+    server_config = {
+        "state_dir": str(tmp_path / "state"), "listen": "127.0.0.1:0", "insecure": True,
+        "keyauth": peer, "identities": [{"id": "admin", "role": "admin", "token_sha256": "0" * 64}],
+    }  # fmt: skip
+    (tmp_path / "server.yaml").write_text(yaml.safe_dump(server_config))
+    done = _run([str(BIN / "fedhe-server"), "serve", "--config", str(tmp_path / "server.yaml")])
+    assert done.returncode != 0
+    assert "TLS certificate error (key authority)" in done.stderr
