@@ -27,12 +27,14 @@ import tenseal.sealapi as sa
 from fedhe_common.hetal import baseline, opcount
 from fedhe_common.hetal.kernels import diag_abt, diag_atb, required_steps, rotate_weights
 from fedhe_common.hetal.layout import Layout
+from fedhe_common.hetal.parallel import KernelPool
 from fedhe_common.hetal.seal_backend import (
     ChainParams,
     SealBackend,
     SealCT,
     build_context,
     galois_elements,
+    key_bytes,
 )
 
 TABLE7: tuple[tuple[int, int, int], ...] = (
@@ -94,9 +96,14 @@ def _row(
 
 
 def bench_diag(
-    shape: tuple[int, int, int], layout: Layout, rng: np.random.Generator
+    shape: tuple[int, int, int], layout: Layout, rng: np.random.Generator, workers: int = 1
 ) -> list[dict[str, Any]]:
-    """DiagABT (weights rotated once + every row block) and DiagATB on one shape, measured."""
+    """DiagABT (weights rotated once + every row block) and DiagATB on one shape, measured.
+
+    With ``workers`` > 1 the rows also get ``"parallel"``: the same products through a
+    :class:`KernelPool` (wall seconds, total CPU of parent + workers, and the busiest
+    worker's CPU, which is the wall time on otherwise idle cores).
+    """
     a, b, c = shape
     owner = _Owner(ChainParams.for_depth(layout.depth), required_steps(layout))
     be, s0 = owner.be, layout.s0
@@ -127,10 +134,28 @@ def bench_diag(
     ops_atb = _delta(c0, be.counts)
     g = layout.unpack_w([owner.decrypt(gc) for gc in gs])
     err_atb = float(np.abs(g - am.T @ x).max())
-    return [
+    rows = [
         _row(shape, "DiagABT", ops_abt, cpu_abt, "measured", max_abs_err=err_abt, **extra),
         _row(shape, "DiagATB", ops_atb, cpu_atb, "measured", max_abs_err=err_atb, **extra),
     ]
+    if workers > 1:
+        assert be.rk is not None and be.gk is not None
+        with KernelPool(be.params, key_bytes(be.rk), key_bytes(be.gk), workers) as pool:
+            pool.diag_atb(be, layout, ah[:1], xb[:1], 1.0)  # start and warm the workers
+            for row, run in (
+                (rows[0], lambda: pool.diag_abt(be, layout, xb, wc)),
+                (rows[1], lambda: pool.diag_atb(be, layout, ah, xb, 1.0)),
+            ):
+                w0, c0_, crit0 = time.time(), time.process_time(), pool.critical_cpu_s
+                cpu_w0 = pool.worker_cpu_s
+                run()
+                row["parallel"] = {
+                    "workers": workers,
+                    "wall_s": round(time.time() - w0, 3),
+                    "cpu_s": round(time.process_time() - c0_ + pool.worker_cpu_s - cpu_w0, 3),
+                    "critical_cpu_s": round(pool.critical_cpu_s - crit0, 3),
+                }
+    return rows
 
 
 def jin_unit_costs(owner: _Owner, repeats: int = 8) -> dict[str, float]:
@@ -200,6 +225,7 @@ def run_matmul_bench(
     max_depth: int = 3,
     measure_limit_s: float = 6.0,
     seed: int = 0,
+    workers: int = 1,
     log: Log | None = None,
 ) -> list[dict[str, Any]]:
     """Rows {"a","b","c","algo","cmult","mult","rot","cpu_s", "cpu_s_method", ...} for
@@ -214,7 +240,7 @@ def run_matmul_bench(
         a, b, c = shape
         layout = opcount.best_layout(a, c, b, 8192, max_depth=max_depth)
         t0 = time.time()
-        new = bench_diag(shape, layout, rng) + bench_jin(shape, rng, measure_limit_s)
+        new = bench_diag(shape, layout, rng, workers) + bench_jin(shape, rng, measure_limit_s)
         rows += new
         if log is not None:
             speed = {r["algo"]: r["cpu_s"] for r in new}
@@ -232,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="*", default=None, help="a,b,c triples (default: Table 7)")
     ap.add_argument("--max-depth", type=int, default=3)
     ap.add_argument("--measure-limit-s", type=float, default=6.0)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     shapes = (
@@ -241,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         shapes,  # type: ignore[arg-type]
         max_depth=args.max_depth,
         measure_limit_s=args.measure_limit_s,
+        workers=args.workers,
         log=None if args.json else print,
     )
     if args.json:
@@ -256,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"| {(r['a'], r['b'], r['c'])} | {r['algo']} | {r['cmult']} | {r['mult']} | {r['rot']}"
             f" | {r['conj']} | {r['cpu_s']:.2f} | {r['cpu_s_method']} | {r['unit']} | {err} |"
         )
+    for r in rows:
+        if "parallel" in r:
+            print(
+                f"{(r['a'], r['b'], r['c'])} {r['algo']} serial cpu {r['cpu_s']}s; {r['parallel']}"
+            )
 
 
 if __name__ == "__main__":

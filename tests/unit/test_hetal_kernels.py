@@ -63,6 +63,7 @@ LAYOUTS = [
     Layout(3, 50, slots=1024, s0=32),
     Layout(16, 40, slots=8192, s0=512),  # cp = s1: HETAL's masked row sum
     Layout(10, 64, rowsum=RowSum.MASKED),
+    Layout(10, 768),  # ViT/MPNet features: 12 feature blocks
 ]
 
 
@@ -200,3 +201,52 @@ def test_seal_level_and_key_errors(owners: dict[int, Owner]) -> None:
     bare = SealBackend(ChainParams.for_depth(2))
     with pytest.raises(KeyMaterialError, match="public key"):
         bare.encrypt(np.ones(bare.slots))
+
+
+def test_kernel_pool_equals_serial(owners: dict[int, Owner]) -> None:
+    """Two spawned workers give bit-identical ciphertexts; the only extra work is each
+    worker rotating its own copy of the weights (ABT) / of A^ (ATB)."""
+    from fedhe_common.hetal.parallel import KernelPool
+    from fedhe_common.hetal.seal_backend import key_bytes
+
+    owner = owners[2]
+    be, lay = owner.be, Layout(10, 100)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3 * 64, 100)) / 8
+    w, a = rng.standard_normal((10, 100)), rng.standard_normal((3 * 64, 10)) / 4
+    xb = [[be.encrypt(v) for v in lay.pack_x(x[r : r + 64])] for r in range(0, 192, 64)]
+    wc = [be.encrypt(v) for v in lay.pack_wc(w)]
+    ah = [be.encrypt(lay.pack_ahat(a[r : r + 64])) for r in range(0, 192, 64)]
+    rot = rotate_weights(be, lay, wc)
+    serial = [diag_abt(be, lay, row, rot) for row in xb] + diag_atb(be, lay, ah, xb, -0.5)
+    assert be.rk is not None and be.gk is not None
+    with KernelPool(be.params, key_bytes(be.rk), key_bytes(be.gk), workers=2) as pool:
+        par = pool.diag_abt(be, lay, xb, wc) + pool.diag_atb(be, lay, ah, xb, -0.5)
+        counts = pool.counts
+    assert len(par) == len(serial) == 3 + lay.kappa
+    for s_ct, p_ct in zip(serial, par, strict=True):
+        assert np.array_equal(owner.decrypt(s_ct), owner.decrypt(p_ct))
+    p = len(lay.pairs)
+    # ABT split 2 + 1 row blocks, ATB split 1 + 1 feature blocks (kappa = 2)
+    extra_rot = lay.kappa * (p - 1) + len(xb) * (p - 1)
+    from fedhe_common.hetal import opcount
+
+    serial_rot = opcount.ours_diag_abt(lay, 192).rot + opcount.ours_diag_atb(lay, 192).rot
+    assert counts["rot"] == serial_rot + extra_rot
+    assert counts["mult"] == 2 * len(lay.pairs) * len(xb) * lay.kappa
+
+
+def test_hetal_modules_hold_no_secret_key_code() -> None:
+    """The server imports these modules: no KeyGenerator, Decryptor or SecretKey in them."""
+    import ast
+    import importlib
+    import inspect
+
+    banned = {"KeyGenerator", "Decryptor", "SecretKey", "secret_key"}
+    names = ["backend", "seal_backend", "numpy_backend", "layout", "kernels", "opcount"]
+    names += ["baseline", "parallel"]
+    for name in names:
+        tree = ast.parse(inspect.getsource(importlib.import_module(f"fedhe_common.hetal.{name}")))
+        used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert not used & banned, (name, used & banned)

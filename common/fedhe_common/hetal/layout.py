@@ -120,6 +120,12 @@ class Layout:
         """Levels DiagABT (and DiagATB) consume: 2 (ZERO_HALF) or 3 (MASKED)."""
         return 2 if self.rowsum == RowSum.ZERO_HALF else 3
 
+    def narrowed(self, start: int, stop: int) -> Layout:
+        """The same geometry for feature blocks start..stop-1 only (for split work)."""
+        if not 0 <= start < stop <= self.kappa:
+            raise InvalidArgumentError(f"feature blocks {start}..{stop} outside 0..{self.kappa}")
+        return Layout(self.classes, (stop - start) * self.width, self.slots, self.s0, self.rowsum)
+
     def row_blocks(self, n: int) -> int:
         """Blocks needed for n samples."""
         return -(-n // self.s0)

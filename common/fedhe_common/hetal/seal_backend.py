@@ -375,6 +375,16 @@ class SealBackend:
             raise InvalidCiphertextError(f"scale {ct.scale!r} is not the nominal {self.scale!r}")
         return SealCT(ct, f)
 
+    def load_local(self, blob: bytes) -> SealCT:
+        """Fast path for bytes this process family produced (worker pools): SEAL's own
+        load and validity check, no bounded re-inflation. Never for received bytes."""
+        if blob[:4] != CT_MAGIC:
+            raise InvalidCiphertextError("not a HETAL ciphertext (bad magic)")
+        (f,) = _FACTOR.unpack_from(blob, 4)
+        ct = sa.Ciphertext()
+        sealbytes.load_into(ct, self.ctx, blob[_CT_HEADER:])
+        return SealCT(ct, f)
+
     def _raw_seal(self, seal: bytes) -> bytes:
         """Uncompressed SEAL bytes, inflating zstd with a bound (SEAL trusts declared sizes)."""
         magic, hsize, major, minor, compr, reserved, size = sealbytes.read_header(seal)
