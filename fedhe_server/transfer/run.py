@@ -175,7 +175,7 @@ class TransferRun:
             try:
                 blob = self.fetch_keys()
             except FedHEError as exc:
-                logger.info("job %s: evaluation keys not available (%s)", self.job_id, exc)
+                logger.debug("job %s: evaluation keys not available (%s)", self.job_id, exc)
                 blob = None
             if blob is None:
                 self._stop.wait(KEYS_POLL_S)
