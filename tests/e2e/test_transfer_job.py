@@ -1,7 +1,8 @@
 """HETAL transfer job through the three services as real processes (issue 13, done-when):
 key authority, server and one data-owner client; digits, mode client, 2 epochs of 2 steps.
 The client's exported head must match the plaintext same-algorithm twin on the test split
-within 0.5 pp, and reproduce its reported accuracy from head.npz + card.json alone."""
+within 0.5 pp, and reproduce its reported accuracy from head.npz + card.json alone; the
+owner's secret key is nowhere in the key authority's or the server's files."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_client.connection import ServerConnection
+from fedhe_client.transfer.owner import DataOwner
 from fedhe_client.transfer.preprocess import Preprocessor
 from fedhe_client.transfer.sources import FeatureSplits, job_params, site_features
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import ClientConfig, JobConfig, PeerSection
+from fedhe_common.crypto.sealbytes import save_bytes
 from fedhe_common.hetal.plain import accuracy, train_plain
+from tests.e2e.helpers import files_containing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -76,6 +80,15 @@ def test_transfer_job_trains_a_head_through_the_services(tmp_path: Path) -> None
     s = site_features(config, job)
     exported = accuracy(weights, prep.transform(s.test_x), s.test_y)
     assert abs(exported - acc_he) < 1e-9
+    # The owner's secret key stays on its device: in its own state, nowhere in the key
+    # authority's or the server's files.
+    state = tmp_path / "client-state/owner/transfer/tl-digits/owner.state"
+    secret = save_bytes(DataOwner.from_state(state.read_bytes()).keys.secret)
+    probe = secret[len(secret) // 2 : len(secret) // 2 + 64]
+    assert files_containing(state.parent, probe) == [state]
+    assert files_containing(tmp_path / "keyauth-state", probe) == []
+    assert files_containing(tmp_path / "server-state", probe) == []
+    assert (tmp_path / "keyauth-state/jobs/tl-digits/eval_keys.bin").exists()
     acc_plain = _twin_accuracy(config, job)
     print(f"acc_he {acc_he:.4f} acc_plain_same_algo {acc_plain:.4f} ({elapsed:.0f}s)")
     assert abs(acc_he - acc_plain) <= 0.005
