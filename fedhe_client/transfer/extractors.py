@@ -21,6 +21,8 @@ from fedhe_common.errors import ConfigError
 
 Progress = Callable[[int, int], None]
 MAX_BATCH = 4096
+# transformers 5 builds an empty (all-unknown) tokenizer for a folder without these.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 class Pooling(StrEnum):
@@ -192,6 +194,11 @@ class HFExtractor:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            if not any((self.folder / f).is_file() for f in TOKENIZER_FILES):
+                raise ConfigError(
+                    f"{self.folder}: text inputs need a tokenizer saved in the folder "
+                    f"(one of {', '.join(TOKENIZER_FILES)}); or pass token ids"
+                )
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(
                     str(self.folder), local_files_only=True
