@@ -47,8 +47,8 @@ class Backend(Protocol[CT]):
     ``depth`` is the level of a fresh ciphertext. ``counts`` accumulates how many of
     each :class:`Op` ran (rotations by a multiple of ``slots`` are free, not counted).
 
-    Added after the first version (for the softmax): ``depth``, :meth:`factor`,
-    :meth:`rescale_ratio`. Nothing was renamed.
+    Added after the first version: ``depth``, :meth:`factor`, :meth:`rescale_ratio`
+    (for the softmax), :meth:`mul_sum` (the kernels' inner products). Nothing renamed.
     """
 
     slots: int
@@ -61,6 +61,10 @@ class Backend(Protocol[CT]):
 
     def mul(self, a: CT, b: CT) -> CT:
         """Ciphertext x ciphertext, relinearised and rescaled (one level)."""
+        ...
+
+    def mul_sum(self, pairs: Sequence[tuple[CT, CT]]) -> CT:
+        """sum_i a_i x b_i with ONE relinearisation and rescale (counts len(pairs) Mult)."""
         ...
 
     def mul_plain(self, ct: CT, vec: np.ndarray | complex, target_factor: float = 1.0) -> CT:

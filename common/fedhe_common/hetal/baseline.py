@@ -7,7 +7,8 @@ sample i in slot i); every weight W[j, k] is one ciphertext replicated in all sl
 * ATB: G[j, k] = sum_i A[i, j] X[i, k]            -> c x b replicated ciphertexts
   (slot-wise product, then log2(slots) rotate-and-adds; W's own layout)
 
-Depth 1 each. See :mod:`fedhe_common.hetal.opcount` (``jin_abt``, ``jin_atb``).
+Depth 1 each; inner products use one relinearisation per output (``mul_sum``), the
+same optimisation the Diag kernels get. Counts: :mod:`fedhe_common.hetal.opcount`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedhe_common.errors import InvalidArgumentError
-from fedhe_common.hetal.backend import CT, Backend, add_all, rotsum
+from fedhe_common.hetal.backend import CT, Backend, rotsum
 
 
 def pack_columns(m: np.ndarray, slots: int) -> list[list[np.ndarray]]:
@@ -48,7 +49,7 @@ def jin_abt(be: Backend[CT], x_cols: Sequence[CT], w_rep: Sequence[Sequence[CT]]
     """Z's columns (one row chunk): Z[:, j] = sum_k x_cols[k] * w_rep[j][k]."""
     if any(len(row) != len(x_cols) for row in w_rep):
         raise InvalidArgumentError("every weight row needs one ciphertext per X column")
-    return [add_all(be, [be.mul(x, w) for x, w in zip(x_cols, row, strict=True)]) for row in w_rep]
+    return [be.mul_sum(list(zip(x_cols, row, strict=True))) for row in w_rep]
 
 
 def jin_atb(
@@ -66,9 +67,7 @@ def jin_atb(
     for j in range(c):
         row = []
         for k in range(b):
-            prod = add_all(
-                be, [be.mul(ac[j], xc[k]) for ac, xc in zip(a_cols, x_cols, strict=True)]
-            )
+            prod = be.mul_sum([(ac[j], xc[k]) for ac, xc in zip(a_cols, x_cols, strict=True)])
             row.append(rotsum(be, prod, steps))
         out.append(row)
     return out

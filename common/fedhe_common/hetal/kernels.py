@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedhe_common.errors import InvalidArgumentError
-from fedhe_common.hetal.backend import CT, Backend, add_all, rotsum, twice_real
+from fedhe_common.hetal.backend import CT, Backend, rotsum, twice_real
 from fedhe_common.hetal.layout import Layout, RowSum, abt_mask, atb_mask, col0_mask, wrap_mask
 
 
@@ -50,7 +50,7 @@ def diag_abt(
         raise InvalidArgumentError(f"need {layout.kappa} feature blocks of X and of W")
     acc: CT | None = None
     for p, k in enumerate(layout.pairs):
-        v = add_all(be, [be.mul(x, rotated[f][p]) for f, x in enumerate(x_blocks)])
+        v = be.mul_sum([(x, rotated[f][p]) for f, x in enumerate(x_blocks)])
         t = rotsum(be, v, layout.rowsum_steps)
         if layout.rowsum == RowSum.MASKED:
             t = be.mul_plain(t, col0_mask(layout))
@@ -105,9 +105,7 @@ def diag_atb(
     for f in range(layout.kappa):
         acc: CT | None = None
         for p, k in enumerate(layout.pairs):
-            v = add_all(
-                be, [be.mul(rot[p], xs[f]) for rot, xs in zip(rotated, x_blocks, strict=True)]
-            )
+            v = be.mul_sum([(rot[p], xs[f]) for rot, xs in zip(rotated, x_blocks, strict=True)])
             c = rotsum(be, v, layout.colsum_steps)
             term = be.mul_plain(c, coef * atb_mask(layout, k))
             acc = term if acc is None else be.add(acc, term)

@@ -8,6 +8,7 @@ same operations are counted. Use it to check kernels and to count operations at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,16 @@ class NumpyBackend:
         """Ciphertext product (one level)."""
         self.counts[Op.MULT] += 1
         return NumCT(a.v * b.v, self._drop(min(a.lvl, b.lvl)))
+
+    def mul_sum(self, pairs: Sequence[tuple[NumCT, NumCT]]) -> NumCT:
+        """Sum of products (one level; len(pairs) Mult counted)."""
+        if not pairs:
+            raise InvalidArgumentError("mul_sum needs at least one pair")
+        self.counts[Op.MULT] += len(pairs)
+        lvl = min(min(a.lvl, b.lvl) for a, b in pairs)
+        return NumCT(
+            sum((a.v * b.v for a, b in pairs), np.zeros(self.slots, complex)), self._drop(lvl)
+        )
 
     def mul_plain(self, ct: NumCT, vec: np.ndarray | complex, target_factor: float = 1.0) -> NumCT:
         """Plaintext product (one level); ``target_factor`` is exact here, so it is ignored."""

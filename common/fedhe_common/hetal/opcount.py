@@ -102,10 +102,10 @@ def ours_diag_atb(layout: Layout, a: int) -> OpCount:
     return OpCount(m * (p - 1) + k * p, p * m * k, 2 * m * (p - 1) + colsum, k)
 
 
-# Relative CPU cost of one operation at the top of a chain (SEAL, N = 2^14, measured
-# here: relinearised product ~1.4 rotations, plaintext product + rescale ~0.35), and
-# of a chain one level deeper (~1.5x per extra 33-bit prime at depth 2..3).
-COST_WEIGHTS = {"mult": 1.4, "rot": 1.0, "cmult": 0.35, "conj": 1.0}
+# Relative CPU cost at the top of a chain (SEAL, N = 2^14, measured here, rotation = 1):
+# a relinearisation + rescale ~1.3, one more product inside a ``mul_sum`` ~0.1, a
+# plaintext product + rescale ~0.35; one more 33-bit prime costs ~1.5x at depth 2..3.
+COST_WEIGHTS = {"relin": 1.3, "mult": 0.1, "rot": 1.0, "cmult": 0.35, "conj": 1.0}
 
 
 def chain_factor(depth: int) -> float:
@@ -113,9 +113,15 @@ def chain_factor(depth: int) -> float:
     return float(((depth + 2) / 4) ** 1.5)
 
 
+def relinearisations(layout: Layout, a: int) -> int:
+    """``mul_sum`` calls (one key switch each) of DiagABT + DiagATB over a rows."""
+    p = len(layout.pairs)
+    return p * layout.row_blocks(a) + p * layout.kappa
+
+
 def step_cost(layout: Layout, a: int) -> float:
-    """Weighted operation count of one DiagABT + DiagATB over a rows on the minimal chain."""
-    total = 0.0
+    """Modelled CPU of one DiagABT + DiagATB over a rows on the minimal chain."""
+    total = COST_WEIGHTS["relin"] * relinearisations(layout, a)
     for c in (ours_diag_abt(layout, a), ours_diag_atb(layout, a)):
         total += sum(COST_WEIGHTS[k] * v for k, v in c.as_dict().items())
     return total * chain_factor(layout.depth)

@@ -273,6 +273,36 @@ class SealBackend:
         self.counts[Op.MULT] += 1
         return SealCT(out, a.f * b.f * self._prime(lvl) / self.scale)
 
+    def mul_sum(self, pairs: Sequence[tuple[SealCT, SealCT]]) -> SealCT:
+        """sum_i a_i b_i: size-3 products added, then one relinearisation and one rescale.
+
+        Key switching dominates a product's cost, so a kappa-term inner product costs
+        about one product instead of kappa. Counts len(pairs) Mult (HETAL's unit).
+        """
+        if not pairs:
+            raise InvalidArgumentError("mul_sum needs at least one pair")
+        if self.rk is None:
+            raise KeyMaterialError("this backend has no relinearisation keys")
+        lvl = min(min(self.level(a), self.level(b)) for a, b in pairs)
+        if lvl <= 0:
+            raise LevelError("no level left for a ciphertext product")
+        acc = sa.Ciphertext()
+        f0 = pairs[0][0].f * pairs[0][1].f
+        for i, (a, b) in enumerate(pairs):
+            a, b = self._at(a, lvl), self._at(b, lvl)
+            if a.f * b.f != f0:
+                self.factor_mismatch = max(self.factor_mismatch, abs(a.f * b.f / f0 - 1.0))
+            if i == 0:
+                self.ev.multiply(a.ct, b.ct, acc)
+            else:
+                prod = sa.Ciphertext()
+                self.ev.multiply(a.ct, b.ct, prod)
+                self.ev.add_inplace(acc, prod)
+        self.ev.relinearize_inplace(acc, self.rk)
+        self._rescale(acc)
+        self.counts[Op.MULT] += len(pairs)
+        return SealCT(acc, f0 * self._prime(lvl) / self.scale)
+
     def mul_plain(
         self, ct: SealCT, vec: np.ndarray | complex, target_factor: float = 1.0
     ) -> SealCT:
