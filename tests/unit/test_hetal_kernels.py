@@ -250,3 +250,35 @@ def test_hetal_modules_hold_no_secret_key_code() -> None:
         used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         assert not used & banned, (name, used & banned)
+
+
+def _rewrap(blob: bytes, frame: bytes) -> bytes:
+    """A HETAL blob whose SEAL payload is ``frame`` (zstd), header fixed up to match."""
+    from fedhe_common.crypto import sealbytes
+
+    _, _, major, minor, _, _, _ = sealbytes.read_header(blob[12:])
+    head = sealbytes.SEAL_HEADER.pack(
+        sealbytes.SEAL_MAGIC, 16, major, minor, sealbytes.COMPR_ZSTD, 0, 16 + len(frame)
+    )
+    return blob[:12] + head + frame
+
+
+def test_seal_deserialize_bounds_zstd(owners: dict[int, Owner]) -> None:
+    """Declared sizes must be a ciphertext size of the chain; bombs and trailers refused."""
+    import zstandard
+
+    from fedhe_common.crypto import sealbytes
+
+    be = owners[2].be
+    blob = be.serialize(be.encrypt(np.ones(be.slots)))
+    members = sealbytes.to_uncompressed(blob[12:])[16:]
+    ok = zstandard.ZstdCompressor(write_content_size=True).compress(members)
+    assert np.allclose(owners[2].decrypt(be.deserialize(_rewrap(blob, ok))).real, 1.0, atol=1e-5)
+    with pytest.raises(InvalidCiphertextError, match=r"declared size|zstd"):
+        be.deserialize(_rewrap(blob, ok + zstandard.ZstdCompressor().compress(b"x")))
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
+    with pytest.raises(InvalidCiphertextError, match="inflates past"):
+        be.deserialize(_rewrap(blob, bomb))
+    longer = zstandard.ZstdCompressor(write_content_size=True).compress(members + b"\0" * 64)
+    with pytest.raises(InvalidCiphertextError):
+        be.deserialize(_rewrap(blob, longer))

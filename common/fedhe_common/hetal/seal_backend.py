@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import numpy as np
 import tenseal.sealapi as sa
+import zstandard
 
 from fedhe_common.crypto import sealbytes
 from fedhe_common.errors import InvalidArgumentError, InvalidCiphertextError, KeyMaterialError
@@ -169,6 +170,9 @@ class SealBackend:
         self.depth = len(self.parms_ids) - 1
         top = self.ctx.first_context_data().parms().coeff_modulus()
         self.max_raw_ct_bytes = sealbytes.ciphertext_lengths(params.n, len(top))[0]
+        self._member_sizes = frozenset(
+            sealbytes.ciphertext_lengths(params.n, k)[0] - 16 for k in range(1, len(top) + 1)
+        )
         self._cache: OrderedDict[tuple[bytes, int, float], sa.Plaintext] = OrderedDict()
 
     def _key(self, kind: type[K], key: K | bytes | None) -> K | None:
@@ -424,10 +428,25 @@ class SealBackend:
             return seal
         if compr != sealbytes.COMPR_ZSTD:
             raise InvalidCiphertextError(f"compression mode {compr} not accepted")
-        try:
-            members = sealbytes.inflate_bounded(memoryview(seal)[16:], self.max_raw_ct_bytes - 16)
-        except ValueError as exc:
-            raise InvalidCiphertextError(str(exc)) from None
+        frame = memoryview(seal)[16:]
+        declared = zstandard.frame_content_size(frame)
+        if declared in self._member_sizes:
+            # zstd itself refuses output beyond the declared size, which is one of the
+            # exact ciphertext sizes of this chain: inflate in one call (fast path).
+            try:
+                dobj = zstandard.ZstdDecompressor(
+                    max_window_size=sealbytes.ZSTD_MAX_WINDOW
+                ).decompressobj()
+                members = dobj.decompress(frame)
+            except zstandard.ZstdError as exc:
+                raise InvalidCiphertextError(f"not a valid zstd stream ({exc})") from None
+            if len(members) != declared or not dobj.eof or dobj.unused_data:
+                raise InvalidCiphertextError("zstd frame does not match its declared size")
+        else:
+            try:
+                members = sealbytes.inflate_bounded(frame, self.max_raw_ct_bytes - 16)
+            except ValueError as exc:
+                raise InvalidCiphertextError(str(exc)) from None
         head = sealbytes.SEAL_HEADER.pack(
             sealbytes.SEAL_MAGIC, 16, major, minor, sealbytes.COMPR_NONE, 0, 16 + len(members)
         )
