@@ -263,9 +263,34 @@ class HFExtractor:
         return out
 
 
+class PooledBase(nn.Module):
+    """A zoo ``transformers`` classifier minus its head: its base model's pooler output,
+    else the CLS state (images) or the mean of non-padding states (token ids, pad 0)."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.base = wrapped.net.base_model
+        self.input_key, self.tokens = wrapped.input_key, wrapped.tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a batch."""
+        if not self.tokens:
+            out = self.base(**{self.input_key: x})
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is not None:
+                return pooled.flatten(1)  # type: ignore[no-any-return]
+            return out.last_hidden_state[:, 0]  # type: ignore[no-any-return]
+        ids = x.long()
+        mask = (ids != 0).long()
+        out = self.base(input_ids=ids, attention_mask=mask)
+        m = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)  # type: ignore[no-any-return]
+
+
 def task_module(task: Any) -> tuple[nn.Module, tuple[int, ...] | None]:
     """The frozen module a task offers: its ``feature_extractor()`` if it has one, else
-    its model minus the head (the last Linear of an ``nn.Sequential``)."""
+    its model minus the head (the last Linear of an ``nn.Sequential``, or the pooled
+    base model of a zoo ``transformers`` classifier)."""
     shape: tuple[int, ...] | None = None
     data = task.train_data()
     x = getattr(data, "x", None)
@@ -280,6 +305,10 @@ def task_module(task: Any) -> tuple[nn.Module, tuple[int, ...] | None]:
     model = task.build_model()
     if isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[-1], nn.Linear):
         return model[:-1], shape
+    from fedhe_client.zoo.hf import LogitsOf
+
+    if isinstance(model, LogitsOf):
+        return PooledBase(model), shape
     raise ConfigError(
         f"task {task.name!r}: its model is not an nn.Sequential ending in a Linear head; "
         "give the task a feature_extractor() method returning the frozen module"

@@ -175,6 +175,30 @@ def test_task_feature_extractor_method_is_preferred() -> None:
     assert ext.dim == 5 and ext.extract(data.x).shape == (5, 5)
 
 
+def test_zoo_transformers_model_minus_head() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fedhe_client.zoo.hf import LogitsOf
+
+    class _Text(_Task):
+        name = "text"
+
+        def build_model(self) -> nn.Module:
+            torch.manual_seed(0)
+            config = BertConfig(
+                vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32, num_labels=3,
+            )
+            return LogitsOf(BertForSequenceClassification(config), "input_ids", tokens=True)
+
+    ids = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]], dtype=np.float32)
+    data = ArrayData(ids, np.zeros(2, dtype=np.int64))
+    ext = load_extractor("task", task=_Text(data, data))
+    feats = ext.extract(ids)
+    assert ext.dim == 16 and feats.shape == (2, 16) and np.isfinite(feats).all()
+    np.testing.assert_array_equal(feats, ext.extract(ids))
+
+
 def test_task_errors() -> None:
     data = _data(5)
 
