@@ -85,6 +85,7 @@ class TransferJob:
         atomic_write(self.folder / "stage.json", doc, 0o600)
 
     def _save_owner(self, owner: Owner) -> None:
+        _memo_keys(owner)
         atomic_write(self.folder / "owner.state", owner.to_state(), 0o600)
 
     # ----------------------------------------------------------------- run
@@ -233,3 +234,14 @@ class TransferJob:
         logger.info("job %s finished: test accuracy %.4f (best epoch %d); head in %s",
                     self.job_id, accuracy, head.best_epoch, card.parent)  # fmt: skip
         return metrics
+
+
+def _memo_keys(owner: Owner) -> None:
+    """The owner's keys never change after creation: serialise them once, not at every
+    reply (the Galois keys are tens of MB; saving them took ~1.5 s per reply)."""
+    keys = getattr(owner, "keys", None)
+    to_bytes = getattr(keys, "to_bytes", None)
+    if callable(to_bytes) and not getattr(keys, "_fedhe_memo", False):
+        blob = to_bytes()
+        keys.to_bytes = lambda: blob  # type: ignore[union-attr]
+        keys._fedhe_memo = True  # type: ignore[union-attr]
