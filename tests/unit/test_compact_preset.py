@@ -51,6 +51,20 @@ def _rel_err(mean: np.ndarray, exact: np.ndarray, span: np.ndarray) -> float:
     return float(np.abs(mean - exact).max() / (span.max() - span.min()))
 
 
+def test_fft_products_match_exact_negacyclic_convolution() -> None:
+    ring = cw.CompactRing(holder_for(NAME).preset)
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, ring.q, (2, N), dtype=np.uint64)
+    s = rng.integers(-1, 2, N)
+    full = [np.convolve(row.astype(object), s.astype(object)) for row in a]
+    exact = np.array([[int(v) % ring.q for v in f[:N] - np.append(f[N:], 0)] for f in full])
+    spec = ring.spectrum(s.astype(np.float64))
+    assert np.array_equal(ring.reduce(ring.product_exact(a, spec)), exact)
+    approx = ring.product_approx(a, spec)
+    assert np.abs(approx - np.rint(approx)).max() < 1e-2
+    assert np.array_equal(ring.reduce(np.rint(approx)), exact)
+
+
 def test_round_trip_one_client() -> None:
     (c,) = _ciphers(1)
     x = np.random.default_rng(0).uniform(-3, 3, 2 * N + 77)

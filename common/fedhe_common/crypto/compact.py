@@ -2,9 +2,9 @@
 
 A chunk's delta ``d`` (values minus the common base, the last global model) is
 encoded at the power-of-two scale ``2^(VALUE_BITS - x)`` with ``|d| < 2^x``, so
-``|m| <= 2^15``; then ``c0 = NTT(m + e) - a*s`` with ``a`` expanded from the
-upload's public seed. Decryption is ``INTT(c0_sum + (sum w_i a_i) * s)``: one
-inverse NTT per chunk plus one seed expansion per contributor. Every upload
+``|m| <= 2^15``; then ``c0 = m + e - a*s`` (coefficient form) with ``a`` expanded
+from the upload's public seed. Decryption is ``c0_sum + (sum w_i a_i) * s``: one
+FFT product per chunk plus one seed expansion per contributor. Every upload
 attempt draws a fresh 16-byte nonce, so no ``a`` is ever used for two plaintexts,
 also after a crash and retrain (docs/crypto.md, "compact preset").
 """
@@ -16,8 +16,10 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedhe_common.crypto import compactwire as cw
+from fedhe_common.crypto.ring import RingArithmetic
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.errors import FedHEError, InvalidArgumentError, ValueRangeError
 
@@ -26,8 +28,11 @@ _BLOCK_CHUNKS = 32
 
 
 def cbd_noise(shape: tuple[int, ...]) -> np.ndarray:
-    """Centered binomial noise from the OS CSPRNG: 21 coin pairs, |e| <= 21, sigma 3.24."""
-    words = np.frombuffer(os.urandom(8 * int(np.prod(shape))), dtype=np.uint64).reshape(shape)
+    """Centered binomial noise, 21 coin pairs: |e| <= 21, sigma 3.24. The coins are an
+    AES-256-CTR keystream under a fresh 32-byte key from the OS CSPRNG (one per call)."""
+    stream = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
+    raw = stream.update(bytes(8 * int(np.prod(shape))))
+    words = np.frombuffer(raw, dtype=np.uint64).reshape(shape)
     mask = np.uint64((1 << cw.NOISE_BOUND) - 1)
     pos = np.bitwise_count(words & mask).astype(np.int64)
     neg = np.bitwise_count((words >> np.uint64(cw.NOISE_BOUND)) & mask).astype(np.int64)
@@ -54,8 +59,13 @@ class CompactCipher:
         self.fingerprint = holder.fingerprint
         self.ring = cw.CompactRing(self.preset)
         self.n, self.q = self.ring.n, self.ring.q
-        self._s = holder.secret_residues()[0]
-        self._s_shoup = self.ring.shoup(self._s)
+        # SEAL keeps s in NTT form: one inverse NTT (by SEAL) gives its ternary coefficients.
+        s_ntt = holder.secret_residues()[0]
+        s_coeff = RingArithmetic(self.preset).from_ntt(s_ntt[None, None, :], "data")[0, 0]
+        centered = np.where(s_coeff > self.q // 2, s_coeff.astype(np.int64) - self.q, s_coeff)
+        if np.abs(centered).max() > 1:
+            raise FedHEError("the compact preset needs SEAL's ternary secret key")
+        self._s = self.ring.spectrum(centered.astype(np.float64))
         self._identity = identity.encode()
         self._attempts = 0
         self._bases: dict[bytes, np.ndarray] = {}
@@ -121,12 +131,10 @@ class CompactCipher:
         exps = chunk_exponents(rows)
         scales = np.ldexp(1.0, np.where(exps == cw.EXP_ANY, 0, cw.VALUE_BITS - exps))
         m = np.rint(rows * scales[:, None]).astype(np.int64) + cbd_noise(rows.shape)
-        poly = np.where(m < 0, m + self.q, m).astype(np.uint64)
-        ntt = self.ring.ntt(poly)
+        a = np.stack([self.ring.expand_a(uid, first + i) for i in range(rows.shape[0])])
+        c0 = self.ring.reduce(m - self.ring.product_exact(a, self._s))
         for i in range(rows.shape[0]):
-            a_s = self.ring.mul(self.ring.expand_a(uid, first + i), self._s, self._s_shoup)
-            c0 = np.where(ntt[i] >= a_s, ntt[i] - a_s, ntt[i] + (self.ring.q64 - a_s))
-            yield cw.pack_upload(self.fingerprint, uid, base_id, int(exps[i]), c0)
+            yield cw.pack_upload(self.fingerprint, uid, base_id, int(exps[i]), c0[i])
 
     # -- decryption ----------------------------------------------------------------------
     def decrypt_chunks(
@@ -134,7 +142,7 @@ class CompactCipher:
     ) -> np.ndarray:
         """All chunks of a sum -> ``total`` weighted sums ``sum w_i x_i`` (base added back).
 
-        The result is rounded to 2^RELEASE_BITS units of each chunk's common scale,
+        The result is rounded to weight_sum * 2^RELEASE_BITS units of each chunk's scale,
         so no exact decryption leaves this object (as :mod:`.release` for CKKS). The
         mean ``result / weight_sum`` becomes the base of this client's next upload
         (unless ``keep_base`` is false: benchmarks of unrelated vectors).
@@ -147,15 +155,16 @@ class CompactCipher:
             raise FedHEError("compact aggregate chunks disagree on contributors or base")
         if -(-total // self.n) != len(parts):
             raise FedHEError(f"compact aggregate has {len(parts)} chunks for {total} values")
-        t = np.empty((len(parts), self.n), dtype=np.uint64)
+        a_sum = np.empty((len(parts), self.n), dtype=np.uint64)
         for k, part in enumerate(parts):
             rows = [(uid, w << int(sh)) for (uid, w), sh in zip(table, part.shifts, strict=True)]
-            a_sum = self.ring.weighted_a(rows, k)
-            t[k] = self.ring.add(part.c0, self.ring.mul(a_sum, self._s, self._s_shoup))
-        coeffs = self.ring.intt(t).astype(np.int64)
-        coeffs = np.where(coeffs > self.q // 2, coeffs - self.q, coeffs)
+            a_sum[k] = self.ring.weighted_a(rows, k)
+        c0 = np.stack([p.c0 for p in parts]).astype(np.float64)
+        coeffs = self.ring.centered(c0 + self.ring.product_approx(a_sum, self._s))
         exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
-        unit = np.ldexp(1.0, cw.RELEASE_BITS)  # release grid in units of the common scale
+        # Release grid: weight_sum * 2^4 units of the common scale, i.e. 2^(4 + X - 15) on
+        # the mean, coarser than the summed noise (sigma 3.24 * ||w||_2 <= 3.24 * weight_sum).
+        unit = weight_sum * np.ldexp(1.0, cw.RELEASE_BITS)
         sums = np.rint(coeffs / unit) * unit * np.ldexp(1.0, exps - cw.VALUE_BITS)[:, None]
         out = sums.reshape(-1)[:total] + weight_sum * self._base(parts[0].base_id, total)
         if keep_base:
