@@ -7,6 +7,11 @@ Three key roles have three object types, each in its own module:
 * :mod:`.aggregate` -- :class:`CiphertextAggregator` (server): parameters only;
   validate, weight and add. It has no decrypt method and cannot load a secret key.
 
-The server imports only :mod:`.aggregate` and what it needs; nothing on that
-path imports :mod:`.secret`.
+The opt-in ``single-key-compact`` preset has its own two halves:
+:mod:`.compact` (clients: encrypt deltas, decrypt sums; needs the secret key) and
+:mod:`.compactwire` (both sides: seeds, FFT products, wire formats; no key), with
+the server's sums in :mod:`fedhe_common.mlbridge.compact_accumulate`.
+
+The server imports only :mod:`.aggregate`, :mod:`.compactwire` and what they need;
+nothing on that path imports :mod:`.secret`.
 """
