@@ -26,9 +26,11 @@ from fedhe_common.mlbridge.chunking import ChunkPlan
 class RecordFile:
     """Fixed-size records of one file, zero until written; one record in memory at a time."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, fresh: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # ``fresh=False``: open the file another process made (a chunk-range worker).
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
+        fd = os.open(path, flags, 0o600)
         try:
             os.ftruncate(fd, size)  # sparse: every record starts as zeros
         finally:
@@ -59,7 +61,11 @@ class EncryptedAccumulator:
     """Per-chunk weighted sums of ciphertexts for one round (in memory or on disk)."""
 
     def __init__(
-        self, aggregator: CiphertextAggregator, plan: ChunkPlan, path: Path | None = None
+        self,
+        aggregator: CiphertextAggregator,
+        plan: ChunkPlan,
+        path: Path | None = None,
+        fresh: bool = True,
     ) -> None:
         if plan.values_per_chunk != aggregator.preset.values_per_ciphertext:
             raise InvalidArgumentError("chunk size must equal the preset's values per ciphertext")
@@ -70,7 +76,9 @@ class EncryptedAccumulator:
         self._shape = (2, ctx.k, ctx.n)
         self._primes = ctx.data_primes.reshape(1, ctx.k, 1)
         self._record = 8 * 2 * ctx.k * ctx.n
-        self._file = RecordFile(path, self._record * plan.count) if path is not None else None
+        self._file = (
+            RecordFile(path, self._record * plan.count, fresh) if path is not None else None
+        )
         self._sums: list[sa.Ciphertext | None] = [None] * (0 if path else plan.count)
         self._added = bytearray(plan.count)
         self._scale: float | None = None
@@ -98,6 +106,21 @@ class EncryptedAccumulator:
         total = current.reshape(self._shape) + arr  # both < q < 2^61: no overflow
         total = np.where(total >= self._primes, total - self._primes, total)
         self._file.write(offset, total.astype("<u8").tobytes())  # type: ignore[union-attr]
+
+    @property
+    def scale(self) -> float | None:
+        """The scale of the on-disk sums (None until a chunk was added)."""
+        return self._scale
+
+    def mark_added(self, indices: range, scale: float | None) -> None:
+        """Record chunks that chunk-range workers added into this file (at ``scale``)."""
+        if scale is not None and self._scale is not None and scale != self._scale:
+            raise InvalidArgumentError("ciphertext scale differs from the round's sum")
+        if scale is not None:
+            self._scale = scale
+        for k in indices:
+            self.plan.bounds(k)
+            self._added[k] = 1
 
     def add_upload(self, blobs: list[bytes] | tuple[bytes, ...], weight: float) -> None:
         """Add every chunk of one client's upload and count its weight once."""
@@ -133,9 +156,9 @@ class EncryptedAccumulator:
 class PlainAccumulator:
     """Float64 weighted sums of float32 plaintext chunks (baseline and unmasked part)."""
 
-    def __init__(self, plan: ChunkPlan, path: Path | None = None) -> None:
+    def __init__(self, plan: ChunkPlan, path: Path | None = None, fresh: bool = True) -> None:
         self.plan = plan
-        self._file = RecordFile(path, 8 * plan.total) if path is not None else None
+        self._file = RecordFile(path, 8 * plan.total, fresh) if path is not None else None
         self._sum = np.zeros(0 if path else plan.total, dtype=np.float64)
         self.weight_sum = 0.0
 
