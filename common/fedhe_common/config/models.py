@@ -317,6 +317,16 @@ class TransferSection(_Model):
         return self
 
 
+class AggregationSection(_Model):
+    """How the server adds a committed upload into the round's sums (issue 15)."""
+
+    # Worker processes adding ranges of chunks in parallel (1: in the server process).
+    workers: int = Field(default=1, ge=1, le=256)
+    # local: spawned processes on the server's host; ray: Ray tasks on the cluster that
+    # RAY_ADDRESS names (the server's environment, never the job), sharing state_dir.
+    backend: Literal["local", "ray"] = "local"
+
+
 class JobConfig(_Model):
     """A federated job: what to train, how to encrypt, when a round closes."""
 
@@ -336,6 +346,7 @@ class JobConfig(_Model):
     peft: PeftSection | None = None
     # HETAL transfer learning (job type transfer): one data owner, keys made on its device.
     transfer: TransferSection | None = None
+    aggregation: AggregationSection = AggregationSection()
 
     @property
     def threshold_keys(self) -> bool:
