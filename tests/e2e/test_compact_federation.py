@@ -11,7 +11,7 @@ from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from tests.e2e.helpers import exported_global, plain_fedavg, server_db
 
-# 94 s measured on the shared 2-core machine (load average 15): not in the default run.
+# 27-94 s measured on the shared 2-core machine (over the ~20 s default budget): slow.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
 JOB = """
