@@ -1,9 +1,10 @@
 """The ``single-key-compact`` scheme's key-less half: ring, seeds and wire formats.
 
-Coefficient-encoded RLWE over one ~32-bit prime (docs/crypto.md, "compact
-preset"). A chunk of N values travels as c0 only, in coefficient form, as N
-little-endian uint32 words; its ``a`` is expanded from a public seed (AES-256-CTR keyed by a hash of
-the upload id and the chunk index), so the server adds c0s and clients regenerate ``sum w_i a_i``.
+Coefficient-encoded RLWE over one ~32-bit prime (docs/crypto.md §7). A chunk of
+N values travels as c0 only, in coefficient form, as N little-endian uint32
+words; its ``a`` is expanded from a public seed (AES-256-CTR keyed by a hash of
+the upload id and the chunk index), so the server adds c0s and clients
+regenerate ``sum w_i a_i`` themselves.
 
 Both the server (adds, no key) and clients import this module; it never touches
 a secret key. Client encryption and decryption live in :mod:`.compact`.
@@ -27,7 +28,7 @@ VALUE_BITS = 15  # |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for |d| < 2^x
 NOISE_BOUND = 21  # centered binomial, 21 coin pairs: |e| <= 21, sigma = 3.24
 EXP_MIN, EXP_MAX = -100, 100
 EXP_ANY = -128  # an all-zero chunk: no scale of its own, joins any sum with shift 0
-RELEASE_BITS = 4  # released sums are rounded to 2^4 units of the common scale
+RELEASE_BITS = 4  # released sums: rounded to weight_sum * 2^4 units of the common scale
 MAX_CONTRIBUTORS = 1 << 16
 _A_DOMAIN = b"fedhe-compact-a-v1\x00"
 _LAZY_WEIGHT = 1 << 16  # a_i * w < 2^48: 2^15 such terms plus a reduced rest fit in 64 bits
