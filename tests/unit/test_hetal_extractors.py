@@ -111,6 +111,7 @@ def test_shipped_weights_are_small_safetensors() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_rebuild_gives_an_equivalent_extractor(tmp_path: Path) -> None:
     from fedhe_client.transfer.pretrained import load_digits_cnn
     from fedhe_client.transfer.pretrained.train import rebuild

@@ -78,7 +78,12 @@ def rebuild(path: Path = WEIGHTS, seed: int = 0) -> Path:
     """
     from safetensors.torch import save_file
 
-    model = pretrain(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is fastest (10 CPU-s, not 80)
+    try:
+        model = pretrain(seed)
+    finally:
+        torch.set_num_threads(threads)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"source_classes": "0-4", "seed": str(seed)})
     return path
