@@ -196,3 +196,22 @@ def test_key_modes_carry_the_stream() -> None:
     assert _rel_err(got, x, x) <= 1e-3
     with pytest.raises(InvalidCiphertextError):
         server.check_ciphertext(holder_for("single-key").encrypt(x[:10]))
+
+
+def test_sums_made_by_chunk_range_workers_decrypt() -> None:
+    """Workers summing chunk ranges each put the same table at their range's start."""
+    ciphers = _ciphers(2)
+    x = [np.random.default_rng(8 + i).uniform(-1, 1, 3 * N) for i in range(2)]
+    uploads = [list(c.encrypt_vector(v)) for c, v in zip(ciphers, x, strict=True)]
+    first, second = _accumulator(2 * N), _accumulator(N)
+    for blobs, w in zip(uploads, [2, 5], strict=True):
+        first.add_upload(blobs[:2], w)
+        second.add_upload(blobs[2:], w)
+    out = [first.chunk_blob(0), first.chunk_blob(1), second.chunk_blob(0)]
+    mean = ciphers[0].decrypt_chunks(out, 3 * N, 7, keep_base=False) / 7
+    exact = np.average(np.stack(x), axis=0, weights=[2, 5])
+    assert _rel_err(mean, exact, exact) <= 1e-3
+    lone = _accumulator(N)
+    lone.add_upload(uploads[0][2:], 2)
+    with pytest.raises(FedHEError, match="contributor"):
+        ciphers[0].decrypt_chunks([*out[:2], lone.chunk_blob(0)], 3 * N, 7)

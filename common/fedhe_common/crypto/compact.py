@@ -148,9 +148,12 @@ class CompactCipher:
         (unless ``keep_base`` is false: benchmarks of unrelated vectors).
         """
         parts = [cw.unpack_aggregate(b, self.fingerprint, self.n, self.q) for b in blobs]
-        if not parts or parts[0].table is None or any(p.table for p in parts[1:]):
-            raise FedHEError("a compact aggregate carries its contributor table in chunk 0")
-        table = parts[0].table
+        tables = [p.table for p in parts if p.table is not None]
+        if not tables or parts[0].table is None or any(t != tables[0] for t in tables):
+            # chunk 0 always names the contributors; a server that sums chunk ranges in
+            # separate workers may repeat the table at the start of each range
+            raise FedHEError("a compact aggregate needs one contributor table, from chunk 0 on")
+        table = tables[0]
         if any(p.shifts.size != len(table) or p.base_id != parts[0].base_id for p in parts):
             raise FedHEError("compact aggregate chunks disagree on contributors or base")
         if -(-total // self.n) != len(parts):
