@@ -444,6 +444,71 @@ def _lora_table() -> list[Any]:
     return rows
 
 
+@bench.command("scale")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="write results here")
+@click.option("--clients", default="10,50,100,200", show_default=True, help="client counts")
+@click.option("--n-params", default=200_000, show_default=True, type=click.IntRange(1, 20_000_000))
+@click.option("--plain", is_flag=True, help="plaintext float32 updates instead of CKKS")
+@click.option("--preset", default="single-key", show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    help="client threads in this process (default: one per client, all in flight)",
+)
+def bench_scale(
+    json_path: Path | None,
+    clients: str,
+    n_params: int,
+    plain: bool,
+    preset: str,
+    threads: int | None,
+) -> None:
+    """One round per client count, simulated clients over gRPC against a fresh server."""
+    from fedhe_cli.bench.scale_bench import run_scale_bench
+
+    counts = parse_list(clients, int, "--clients", lambda v: 1 <= v <= 1000, "in 1..1000")
+    result = run_scale_bench(
+        counts,
+        n_params,
+        not plain,
+        preset,
+        threads,
+        on_result=lambda r: console.log(
+            f"{r.clients} clients: round {r.round_wall_s:.2f} s, server cpu "
+            f"{r.server_cpu_s:.2f} s, peak RSS {r.server_peak_rss_mb:.0f} MB"
+        ),
+    )
+    print_table(
+        f"fedhe bench scale ({n_params:,} params, {result['encryption']}; one round, "
+        "server process CPU and peak RSS)",
+        ["clients", "round s", "upload s", "publish s", "download s", "server cpu s",
+         "server RSS MB", "up B/client", "down B/client", "max abs err"],
+        [[r["clients"], r["round_wall_s"], r["upload_s"], r["publish_s"], r["download_s"],
+          r["server_cpu_s"], r["server_peak_rss_mb"], r["upload_bytes_per_client"],
+          r["download_bytes_per_client"], r["max_abs_err"]]
+         for r in result["results"]],  # type: ignore[attr-defined]
+    )  # fmt: skip
+    targets = result["targets"]
+    console.print(
+        f"peak RSS {targets['rss_ratio_max_vs_min_clients']}x from the smallest to the largest "
+        f"count (target <= 1.3); seconds per client {targets['wall_s_per_client_ratio']}x; "
+        f"met: {targets['met']}"
+    )
+    if json_path:
+        write_json(json_path, {"suite": "scale", "machine": _machine(), **result})
+
+
+def _machine() -> dict[str, object]:
+    """Where a benchmark ran."""
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "cores": len(os.sched_getaffinity(0)),
+    }
+
+
 def _register_hetal() -> None:
     from fedhe_cli.bench.hetal_bench import bench_hetal
 

@@ -37,9 +37,10 @@ from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_common.rpc.states import upload_state
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
-from fedhe_server.keymodes import AggregationMode, Threshold
+from fedhe_server.keymodes import AggregationMode, SingleKey, Threshold
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
+from fedhe_server.parallel_aggregate import ParallelAdder
 from fedhe_server.rounds import Clock, Faults, RoundAccumulators, RoundStateMachine, no_faults
 from fedhe_server.staging import JobFiles
 from fedhe_server.store import RoundState, StateDB, UploadRow, UploadState, now
@@ -76,6 +77,7 @@ class JobRun(RoundStateMachine):
         self.lock = threading.RLock()
         self._acc: RoundAccumulators | None = None
         self._mask: EncryptionMask | None = None
+        self._adder: ParallelAdder | None = None
 
     @property
     def fingerprint(self) -> bytes:
@@ -408,6 +410,22 @@ class JobRun(RoundStateMachine):
         m = pb.UploadManifest.FromString(row.manifest)  # type: ignore[attr-defined]
         weight = int(m.sample_count)
         self.mode.check_weight_sum(acc.weight_sum + weight)
+        adder = self.adder()
+        if adder is not None:  # chunk ranges in worker processes (issue 15)
+            adder.add_upload(
+                acc, self.files, row.round, row.upload_id,  # type: ignore[attr-defined]
+                m.ciphertext_chunks, m.plaintext_chunks, weight,
+            )  # fmt: skip
+        else:
+            self._add_chunks(acc, row, m, weight)
+        acc.weight_sum += weight
+        if acc.encrypted is not None:
+            acc.encrypted.weight_sum += weight
+
+    def _add_chunks(
+        self, acc: RoundAccumulators, row: object, m: pb.UploadManifest, weight: int
+    ) -> None:
+        """Add every staged chunk of one upload in this process."""
         for stream, count in ((CT, m.ciphertext_chunks), (PT, m.plaintext_chunks)):
             for k in range(count):
                 path = self.files.chunk_path(row.round, row.upload_id, stream, k)  # type: ignore[attr-defined]
@@ -418,9 +436,22 @@ class JobRun(RoundStateMachine):
                 else:
                     assert acc.plain is not None
                     acc.plain.add(k, payload, weight)
-        acc.weight_sum += weight
-        if acc.encrypted is not None:
-            acc.encrypted.weight_sum += weight
+
+    def adder(self) -> ParallelAdder | None:
+        """The job's chunk-range workers (``aggregation.workers`` > 1), made on first use."""
+        if self.config.aggregation.workers <= 1:
+            return None
+        if self._adder is None:
+            params = self.mode.ctx.params.to_json() if isinstance(self.mode, SingleKey) else None
+            agg = self.config.aggregation
+            self._adder = ParallelAdder(agg.workers, agg.backend, params)
+        return self._adder
+
+    def close(self) -> None:
+        """Stop the job's aggregation workers, if any."""
+        if self._adder is not None:
+            self._adder.close()
+            self._adder = None
 
     def _check_signed(
         self, row: UploadRow, m: pb.UploadManifest, statement: bytes, signature: bytes
@@ -482,7 +513,6 @@ class JobRun(RoundStateMachine):
                     row.round,
                     len(uploads),
                 )
-
 
 
 def _ranges(indices: list[int]) -> list[pb.IndexRange]:

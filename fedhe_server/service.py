@@ -285,5 +285,7 @@ class AggregationServer:
         """Stop the round keeper."""
         self._stop.set()
         self._keeper.join(timeout=5)
+        for run in list(self.runs.values()):
+            run.close()
         self.transfers.stop_all()
         self.keyauth.close()

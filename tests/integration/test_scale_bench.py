@@ -1,0 +1,49 @@
+"""`fedhe bench scale` JSON contract with 2 and 4 simulated clients (the 10..200 run is
+the benchmark): real key authority and server processes, clients over loopback gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from fedhe_cli.app import cli
+
+KEYS = {
+    "clients",
+    "n_params",
+    "round_wall_s",
+    "server_cpu_s",
+    "server_peak_rss_mb",
+    "upload_bytes_per_client",
+    "download_bytes_per_client",
+}
+
+
+def test_bench_scale_contract(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    n = 20_000
+    result = CliRunner().invoke(
+        cli, ["bench", "scale", "--clients", "2,4", "--n-params", str(n), "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    rows = doc["results"]
+    assert [r["clients"] for r in rows] == [2, 4]
+    for r in rows:
+        assert set(r) >= KEYS
+        assert r["n_params"] == n
+        assert 0 < r["round_wall_s"] < 120 and r["server_cpu_s"] > 0
+        assert 20 < r["server_peak_rss_mb"] < 2048
+        # single-key: ~8.1 B/value up, ~16.1 B/value down (+ headers, last-chunk padding)
+        assert 8 * n < r["upload_bytes_per_client"] < 9 * n
+        assert 16 * n < r["download_bytes_per_client"] < 18 * n
+        # the decrypted aggregate is the weighted mean of what the clients uploaded
+        assert r["max_abs_err"] < 1e-5
+    assert doc["targets"]["rss_ratio_max"] == 1.3
+
+
+def test_bench_scale_refuses_bad_counts() -> None:
+    result = CliRunner().invoke(cli, ["bench", "scale", "--clients", "0,5"])
+    assert result.exit_code != 0 and "--clients" in result.output
