@@ -486,7 +486,7 @@ def bench_scale(
         [[r["clients"], r["round_wall_s"], r["upload_s"], r["publish_s"], r["download_s"],
           r["server_cpu_s"], r["server_peak_rss_mb"], r["upload_bytes_per_client"],
           r["download_bytes_per_client"], r["max_abs_err"]]
-         for r in result["results"]],  # type: ignore[attr-defined]
+         for r in result["results"]],
     )  # fmt: skip
     targets = result["targets"]
     console.print(

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -239,7 +240,7 @@ def run_scale_bench(
     preset: str = "single-key",
     threads: int | None = None,
     on_result: Callable[[ScaleResult], None] = lambda r: None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The JSON contract of ``fedhe bench scale``: one row per client count, plus the
     flatness target (peak RSS at the largest count <= 1.3x at the smallest)."""
     rows: list[ScaleResult] = []
