@@ -563,6 +563,11 @@ class ClientConfig(_Model):
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
     export_dir: str | None = None
     progress: bool = True
+    tensorboard_dir: str | None = Field(
+        default=None,
+        description="TensorBoard scalars per round in <dir>/<job_id>/ (extra fedhe[tensorboard]); "
+        "None: off",
+    )
     # This site's task: "module:attr" or an entry point name in group fedhe.tasks
     # (None: the built-in task of the job's model/data sections).
     task: str | None = None
