@@ -565,8 +565,8 @@ class ClientConfig(_Model):
     progress: bool = True
     tensorboard_dir: str | None = Field(
         default=None,
-        description="TensorBoard scalars per round in <dir>/<job_id>/ (extra fedhe[tensorboard]); "
-        "None: off",
+        description="write TensorBoard scalars per round to `<dir>/<job_id>/` "
+        "(needs the extra `fedhe[tensorboard]`); null: off",
     )
     # This site's task: "module:attr" or an entry point name in group fedhe.tasks
     # (None: the built-in task of the job's model/data sections).
