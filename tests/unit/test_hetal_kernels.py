@@ -10,7 +10,13 @@ import tenseal.sealapi as sa
 
 from fedhe_common.errors import InvalidArgumentError, InvalidCiphertextError, KeyMaterialError
 from fedhe_common.hetal.backend import LevelError
-from fedhe_common.hetal.kernels import diag_abt, diag_atb, required_steps, rotate_weights
+from fedhe_common.hetal.kernels import (
+    diag_abt,
+    diag_abt_compact,
+    diag_atb,
+    required_steps,
+    rotate_weights,
+)
 from fedhe_common.hetal.layout import Layout, RowSum
 from fedhe_common.hetal.numpy_backend import NumpyBackend
 from fedhe_common.hetal.seal_backend import (
@@ -85,6 +91,12 @@ def test_numpy_twin_is_exact(layout: Layout) -> None:
     for f, gc in enumerate(gs):
         assert np.abs(be.decrypt(gc) - tiled[f]).max() < 1e-10  # W's own layout, every row
     assert np.abs(layout.unpack_w([be.decrypt(g) for g in gs]) - g_ref).max() < 1e-10
+    rot = rotate_weights(be, layout, [be.encrypt(v) for v in layout.pack_wc(w)])
+    xs = [be.encrypt(v) for v in layout.pack_x(x[: layout.s0])]
+    zc = diag_abt_compact(be, layout, xs, rot)
+    z_ref = x[: layout.s0] @ w.T
+    assert np.abs(layout.unpack_z_compact(be.decrypt(zc), layout.s0) - z_ref).max() < 1e-10
+    assert zc.lvl == layout.depth - 2
 
 
 def test_layout_d768_has_12_feature_blocks_and_closes() -> None:
@@ -143,7 +155,8 @@ def owners() -> dict[int, Owner]:
     out = {}
     for depth in (2, 3):
         lays = [lay for lay in SEAL_LAYOUTS if lay.depth == depth]
-        steps = sorted({s for lay in lays for s in required_steps(lay)})
+        kernels = ("abt", "abt_compact", "atb")
+        steps = sorted({s for lay in lays for s in required_steps(lay, kernels)})
         out[depth] = make_owner(ChainParams.for_depth(depth), steps)
     return out
 
@@ -161,9 +174,13 @@ def test_seal_matches_numpy_twin(layout: Layout, owners: dict[int, Owner]) -> No
     twin = NumpyBackend(layout.slots, layout.depth)
     zs_he, gs_he = _run(owner.be, layout, x, w, a, -0.5)
     zs_np, gs_np = _run(twin, layout, x, w, a, -0.5)
+    for be in (owner.be, twin):
+        rot = rotate_weights(be, layout, [be.encrypt(v) for v in layout.pack_wc(w)])
+        xs = [be.encrypt(v) for v in layout.pack_x(x[: layout.s0])]
+        (zs_he if be is owner.be else zs_np).append(diag_abt_compact(be, layout, xs, rot))
     for he, tw in zip(zs_he + gs_he, zs_np + gs_np, strict=True):
         assert np.abs(owner.decrypt(he) - twin.decrypt(tw)).max() < 1e-4
-        assert owner.be.level(he) == 0
+        assert owner.be.level(he) == twin.level(tw)
     assert owner.be.factor_mismatch == 0.0  # every addition was exact in scale
     assert owner.be.counts == twin.counts
 
@@ -196,8 +213,9 @@ def test_seal_level_and_key_errors(owners: dict[int, Owner]) -> None:
     c = be.mul_plain(be.mul_plain(c, 1.0), 1.0)
     with pytest.raises(LevelError):
         be.mul_plain(c, 1.0)
+    sparse = make_owner(ChainParams.for_depth(1), [5]).be  # SEAL would compose 3 = 4 - 1
     with pytest.raises(KeyMaterialError, match="rotation by 3"):
-        be.rot(c, 3)
+        sparse.rot(sparse.encrypt(np.ones(sparse.slots)), 3)
     bare = SealBackend(ChainParams.for_depth(2))
     with pytest.raises(KeyMaterialError, match="public key"):
         bare.encrypt(np.ones(bare.slots))

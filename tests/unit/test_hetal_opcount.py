@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedhe_common.hetal import baseline, opcount
-from fedhe_common.hetal.kernels import diag_abt, diag_atb, rotate_weights
+from fedhe_common.hetal.kernels import diag_abt, diag_abt_compact, diag_atb, rotate_weights
 from fedhe_common.hetal.layout import Layout, RowSum
 from fedhe_common.hetal.numpy_backend import NumpyBackend
 
@@ -100,10 +100,21 @@ def test_zero_half_kernels_match_own_formula(shape: tuple[int, int, int]) -> Non
 
 @pytest.mark.parametrize("a", [64, 200])  # 200 > s0: several row blocks
 def test_ours_with_several_row_blocks(a: int) -> None:
-    for lay in (Layout(10, 200), Layout(16, 40, s0=512), Layout(4, 70, slots=2048, s0=32)):
+    lays = (Layout(10, 200), Layout(16, 40, s0=512), Layout(4, 70, slots=2048, s0=32))
+    for lay in (*lays, Layout(2, 30, slots=1024, s0=32)):
         abt, atb = _count(lay, a)
         assert abt == opcount.ours_diag_abt(lay, a).as_dict()
         assert atb == opcount.ours_diag_atb(lay, a).as_dict()
+        be = NumpyBackend(lay.slots, lay.depth)
+        x = np.ones((a, lay.d))
+        rot = rotate_weights(
+            be, lay, [be.encrypt(v) for v in lay.pack_wc(np.ones((lay.classes, lay.d)))]
+        )
+        for r in range(0, a, lay.s0):
+            diag_abt_compact(be, lay, [be.encrypt(v) for v in lay.pack_x(x[r : r + lay.s0])], rot)
+        compact = opcount.ours_diag_abt_compact(lay, a).as_dict()
+        assert be.counts == compact
+        assert compact["rot"] < abt["rot"]  # about half the row-sum rotations
 
 
 @pytest.mark.parametrize(("shape", "slots"), [((128, 128, 4), SLOTS), ((256, 256, 8), 128)])

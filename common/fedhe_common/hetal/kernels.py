@@ -17,7 +17,15 @@ from collections.abc import Sequence
 
 from fedhe_common.errors import InvalidArgumentError
 from fedhe_common.hetal.backend import CT, Backend, rotsum, twice_real
-from fedhe_common.hetal.layout import Layout, RowSum, abt_mask, atb_mask, col0_mask, wrap_mask
+from fedhe_common.hetal.layout import (
+    Layout,
+    RowSum,
+    abt_mask,
+    atb_mask,
+    col0_mask,
+    column_mask,
+    wrap_mask,
+)
 
 
 def rotate_weights(be: Backend[CT], layout: Layout, wc_blocks: Sequence[CT]) -> list[list[CT]]:
@@ -65,6 +73,44 @@ def diag_abt(
         if duplicate:
             z = be.add(z, be.rot(z, -h))
     return z
+
+
+def diag_abt_compact(
+    be: Backend[CT], layout: Layout, x_blocks: Sequence[CT], rotated: Sequence[Sequence[CT]]
+) -> CT:
+    """Z = X W^T for one row block in a compact layout, for an owner who decrypts Z
+    (mode client, validation): depth 2, about half DiagABT's rotations, no conjugation.
+
+    Pair p's row sums land in column ``layout.compact_columns()[p]`` as the complex value
+    z[i, i+2p] + i z[i, i+2p+1]; :meth:`Layout.unpack_z_compact` reads them.
+    ZERO_HALF: pairs (2g, 2g+1) share one ciphertext (the second moved into the zero
+    half), so log2(s1) rotations sum both; MASKED: log2(s1) per pair. Each group is then
+    moved to its own column (one rotation) and masked. Needs
+    ``required_steps(layout, ("abt_compact", ...))``.
+    """
+    if len(x_blocks) != layout.kappa or len(rotated) != layout.kappa:
+        raise InvalidArgumentError(f"need {layout.kappa} feature blocks of X and of W")
+    prods = [
+        be.mul_sum([(x, rotated[f][p]) for f, x in enumerate(x_blocks)])
+        for p in range(len(layout.pairs))
+    ]
+    cols = layout.compact_columns()
+    if layout.rowsum == RowSum.ZERO_HALF:
+        half = layout.s1 // 2
+        groups, folds = [], layout.rowsum_steps[:-1][::-1]  # s1/4, ..., 1
+        for g in range(layout.compact_groups):
+            v = prods[2 * g]
+            if 2 * g + 1 < len(prods):
+                v = be.add(v, be.rot(prods[2 * g + 1], -half))
+            groups.append((rotsum(be, v, folds), (cols[2 * g], *cols[2 * g + 1 : 2 * g + 2])))
+    else:
+        groups = [(rotsum(be, v, layout.rowsum_steps), (cols[p],)) for p, v in enumerate(prods)]
+    acc: CT | None = None
+    for g, (t, gcols) in enumerate(groups):
+        term = be.mul_plain(be.rot(t, -g), column_mask(layout, gcols))
+        acc = term if acc is None else be.add(acc, term)
+    assert acc is not None
+    return acc
 
 
 def _rotate_ahat(be: Backend[CT], layout: Layout, ahat: CT) -> list[CT]:
@@ -125,6 +171,8 @@ def required_steps(layout: Layout, kernels: Sequence[str] = ("abt", "atb")) -> l
             steps |= set(layout.abt_steps())
         elif name == "atb":
             steps |= set(layout.atb_steps())
+        elif name == "abt_compact":
+            steps |= set(layout.abt_compact_steps())
         else:
-            raise InvalidArgumentError(f"unknown kernel {name!r} (abt, atb)")
+            raise InvalidArgumentError(f"unknown kernel {name!r} (abt, abt_compact, atb)")
     return sorted(steps)

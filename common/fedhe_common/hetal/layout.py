@@ -150,6 +150,29 @@ class Layout:
             steps |= {-s for s in self.rowsum_steps}
         return tuple(sorted(steps))
 
+    @property
+    def compact_groups(self) -> int:
+        """Ciphertexts the compact DiagABT row-sums per row block (pairs share one in ZERO_HALF)."""
+        p = len(self.pairs)
+        return max(1, p // 2) if self.rowsum == RowSum.ZERO_HALF else p
+
+    def abt_compact_steps(self) -> tuple[int, ...]:
+        """Every rotation :func:`~fedhe_common.hetal.kernels.diag_abt_compact` uses."""
+        steps = {k * self.s1 for k in self.pairs[1:]} | {-g for g in range(1, self.compact_groups)}
+        if self.rowsum == RowSum.ZERO_HALF:
+            steps |= set(self.rowsum_steps[:-1]) | (
+                {-(self.s1 // 2)} if len(self.pairs) > 1 else set()
+            )
+        else:
+            steps |= set(self.rowsum_steps)
+        return tuple(sorted(steps))
+
+    def compact_columns(self) -> list[int]:
+        """Column of pair p's row sums in the compact Z (value: z[i, i+2p] + i z[i, i+2p+1])."""
+        if self.rowsum == RowSum.ZERO_HALF:
+            return [p // 2 + (p % 2) * (self.s1 // 2) for p in range(len(self.pairs))]
+        return list(range(len(self.pairs)))
+
     def atb_steps(self) -> tuple[int, ...]:
         """Every rotation DiagATB uses."""
         steps = set(self.pairs[1:]) | set(self.colsum_steps)
@@ -228,6 +251,20 @@ class Layout:
             raise InvalidArgumentError(f"rows {rows} outside 0..{self.s0}")
         return np.real(vec).reshape(self.s0, self.s1)[:rows, : self.classes].copy()
 
+    def unpack_z_compact(self, vec: np.ndarray, rows: int) -> np.ndarray:
+        """Z (rows x classes) from :func:`~fedhe_common.hetal.kernels.diag_abt_compact`'s
+        output (complex slots; the owner reads real and imaginary parts)."""
+        if not 0 <= rows <= self.s0:
+            raise InvalidArgumentError(f"rows {rows} outside 0..{self.s0}")
+        g = np.asarray(vec, dtype=np.complex128).reshape(self.s0, self.s1)
+        z = np.zeros((rows, self.cp))
+        i = np.arange(rows)
+        for p, col in enumerate(self.compact_columns()):
+            k = 2 * p
+            z[i, (i + k) % self.cp] = g[:rows, col].real
+            z[i, (i + k + 1) % self.cp] = g[:rows, col].imag
+        return z[:, : self.classes]
+
     def tile_z(self, z: np.ndarray) -> np.ndarray:
         """Reference: Z (<= s0 x classes) tiled horizontally over all s1 columns."""
         zp = np.zeros((self.s0, self.cp))
@@ -276,6 +313,14 @@ def atb_mask(layout: Layout, k: int) -> np.ndarray:
     m = 0.5 * (rows == (j + k) % cp) - 0.5j * (rows == (j + k + 1) % cp)
     m = np.asarray(m, dtype=np.complex128)
     m[:, layout.width :] = 0.0
+    return m.ravel()
+
+
+@lru_cache(maxsize=64)
+def column_mask(layout: Layout, cols: tuple[int, ...]) -> np.ndarray:
+    """1 in the given columns of every row."""
+    m = np.zeros((layout.s0, layout.s1))
+    m[:, list(cols)] = 1.0
     return m.ravel()
 
 

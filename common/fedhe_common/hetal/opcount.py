@@ -93,6 +93,17 @@ def ours_diag_abt(layout: Layout, a: int, *, duplicate: bool = True) -> OpCount:
     return OpCount(m * per.cmult, m * per.mult, weights + m * per.rot, m * per.conj)
 
 
+def ours_diag_abt_compact(layout: Layout, a: int) -> OpCount:
+    """rotate_weights once + diag_abt_compact on each of the m row blocks."""
+    m, k, p = layout.row_blocks(a), layout.kappa, len(layout.pairs)
+    g, ls1 = layout.compact_groups, _log2(layout.s1)
+    if layout.rowsum == RowSum.ZERO_HALF:
+        rot = g * (ls1 - 1) + (g if p > 1 else 0) + g - 1
+    else:
+        rot = p * ls1 + p - 1
+    return OpCount(m * g, m * p * k, k * (p - 1) + m * rot, 0)
+
+
 def ours_diag_atb(layout: Layout, a: int) -> OpCount:
     """diag_atb over the m row blocks of an a-row A and X."""
     m, k, p = layout.row_blocks(a), layout.kappa, len(layout.pairs)
