@@ -27,7 +27,13 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedhe_common.hetal import baseline, opcount
-from fedhe_common.hetal.kernels import diag_abt, diag_atb, required_steps, rotate_weights
+from fedhe_common.hetal.kernels import (
+    diag_abt,
+    diag_abt_compact,
+    diag_atb,
+    required_steps,
+    rotate_weights,
+)
 from fedhe_common.hetal.layout import Layout
 from fedhe_common.hetal.parallel import KernelPool
 from fedhe_common.hetal.seal_backend import (
@@ -46,7 +52,8 @@ TABLE7: tuple[tuple[int, int, int], ...] = (
     (1024, 769, 8),
     (2048, 769, 16),
 )
-ALGOS = ("DiagABT", "DiagATB", "JinABT", "JinATB")
+ALGOS = ("DiagABT", "DiagATB", "JinABT", "JinATB", "DiagABT_compact")
+MAX_JIN_CIPHERTEXTS = 4000  # b (c + 1) encryptions for a measured JinABT
 Log = Callable[[str], None]
 
 
@@ -107,7 +114,8 @@ def bench_diag(
     worker's CPU, which is the wall time on otherwise idle cores).
     """
     a, b, c = shape
-    owner = _Owner(ChainParams.for_depth(layout.depth), required_steps(layout))
+    steps = required_steps(layout, ("abt", "abt_compact", "atb"))
+    owner = _Owner(ChainParams.for_depth(layout.depth), steps)
     be, s0 = owner.be, layout.s0
     x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
     w, am = rng.uniform(-1, 1, (c, b)), rng.uniform(-1, 1, (a, c))
@@ -131,6 +139,16 @@ def bench_diag(
     err_abt = float(np.abs(z - x @ w.T).max())
 
     c0, t0 = dict(be.counts), time.process_time()
+    rotated = rotate_weights(be, layout, wc)
+    zcs = [diag_abt_compact(be, layout, row, rotated) for row in xb]
+    cpu_abtc = time.process_time() - t0
+    ops_abtc = _delta(c0, be.counts)
+    zc = np.vstack(
+        [layout.unpack_z_compact(owner.decrypt(z), min(s0, a - i * s0)) for i, z in enumerate(zcs)]
+    )
+    err_abtc = float(np.abs(zc - x @ w.T).max())
+
+    c0, t0 = dict(be.counts), time.process_time()
     gs = diag_atb(be, layout, ah, xb, 1.0)
     cpu_atb = time.process_time() - t0
     ops_atb = _delta(c0, be.counts)
@@ -139,6 +157,9 @@ def bench_diag(
     rows = [
         _row(shape, "DiagABT", ops_abt, cpu_abt, "measured", max_abs_err=err_abt, **extra),
         _row(shape, "DiagATB", ops_atb, cpu_atb, "measured", max_abs_err=err_atb, **extra),
+        _row(
+            shape, "DiagABT_compact", ops_abtc, cpu_abtc, "measured", max_abs_err=err_abtc, **extra
+        ),
     ]
     if workers > 1:
         assert be.rk is not None and be.gk is not None
@@ -199,8 +220,16 @@ def bench_jin(
     ):
         relins = c if algo == "JinABT" else b * c  # one per output ciphertext
         est = count.mult * unit["prod"] + relins * unit["relin"] + count.rot * unit["rot"]
-        model = {"cpu_s_model": round(est, 3), "depth": 1, "unit": f"{be.slots}x1"}
-        if algo == "JinABT" and est <= measure_limit_s and a <= be.slots:
+        each = count.mult * (unit["prod"] + unit["relin"]) + count.rot * unit["rot"]
+        model = {
+            "cpu_s_model": round(est, 3),
+            # as HETAL benchmarked it: every product relinearised (always extrapolated)
+            "cpu_s_relin_each": round(each, 3),
+            "depth": 1,
+            "unit": f"{be.slots}x1",
+        }
+        small = b * (c + 1) <= MAX_JIN_CIPHERTEXTS and a <= be.slots
+        if algo == "JinABT" and est <= measure_limit_s and small:
             cpu, ops, err = _measure_jin_abt(owner, a, b, c, rng)
             rows.append(_row(shape, algo, ops, cpu, "measured", max_abs_err=err, **model))
         else:
@@ -237,7 +266,9 @@ def run_matmul_bench(
     log: Log | None = None,
 ) -> list[dict[str, Any]]:
     """Rows {"a","b","c","algo","cmult","mult","rot","cpu_s", "cpu_s_method", ...} for
-    DiagABT, DiagATB, JinABT, JinATB on every shape (SEAL, N = 2^14, process CPU time).
+    DiagABT, DiagATB, JinABT, JinATB (and DiagABT_compact, the variant for an owner who
+    decrypts Z) on every shape (SEAL, N = 2^14, process CPU time). Jin rows also carry
+    ``cpu_s_relin_each``: the baseline as HETAL ran it, every product relinearised.
 
     The Diag layout is :func:`~fedhe_common.hetal.opcount.best_layout` (block height
     minimising the modelled cost, depth <= ``max_depth``), on the minimal chain.
@@ -253,7 +284,8 @@ def run_matmul_bench(
         if log is not None:
             speed = {r["algo"]: r["cpu_s"] for r in new}
             log(
-                f"{shape}: DiagABT {speed['DiagABT']:.2f}s vs JinABT {speed['JinABT']:.2f}s, "
+                f"{shape}: DiagABT {speed['DiagABT']:.2f}s (compact "
+                f"{speed['DiagABT_compact']:.2f}s) vs JinABT {speed['JinABT']:.2f}s, "
                 f"DiagATB {speed['DiagATB']:.2f}s vs JinATB {speed['JinATB']:.2f}s "
                 f"(layout {layout.s0}x{layout.s1} {layout.rowsum}; {time.time() - t0:.0f}s wall)"
             )

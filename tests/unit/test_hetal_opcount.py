@@ -147,7 +147,7 @@ def test_matmul_bench_rows_on_seal() -> None:
     shape = (64, 16, 2)
     rows = run_matmul_bench([shape], max_depth=2, measure_limit_s=30.0)
     by = {r["algo"]: r for r in rows}
-    assert set(by) == {"DiagABT", "DiagATB", "JinABT", "JinATB"}
+    assert set(by) == {"DiagABT", "DiagATB", "JinABT", "JinATB", "DiagABT_compact"}
     lay = opcount.best_layout(*shape[:1], shape[2], shape[1], 8192, max_depth=2)
     assert {k: by["DiagABT"][k] for k in ("cmult", "mult", "rot", "conj")} == (
         opcount.ours_diag_abt(lay, 64).as_dict()
@@ -156,7 +156,11 @@ def test_matmul_bench_rows_on_seal() -> None:
         opcount.ours_diag_atb(lay, 64).as_dict()
     )
     assert (by["JinABT"]["mult"], by["JinATB"]["rot"]) == (32, 32 * 13)
-    for algo in ("DiagABT", "DiagATB", "JinABT"):
+    assert {k: by["DiagABT_compact"][k] for k in ("cmult", "mult", "rot", "conj")} == (
+        opcount.ours_diag_abt_compact(lay, 64).as_dict()
+    )
+    assert by["JinATB"]["cpu_s_relin_each"] >= by["JinATB"]["cpu_s"]
+    for algo in ("DiagABT", "DiagATB", "JinABT", "DiagABT_compact"):
         assert by[algo]["cpu_s_method"] == "measured"
         assert by[algo]["max_abs_err"] < 1e-3
         assert by[algo]["cpu_s"] > 0
