@@ -18,6 +18,7 @@ from fedhe_client.keymodes import Threshold, key_mode
 from fedhe_client.learner import check_global, check_layout, learner_for_client
 from fedhe_client.model_out import save_global
 from fedhe_client.spool import SpooledChunks
+from fedhe_client.tb_log import NoRoundLog, RoundLog, check_available, open_round_log
 from fedhe_client.transfer.job import TransferJob
 from fedhe_client.update_codec import (
     EncodedUpdate,
@@ -71,6 +72,8 @@ class ClientAgent:
         self.hooks = hooks or AgentHooks()
         # Where the agent is (phase, round): what a failure is reported against.
         self.where: tuple[str, int] = ("setup", 0)
+        check_available(config)  # tensorboard_dir without the extra: fail before joining
+        self.round_log: RoundLog = NoRoundLog()
         first = ServerConnection(config.server)
         reg = first.register(config.client_id, config.job_id)
         first.close()
@@ -114,6 +117,7 @@ class ClientAgent:
             self.learner.manifest.total,
             self.job.encryption.mode,
         )
+        self.round_log = open_round_log(config, self.job_id)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, float]:
@@ -126,7 +130,10 @@ class ClientAgent:
                     return self.transfer.run()
                 finally:
                     self.where = self.transfer.where
-            return self._rounds()
+            try:
+                return self._rounds()
+            finally:
+                self.round_log.close()
 
     def _rounds(self) -> dict[str, float]:
         done_round = 0
@@ -264,6 +271,7 @@ class ClientAgent:
                         learner.manifest.layout_id, learner.task.name, metrics,
                         keep=self.config.keep_models)  # fmt: skip
         self.conn.report(self.job_id, self.config.client_id, number, metrics)
+        self._log_round(number, metrics)
         logger.info(
             "round %d global model: accuracy %.4f loss %.4f (%d contributors)",
             number,
@@ -271,6 +279,13 @@ class ClientAgent:
             metrics["loss"],
             header.contributors,
         )
+
+    def _log_round(self, number: int, metrics: dict[str, float]) -> None:
+        """The round's final metrics to the optional local log (TensorBoard)."""
+        try:
+            self.round_log.log_round(number, metrics)
+        except OSError as exc:  # a full or read-only disk costs the log, not the job
+            logger.warning("round %d: TensorBoard log not written: %s", number, exc)
 
     def _train_and_upload(self, plan: pb.GetRoundPlanResponse) -> None:
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import click
 
 from fedhe_client.agent import ClientAgent
 from fedhe_client.daemon import EdgeDaemon, check_certificates
+from fedhe_client.tb_log import check_available as check_tensorboard
 from fedhe_common.config.load import load_yaml
 from fedhe_common.config.models import ClientConfig
 from fedhe_common.errors import ConfigError, FedHEError
@@ -38,6 +39,7 @@ def run(config_path: str, once: bool, log_level: str, log_format: str) -> None:
     try:
         config = load_yaml(config_path, ClientConfig)
         _check_device(config, config_path)
+        check_tensorboard(config)  # tensorboard_dir set without the extra: one line, at start
         if not once:
             EdgeDaemon(config, on_result=functools.partial(_print_result, config)).run()
             return
