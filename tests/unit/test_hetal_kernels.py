@@ -97,6 +97,11 @@ def test_numpy_twin_is_exact(layout: Layout) -> None:
     z_ref = x[: layout.s0] @ w.T
     assert np.abs(layout.unpack_z_compact(be.decrypt(zc), layout.s0) - z_ref).max() < 1e-10
     assert zc.lvl == layout.depth - 2
+    s0, nb = layout.s0, layout.row_blocks(n)
+    xb = [[be.encrypt(v) for v in layout.pack_x(x[r * s0 : (r + 1) * s0])] for r in range(nb)]
+    ah = [be.encrypt(layout.pack_ahat(a[r * s0 : (r + 1) * s0])) for r in range(nb)]
+    gp = diag_atb(be, layout, ah, xb, -0.25, paired=True)
+    assert np.abs(layout.unpack_w([be.decrypt(g) for g in gp]) - g_ref).max() < 1e-10
 
 
 def test_layout_d768_has_12_feature_blocks_and_closes() -> None:
@@ -155,7 +160,7 @@ def owners() -> dict[int, Owner]:
     out = {}
     for depth in (2, 3):
         lays = [lay for lay in SEAL_LAYOUTS if lay.depth == depth]
-        kernels = ("abt", "abt_compact", "atb")
+        kernels = ("abt", "abt_compact", "atb", "atb_paired")
         steps = sorted({s for lay in lays for s in required_steps(lay, kernels)})
         out[depth] = make_owner(ChainParams.for_depth(depth), steps)
     return out
@@ -178,6 +183,9 @@ def test_seal_matches_numpy_twin(layout: Layout, owners: dict[int, Owner]) -> No
         rot = rotate_weights(be, layout, [be.encrypt(v) for v in layout.pack_wc(w)])
         xs = [be.encrypt(v) for v in layout.pack_x(x[: layout.s0])]
         (zs_he if be is owner.be else zs_np).append(diag_abt_compact(be, layout, xs, rot))
+        ah = [be.encrypt(layout.pack_ahat(a[: layout.s0]))]
+        xb = [[be.encrypt(v) for v in layout.pack_x(x[: layout.s0])]]
+        (gs_he if be is owner.be else gs_np).extend(diag_atb(be, layout, ah, xb, 2.0, paired=True))
     for he, tw in zip(zs_he + gs_he, zs_np + gs_np, strict=True):
         assert np.abs(owner.decrypt(he) - twin.decrypt(tw)).max() < 1e-4
         assert owner.be.level(he) == twin.level(tw)

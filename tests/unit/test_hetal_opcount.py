@@ -115,6 +115,14 @@ def test_ours_with_several_row_blocks(a: int) -> None:
         compact = opcount.ours_diag_abt_compact(lay, a).as_dict()
         assert be.counts == compact
         assert compact["rot"] < abt["rot"]  # about half the row-sum rotations
+        be.counts = dict.fromkeys(be.counts, 0)
+        xb = [[be.encrypt(v) for v in lay.pack_x(x[r : r + lay.s0])] for r in range(0, a, lay.s0)]
+        ah = [be.encrypt(lay.pack_ahat(np.ones((lay.s0, lay.classes)))) for _ in xb]
+        diag_atb(be, lay, ah, xb, 1.0, paired=True)
+        paired = opcount.ours_diag_atb(lay, a, paired=True).as_dict()
+        assert be.counts == paired
+        if lay.rowsum == RowSum.ZERO_HALF and len(lay.pairs) > 2:
+            assert paired["rot"] < atb["rot"]
 
 
 @pytest.mark.parametrize(("shape", "slots"), [((128, 128, 4), SLOTS), ((256, 256, 8), 128)])

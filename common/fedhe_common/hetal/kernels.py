@@ -22,6 +22,7 @@ from fedhe_common.hetal.layout import (
     RowSum,
     abt_mask,
     atb_mask,
+    atb_pair_mask,
     col0_mask,
     column_mask,
     wrap_mask,
@@ -134,6 +135,8 @@ def diag_atb(
     ahat: Sequence[CT],
     x_blocks: Sequence[Sequence[CT]],
     coef: float = 1.0,
+    *,
+    paired: bool = False,
 ) -> list[CT]:
     """G = coef A^T X summed over row blocks, tiled vertically (W's layout), per feature block.
 
@@ -141,12 +144,20 @@ def diag_atb(
     (:meth:`Layout.pack_ahat`, A = P - Y); ``x_blocks[r][f]``: X's row block r, feature
     block f. ``coef`` (e.g. -lr (1 - eta) / batch) is folded into the placement mask.
     Depth 2 (ZERO_HALF) or 3 (MASKED).
+
+    ``paired`` (ZERO_HALF only; needs ``required_steps(layout, ("atb_paired",))``): two
+    diagonal pairs share one column sum (the second moved into X's zero half), which
+    halves the kappa P log2(s0) column-sum rotations. The result's columns
+    s1/2..s1-1 then hold garbage instead of zeros; W's layout only reads 0..s1/2-1
+    (:meth:`Layout.unpack_w`), and DiagABT ignores them (X is zero there).
     """
     if len(ahat) != len(x_blocks) or not ahat:
         raise InvalidArgumentError(f"{len(ahat)} A^ blocks for {len(x_blocks)} X row blocks")
     if any(len(row) != layout.kappa for row in x_blocks):
         raise InvalidArgumentError(f"every X row block needs {layout.kappa} feature blocks")
     rotated = [_rotate_ahat(be, layout, a) for a in ahat]
+    if paired and layout.rowsum == RowSum.ZERO_HALF and len(layout.pairs) > 1:
+        return _atb_paired(be, layout, rotated, x_blocks, coef)
     out = []
     for f in range(layout.kappa):
         acc: CT | None = None
@@ -157,6 +168,31 @@ def diag_atb(
             acc = term if acc is None else be.add(acc, term)
         assert acc is not None
         out.append(twice_real(be, acc))
+    return out
+
+
+def _atb_paired(
+    be: Backend[CT],
+    layout: Layout,
+    rotated: Sequence[Sequence[CT]],
+    x_blocks: Sequence[Sequence[CT]],
+    coef: float,
+) -> list[CT]:
+    half = layout.s1 // 2
+    out = []
+    for f in range(layout.kappa):
+        acc: CT | None = None
+        for g in range(len(layout.pairs) // 2):
+            vp, vq = (
+                be.mul_sum([(rot[p], xs[f]) for rot, xs in zip(rotated, x_blocks, strict=True)])
+                for p in (2 * g, 2 * g + 1)
+            )
+            c = rotsum(be, be.add(vp, be.rot(vq, -half)), layout.colsum_steps)
+            kp, kq = layout.pairs[2 * g], layout.pairs[2 * g + 1]
+            term = be.mul_plain(c, coef * atb_pair_mask(layout, kp, kq))
+            acc = term if acc is None else be.add(acc, term)
+        assert acc is not None
+        out.append(twice_real(be, be.add(acc, be.rot(acc, half))))
     return out
 
 
@@ -171,8 +207,12 @@ def required_steps(layout: Layout, kernels: Sequence[str] = ("abt", "atb")) -> l
             steps |= set(layout.abt_steps())
         elif name == "atb":
             steps |= set(layout.atb_steps())
+        elif name == "atb_paired":
+            steps |= set(layout.atb_steps()) | {layout.s1 // 2, -(layout.s1 // 2)}
         elif name == "abt_compact":
             steps |= set(layout.abt_compact_steps())
         else:
-            raise InvalidArgumentError(f"unknown kernel {name!r} (abt, abt_compact, atb)")
+            raise InvalidArgumentError(
+                f"unknown kernel {name!r} (abt, abt_compact, atb, atb_paired)"
+            )
     return sorted(steps)

@@ -316,6 +316,15 @@ def atb_mask(layout: Layout, k: int) -> np.ndarray:
     return m.ravel()
 
 
+@lru_cache(maxsize=256)
+def atb_pair_mask(layout: Layout, kp: int, kq: int) -> np.ndarray:
+    """ZERO_HALF: pair kp's placement mask on the left half, kq's on the right half."""
+    h = layout.s1 // 2
+    m = atb_mask(layout, kp).reshape(layout.s0, layout.s1).copy()
+    m[:, h:] = atb_mask(layout, kq).reshape(layout.s0, layout.s1)[:, :h]
+    return m.ravel()
+
+
 @lru_cache(maxsize=64)
 def column_mask(layout: Layout, cols: tuple[int, ...]) -> np.ndarray:
     """1 in the given columns of every row."""

@@ -104,10 +104,14 @@ def ours_diag_abt_compact(layout: Layout, a: int) -> OpCount:
     return OpCount(m * g, m * p * k, k * (p - 1) + m * rot, 0)
 
 
-def ours_diag_atb(layout: Layout, a: int) -> OpCount:
+def ours_diag_atb(layout: Layout, a: int, *, paired: bool = False) -> OpCount:
     """diag_atb over the m row blocks of an a-row A and X."""
     m, k, p = layout.row_blocks(a), layout.kappa, len(layout.pairs)
     colsum = k * p * _log2(layout.s0)
+    if paired and layout.rowsum == RowSum.ZERO_HALF and p > 1:
+        g = p // 2
+        rot = m * (p - 1) + k * (g + g * _log2(layout.s0) + 1)
+        return OpCount(k * g, p * m * k, rot, k)
     if layout.rowsum == RowSum.ZERO_HALF:
         return OpCount(k * p, p * m * k, m * (p - 1) + colsum, k)
     return OpCount(m * (p - 1) + k * p, p * m * k, 2 * m * (p - 1) + colsum, k)
