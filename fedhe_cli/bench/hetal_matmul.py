@@ -114,7 +114,7 @@ def bench_diag(
     worker's CPU, which is the wall time on otherwise idle cores).
     """
     a, b, c = shape
-    steps = required_steps(layout, ("abt", "abt_compact", "atb"))
+    steps = required_steps(layout, ("abt", "abt_compact", "atb_paired"))
     owner = _Owner(ChainParams.for_depth(layout.depth), steps)
     be, s0 = owner.be, layout.s0
     x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
@@ -149,7 +149,7 @@ def bench_diag(
     err_abtc = float(np.abs(zc - x @ w.T).max())
 
     c0, t0 = dict(be.counts), time.process_time()
-    gs = diag_atb(be, layout, ah, xb, 1.0)
+    gs = diag_atb(be, layout, ah, xb, 1.0, paired=True)
     cpu_atb = time.process_time() - t0
     ops_atb = _delta(c0, be.counts)
     g = layout.unpack_w([owner.decrypt(gc) for gc in gs])
@@ -167,7 +167,7 @@ def bench_diag(
             pool.diag_atb(be, layout, ah[:1], xb[:1], 1.0)  # start and warm the workers
             for row, run in (
                 (rows[0], lambda: pool.diag_abt(be, layout, xb, wc)),
-                (rows[1], lambda: pool.diag_atb(be, layout, ah, xb, 1.0)),
+                (rows[1], lambda: pool.diag_atb(be, layout, ah, xb, 1.0, paired=True)),
             ):
                 w0, c0_, crit0 = time.time(), time.process_time(), pool.critical_cpu_s
                 cpu_w0 = pool.worker_cpu_s

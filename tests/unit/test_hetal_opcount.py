@@ -161,7 +161,7 @@ def test_matmul_bench_rows_on_seal() -> None:
         opcount.ours_diag_abt(lay, 64).as_dict()
     )
     assert {k: by["DiagATB"][k] for k in ("cmult", "mult", "rot", "conj")} == (
-        opcount.ours_diag_atb(lay, 64).as_dict()
+        opcount.ours_diag_atb(lay, 64, paired=True).as_dict()
     )
     assert (by["JinABT"]["mult"], by["JinATB"]["rot"]) == (32, 32 * 13)
     assert {k: by["DiagABT_compact"][k] for k in ("cmult", "mult", "rot", "conj")} == (

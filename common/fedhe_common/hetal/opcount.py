@@ -135,9 +135,9 @@ def relinearisations(layout: Layout, a: int) -> int:
 
 
 def step_cost(layout: Layout, a: int) -> float:
-    """Modelled CPU of one DiagABT + DiagATB over a rows on the minimal chain."""
+    """Modelled CPU of one DiagABT + DiagATB (paired) over a rows on the minimal chain."""
     total = COST_WEIGHTS["relin"] * relinearisations(layout, a)
-    for c in (ours_diag_abt(layout, a), ours_diag_atb(layout, a)):
+    for c in (ours_diag_abt(layout, a), ours_diag_atb(layout, a, paired=True)):
         total += sum(COST_WEIGHTS[k] * v for k, v in c.as_dict().items())
     return total * chain_factor(layout.depth)
 

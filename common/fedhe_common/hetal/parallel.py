@@ -57,7 +57,7 @@ def _abt_task(
 
 
 def _atb_task(
-    layout: Layout, ahat: list[bytes], rows: list[list[bytes]], coef: float
+    layout: Layout, ahat: list[bytes], rows: list[list[bytes]], coef: float, paired: bool
 ) -> TaskResult:
     """``rows[r]`` holds only this task's feature blocks; ``layout`` is narrowed to them."""
     be = _be()
@@ -68,6 +68,7 @@ def _atb_task(
         [be.load_local(b) for b in ahat],
         [[be.load_local(b) for b in row] for row in rows],
         coef,
+        paired=paired,
     )
     counts = {k: be.counts[k] - c0[k] for k in c0}
     return [be.serialize(g) for g in gs], counts, time.process_time() - t0
@@ -143,6 +144,8 @@ class KernelPool:
         ahat: Sequence[SealCT],
         x_rows: Sequence[Sequence[SealCT]],
         coef: float = 1.0,
+        *,
+        paired: bool = False,
     ) -> list[SealCT]:
         """:func:`~fedhe_common.hetal.kernels.diag_atb`, feature blocks split over workers."""
         ah = [be.serialize(c) for c in ahat]
@@ -150,5 +153,5 @@ class KernelPool:
         for part in _split(layout.kappa, self.workers):
             sub = layout.narrowed(part.start, part.stop)
             rows = [[be.serialize(row[f]) for f in part] for row in x_rows]
-            futs.append(self._pool.submit(_atb_task, sub, ah, rows, coef))
+            futs.append(self._pool.submit(_atb_task, sub, ah, rows, coef, paired))
         return [be.load_local(b) for b in self._collect([f.result() for f in futs])]
