@@ -14,7 +14,14 @@ Where ours differs from HETAL in the MASKED variant (same structure), and why:
   left) already packed; HETAL builds it on the server (2 rotations + 1 wrap mask).
 
 ZERO_HALF (our default when cp <= s1/2) halves the row-sum rotations (no broadcast, no
-column-0 mask, depth 2 instead of 3) at the price of twice the feature blocks.
+column-0 mask, depth 2 instead of 3) at the price of twice the feature blocks. Its zero
+half also lets two diagonal pairs share one row sum (``ours_diag_abt_compact``, for an
+owner who decrypts Z) or one column sum (``ours_diag_atb(paired=True)``).
+
+Mult counts every ciphertext product as HETAL does; our kernels close each inner
+product (over feature blocks in ABT, row blocks in ATB) with one relinearisation
+(``Backend.mul_sum``), so key switches are P m (ABT) and P kappa (ATB), see
+:func:`relinearisations`.
 """
 
 from __future__ import annotations
