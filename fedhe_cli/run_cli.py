@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from fedhe_cli.rounds_view import RoundLines, job_active
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import JobConfig, PeerSection
+from fedhe_common.errors import FedHEError
 from fedhe_common.rpc.states import job_state_name
 
 DEMO_JOB = """\
@@ -32,9 +34,15 @@ STRANDED_S = 10.0  # every client exited but the job is still active: give up af
 
 
 def follow_job(
-    cluster: LocalCluster, job: JobConfig, timeout_s: float
+    cluster: LocalCluster,
+    job: JobConfig,
+    timeout_s: float,
+    clients_exited: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Print one line per finished round until the job ends; return the last metrics."""
+    """Print one line per finished round until the job ends; return the last metrics.
+
+    ``clients_exited`` says when every client is done (default: the cluster's client
+    processes; Ray actors with ``--backend ray``)."""
     from fedhe_client.connection import ServerConnection  # SEAL: loaded only when run
 
     admin = ServerConnection(
@@ -51,7 +59,7 @@ def follow_job(
     while time.monotonic() < deadline:
         status = admin.job_status(job.job.name)
         now = time.monotonic()
-        clients_gone = cluster.clients_exited()
+        clients_gone = (clients_exited or cluster.clients_exited)()
         if not job_active(job_state_name(status.state)):
             ended_at = ended_at if ended_at is not None else now
         elif clients_gone:
@@ -99,12 +107,35 @@ def client_ids(job: JobConfig, clients: int | None) -> list[str]:
     return list(enrolled[:clients]) if enrolled else [f"client-{i + 1}" for i in range(clients)]
 
 
+def _run_on_ray(
+    cluster: LocalCluster, job: JobConfig, timeout_s: float, address: str | None
+) -> dict[str, float]:
+    """The clients as Ray actors (``--backend ray``); the services as processes."""
+    from fedhe_cli.cluster import available_cores
+    from fedhe_cli.ray_backend import RayClients
+
+    clients = RayClients(cluster, address, num_cpus=available_cores())
+    try:
+        final = follow_job(cluster, job, timeout_s, clients.exited)
+        clients.results(60)  # a client that failed is an error, as with processes
+    finally:
+        clients.stop()
+    return final
+
+
 def _run(
-    cluster: LocalCluster, job: JobConfig, job_yaml: str, timeout_s: float
+    cluster: LocalCluster,
+    job: JobConfig,
+    job_yaml: str,
+    timeout_s: float,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> dict[str, float]:
     """Start the services, follow the job, check every client exited cleanly."""
     cluster.start_keyauth()
     cluster.start_server(job_yaml)
+    if backend == "ray":
+        return _run_on_ray(cluster, job, timeout_s, ray_address)
     cluster.start_clients()
     try:
         final = follow_job(cluster, job, timeout_s)
@@ -119,7 +150,13 @@ def _run(
 
 
 def run_federation(
-    job_yaml: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
+    job_yaml: str,
+    clients: int | None,
+    workdir: Path | None,
+    compare: bool,
+    timeout_s: float,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> None:
     """Run keyauth, server and the job's clients on loopback; print the rounds."""
     job = parse_yaml(job_yaml, JobConfig, "job")
@@ -135,8 +172,8 @@ def run_federation(
     )
     with terminate_on_sigterm(), LocalCluster(base, specs) as cluster:
         try:
-            final = _run(cluster, job, job_yaml, timeout_s)
-        except (RuntimeError, TimeoutError) as exc:  # a service did not start or stop
+            final = _run(cluster, job, job_yaml, timeout_s, backend, ray_address)
+        except (RuntimeError, TimeoutError, FedHEError) as exc:  # a service did not start or stop
             raise click.ClickException(str(exc)) from None
     if "accuracy" not in final:
         raise click.ClickException("the job finished but no client reported a test accuracy")
@@ -165,9 +202,21 @@ def demo(workdir: Path | None, timeout_s: float) -> None:
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--clients",
-    type=click.IntRange(1, 64),
+    type=click.IntRange(1, 1024),
     help="client processes (default: the job's enrolled clients, else max(3, min_clients, "
-    "keys.parties))",
+    "keys.parties)); at most 64 as processes, more as Ray actors",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "ray"]),
+    default="process",
+    show_default=True,
+    help="clients as local processes, or as Ray actors (pip install 'fedhe[ray]')",
+)
+@click.option(
+    "--ray-address",
+    help="with --backend ray: an existing Ray cluster (e.g. ray://head:10001); "
+    "default: a local Ray on this host",
 )
 @click.option("--workdir", type=click.Path(path_type=Path))
 @click.option(
@@ -178,13 +227,27 @@ def demo(workdir: Path | None, timeout_s: float) -> None:
 )
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
 def simulate(
-    job_file: str, clients: int | None, workdir: Path | None, compare: bool, timeout_s: float
+    job_file: str,
+    clients: int | None,
+    backend: str,
+    ray_address: str | None,
+    workdir: Path | None,
+    compare: bool,
+    timeout_s: float,
 ) -> None:
-    """Run JOB_FILE with N client processes on loopback."""
+    """Run JOB_FILE with N client processes on loopback.
+
+    With --backend ray the clients are Ray actors instead (local Ray, or --ray-address)."""
+    if backend == "process" and clients is not None and clients > 64:
+        raise click.BadParameter(
+            "at most 64 client processes; use --backend ray", param_hint="--clients"
+        )
     config = load_yaml(job_file, JobConfig)  # clear, file-named errors before anything starts
     if config.transfer is not None:  # HETAL: owner and trainer in process (fedhe_cli.hetal_local)
         from fedhe_cli.hetal_local import simulate_transfer
 
         simulate_transfer(config, compare, say=console.print)
         return
-    run_federation(Path(job_file).read_text(), clients, workdir, compare, timeout_s)
+    run_federation(
+        Path(job_file).read_text(), clients, workdir, compare, timeout_s, backend, ray_address
+    )

@@ -19,6 +19,7 @@ process).
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, wait
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 CT = pb.STREAM_KIND_CIPHERTEXT
 PT = pb.STREAM_KIND_PLAINTEXT
+logger = logging.getLogger(__name__)
 _AGGREGATORS: dict[str, CiphertextAggregator] = {}  # per worker process, by params sha256
 
 
@@ -134,6 +136,7 @@ class ParallelAdder:
 
     def _executor(self) -> Executor | RayExecutor:
         if self._pool is None:
+            logger.info("aggregation: %d %s workers over chunk ranges", self.workers, self.backend)
             if self.backend == "ray":
                 self._pool = RayExecutor(self.workers)
             else:
