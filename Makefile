@@ -18,7 +18,7 @@ else
 $(error TORCH must be cpu or cuda)
 endif
 
-.PHONY: install demo test lint proto proto-check bench clean
+.PHONY: install demo test test-ray lint proto proto-check bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -38,6 +38,11 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# The optional Ray extra (fedhe simulate --backend ray, aggregation backend ray) and its tests.
+test-ray: install
+	$(PY) -m pip install -q -e '.[ray]'
+	$(PY) -m pytest -q tests/integration/test_ray_backend.py tests/unit/test_parallel_aggregation.py
 
 lint: install
 	$(VENV)/bin/ruff check .
