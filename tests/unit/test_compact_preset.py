@@ -215,3 +215,13 @@ def test_sums_made_by_chunk_range_workers_decrypt() -> None:
     lone.add_upload(uploads[0][2:], 2)
     with pytest.raises(FedHEError, match="contributor"):
         ciphers[0].decrypt_chunks([*out[:2], lone.chunk_blob(0)], 3 * N, 7)
+
+
+def test_public_a_is_one_seekable_stream_per_upload() -> None:
+    ring = cw.CompactRing(holder_for(NAME).preset)
+    whole = ring.expand_rows(b"u" * 16, 0, 40)
+    assert np.array_equal(ring.expand_rows(b"u" * 16, 13, 27), whole[13:])
+    assert (whole < ring.q).all() and whole.dtype == np.uint32
+    assert not np.array_equal(ring.expand_rows(b"v" * 16, 0, 1)[0], whole[0])
+    spare = ring._fallback(b"u" * 16, 3)  # a window with > 64 rejected words (~never)
+    assert spare.shape == (N,) and (spare < ring.q).all()

@@ -131,7 +131,7 @@ class CompactCipher:
         exps = chunk_exponents(rows)
         scales = np.ldexp(1.0, np.where(exps == cw.EXP_ANY, 0, cw.VALUE_BITS - exps))
         m = np.rint(rows * scales[:, None]).astype(np.int64) + cbd_noise(rows.shape)
-        a = np.stack([self.ring.expand_a(uid, first + i) for i in range(rows.shape[0])])
+        a = self.ring.expand_rows(uid, first, rows.shape[0])
         c0 = self.ring.reduce(m - self.ring.product_exact(a, self._s))
         for i in range(rows.shape[0]):
             yield cw.pack_upload(self.fingerprint, uid, base_id, int(exps[i]), c0[i])
@@ -159,9 +159,12 @@ class CompactCipher:
         if -(-total // self.n) != len(parts):
             raise FedHEError(f"compact aggregate has {len(parts)} chunks for {total} values")
         a_sum = np.empty((len(parts), self.n), dtype=np.uint64)
-        for k, part in enumerate(parts):
-            rows = [(uid, w << int(sh)) for (uid, w), sh in zip(table, part.shifts, strict=True)]
-            a_sum[k] = self.ring.weighted_a(rows, k)
+        for k0 in range(0, len(parts), _BLOCK_CHUNKS):
+            block = parts[k0 : k0 + _BLOCK_CHUNKS]
+            rows = [
+                (uid, [w << int(p.shifts[i]) for p in block]) for i, (uid, w) in enumerate(table)
+            ]
+            a_sum[k0 : k0 + len(block)] = self.ring.weighted_a(rows, k0)
         c0 = np.stack([p.c0 for p in parts]).astype(np.float64)
         coeffs = self.ring.centered(c0 + self.ring.product_approx(a_sum, self._s))
         exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])

@@ -33,6 +33,7 @@ MAX_CONTRIBUTORS = 1 << 16
 _A_DOMAIN = b"fedhe-compact-a-v1\x00"
 _LAZY_WEIGHT = 1 << 16  # a_i * w < 2^48: 2^15 such terms plus a reduced rest fit in 64 bits
 _LAZY_ROWS = 1 << 15
+_SPARE_WORDS = 64  # per chunk window of the a stream: room for rejected words
 
 UPLOAD_HEAD = struct.Struct("<16s8sbxxx")  # upload id, base id, exponent
 AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, contributors
@@ -144,39 +145,56 @@ class CompactRing:
         """(a + b) mod q."""
         return addmod(a, b, self.q)
 
-    def expand_a(self, upload_id: bytes, index: int) -> np.ndarray:
-        """The public ``a`` of chunk ``index`` of an upload (uint32, uniform mod q):
-        the first N words below q of the AES-256-CTR keystream (zero IV) under the key
-        SHA-256(domain || upload id || index). AES-NI: ~4x faster than SHAKE-256 here."""
-        key = hashlib.sha256(_A_DOMAIN + upload_id + index.to_bytes(8, "little")).digest()
-        stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-        words = np.frombuffer(stream.update(bytes(4 * (self.n + 64))), dtype="<u4")
-        while True:
-            if words[: self.n].max() < self.q:  # ~87% of chunks: no word rejected
-                return words[: self.n]
-            ok = words[words < self.q]
-            if ok.size >= self.n:
-                return ok[: self.n]
-            more = stream.update(bytes(4 * self.n))  # rejection ~3e-5 per word: ~never
-            words = np.concatenate([words, np.frombuffer(more, dtype="<u4")])
+    def expand_rows(self, upload_id: bytes, first: int, count: int) -> np.ndarray:
+        """The public ``a`` of chunks ``first .. first+count-1`` of an upload, (count, N)
+        uint32 uniform mod q: chunk k reads window k (N + 64 words) of one AES-256-CTR
+        keystream under SHA-256(domain || upload id) and keeps its first N words below q
+        (a window with more than 64 rejections, ~never, falls back to a per-chunk key)."""
+        window = self.n + _SPARE_WORDS
+        key = hashlib.sha256(_A_DOMAIN + upload_id).digest()
+        counter = (first * window * 4 // 16).to_bytes(16, "big")
+        stream = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+        words = np.frombuffer(stream.update(bytes(4 * window * count)), dtype="<u4")
+        words = words.reshape(count, window)
+        rows = words[:, : self.n]
+        bad = np.flatnonzero((rows >= self.q).any(axis=1))  # ~13% of windows
+        if bad.size:
+            rows = rows.copy()
+            for r in bad.tolist():
+                ok = words[r][words[r] < self.q]
+                if ok.size < self.n:
+                    ok = self._fallback(upload_id, first + r)
+                rows[r] = ok[: self.n]
+        return rows
 
-    def weighted_a(self, rows: list[tuple[bytes, int]], index: int) -> np.ndarray:
-        """sum_i w_i * a_i of one chunk, ``rows`` = (upload id, weight).
+    def _fallback(self, upload_id: bytes, index: int) -> np.ndarray:
+        key = hashlib.sha256(_A_DOMAIN + b"fallback" + upload_id + index.to_bytes(8, "little"))
+        stream = Cipher(algorithms.AES(key.digest()), modes.CTR(bytes(16))).encryptor()
+        ok = np.zeros(0, dtype=np.uint32)
+        while ok.size < self.n:
+            words = np.frombuffer(stream.update(bytes(4 * self.n)), dtype="<u4")
+            ok = np.concatenate([ok, words[words < self.q]])
+        return ok[: self.n]
 
-        Weights below 2^16 (every sum the server may publish: :func:`value_limit`)
-        are multiplied and added without reduction (a_i w_i < 2^48) and reduced
-        once per 2^15 rows; larger ones take the modular path.
+    def weighted_a(self, rows: list[tuple[bytes, list[int]]], first: int) -> np.ndarray:
+        """sum_i w_ik * a_ik mod q over chunks ``first ..``; ``rows`` = (upload id, the
+        contributor's integer weight per chunk).
+
+        Weights below 2^16 (every sum the server may publish: :func:`value_limit`) are
+        multiplied and added without reduction (a w < 2^48), reduced once per 2^15
+        contributors; larger ones take the modular path.
         """
-        acc = np.zeros(self.n, dtype=np.uint64)
+        count = len(rows[0][1]) if rows else 0
+        acc = np.zeros((count, self.n), dtype=np.uint64)
         pending = 0
-        for uid, w in rows:
-            a = self.expand_a(uid, index)
-            if w < _LAZY_WEIGHT:
-                acc += a * np.uint64(w)
+        for uid, weights in rows:
+            a = self.expand_rows(uid, first, count)
+            if all(0 <= w < _LAZY_WEIGHT for w in weights):
+                acc += a * np.array(weights, dtype=np.uint64)[:, None]
                 pending += 1
             else:
-                w %= self.q
-                acc = acc % self.q64 + self.mul(a.astype(np.uint64), w, self.shoup(w))
+                wq = np.array([w % self.q for w in weights], dtype=np.uint64)[:, None]
+                acc = acc % self.q64 + self.mul(a.astype(np.uint64), wq, self.shoup(wq))
                 pending = 1
             if pending >= _LAZY_ROWS:
                 acc %= self.q64
