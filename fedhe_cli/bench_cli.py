@@ -151,6 +151,11 @@ def bench_crypto(json_path: Path | None, sizes: str, configs: str, seed: int) ->
     default=None,
     help="LoRA r=8: only adapters and head travel (transformer models)",
 )
+@click.option(
+    "--bandwidth",
+    help="comma-separated link speeds (e.g. 50MB/s,200MB/s,1GB/s): instead of the CPU and "
+    "memory rounds, round time per step at each speed (paced streams), plain vs HE vs compact",
+)
 def bench_round(
     json_path: Path | None,
     model: str,
@@ -158,10 +163,15 @@ def bench_round(
     epochs: int,
     memory_only: bool,
     peft: str | None,
+    bandwidth: str | None,
 ) -> None:
     """One 3-client round over gRPC: HE vs plaintext float32 updates, peak RSS per process."""
     from fedhe_cli.bench.round_bench import run_round_bench
     from fedhe_client.zoo import zoo_model
+
+    if bandwidth is not None:
+        _bench_bandwidth(json_path, model, bandwidth)
+        return
 
     try:
         zoo_model(model)
@@ -516,3 +526,34 @@ def _register_hetal() -> None:
 
 
 _register_hetal()
+
+
+def _bench_bandwidth(json_path: Path | None, model: str, bandwidth: str) -> None:
+    """``fedhe bench round --bandwidth``: FedML-HE Fig. 14b analogue."""
+    import tempfile
+
+    from fedhe_cli.bench.bandwidth import STEPS, parse_bandwidth, run_bandwidth_bench
+    from fedhe_cli.bench.round_client import client_vector
+
+    try:
+        rates = [(b.strip(), parse_bandwidth(b)) for b in bandwidth.split(",") if b.strip()]
+        n_params = int(client_vector(model, 0)[0].size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bandwidth/--model") from None
+    if not rates:
+        raise click.BadParameter("give at least one link speed", param_hint="--bandwidth")
+    with tempfile.TemporaryDirectory(prefix="fedhe-bw-") as tmp:
+        result = run_bandwidth_bench(rates, n_params, Path(tmp))
+    print_table(
+        f"fedhe bench round --bandwidth ({model}, {n_params:,} params, 3 clients, one link "
+        "each; wall s per step, mean per client)",
+        ["mode", "link", "round s", *STEPS, "up MB/client", "down MB/client", "max abs err"],
+        [[r["mode"], r["bandwidth"], r["round_s"], *(r["step_s"][s] for s in STEPS),
+          r["upload_bytes_per_client"] / 1e6, r["download_bytes_per_client"] / 1e6,
+          r["max_abs_err_vs_fedavg"]]
+         for r in result["results"]],  # type: ignore[attr-defined]
+    )  # fmt: skip
+    if not result["compact_available"]:
+        console.print("single-key-compact is not in this build: plain vs HE only")
+    if json_path:
+        write_json(json_path, {"suite": "round-bandwidth", "model": model, **result})

@@ -37,7 +37,7 @@ from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_common.rpc.states import upload_state
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
-from fedhe_server.keymodes import AggregationMode, SingleKey, Threshold
+from fedhe_server.keymodes import AggregationMode, Compact, SingleKey, Threshold
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.parallel_aggregate import ParallelAdder
@@ -439,8 +439,8 @@ class JobRun(RoundStateMachine):
 
     def adder(self) -> ParallelAdder | None:
         """The job's chunk-range workers (``aggregation.workers`` > 1), made on first use."""
-        if self.config.aggregation.workers <= 1:
-            return None
+        if self.config.aggregation.workers <= 1 or isinstance(self.mode, Compact):
+            return None  # compact sums: vectorised residues with a seed registry, in process
         if self._adder is None:
             params = self.mode.ctx.params.to_json() if isinstance(self.mode, SingleKey) else None
             agg = self.config.aggregation
