@@ -248,7 +248,15 @@ def test_kernel_pool_equals_serial(owners: dict[int, Owner]) -> None:
     assert be.rk is not None and be.gk is not None
     with KernelPool(be.params, key_bytes(be.rk), key_bytes(be.gk), workers=2) as pool:
         par = pool.diag_abt(be, lay, xb, wc) + pool.diag_atb(be, lay, ah, xb, -0.5)
-        counts = pool.counts
+        counts = dict(pool.counts)
+        zc = pool.diag_abt(be, lay, xb[:1], wc, compact=True)
+        gp = pool.diag_atb(be, lay, ah, xb, -0.5, paired=True)
+    assert np.array_equal(
+        owner.decrypt(zc[0]), owner.decrypt(diag_abt_compact(be, lay, xb[0], rot))
+    )
+    g_serial = diag_atb(be, lay, ah, xb, -0.5, paired=True)
+    for s_ct, p_ct in zip(g_serial, gp, strict=True):
+        assert np.array_equal(owner.decrypt(s_ct), owner.decrypt(p_ct))
     assert len(par) == len(serial) == 3 + lay.kappa
     for s_ct, p_ct in zip(serial, par, strict=True):
         assert np.array_equal(owner.decrypt(s_ct), owner.decrypt(p_ct))

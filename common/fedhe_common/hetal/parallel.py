@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from fedhe_common.errors import InvalidArgumentError
-from fedhe_common.hetal.kernels import diag_abt, diag_atb, rotate_weights
+from fedhe_common.hetal.kernels import diag_abt, diag_abt_compact, diag_atb, rotate_weights
 from fedhe_common.hetal.layout import Layout
 from fedhe_common.hetal.seal_backend import ChainParams, SealBackend, SealCT
 
@@ -41,17 +41,20 @@ TaskResult = tuple[list[bytes], dict[str, int], float]
 
 
 def _abt_task(
-    layout: Layout, wc: list[bytes], rows: list[list[bytes]], duplicate: bool
+    layout: Layout, wc: list[bytes], rows: list[list[bytes]], duplicate: bool, compact: bool
 ) -> TaskResult:
     be = _be()
     t0, c0 = time.process_time(), dict(be.counts)
     rotated = rotate_weights(be, layout, [be.load_local(b) for b in wc])
-    out = [
-        be.serialize(
-            diag_abt(be, layout, [be.load_local(b) for b in row], rotated, duplicate=duplicate)
+    out = []
+    for row in rows:
+        xs = [be.load_local(b) for b in row]
+        z = (
+            diag_abt_compact(be, layout, xs, rotated)
+            if compact
+            else diag_abt(be, layout, xs, rotated, duplicate=duplicate)
         )
-        for row in rows
-    ]
+        out.append(be.serialize(z))
     counts = {k: be.counts[k] - c0[k] for k in c0}
     return out, counts, time.process_time() - t0
 
@@ -127,12 +130,14 @@ class KernelPool:
         wc_blocks: Sequence[SealCT],
         *,
         duplicate: bool = True,
+        compact: bool = False,
     ) -> list[SealCT]:
-        """:func:`~fedhe_common.hetal.kernels.diag_abt` for every row block, in parallel."""
+        """:func:`~fedhe_common.hetal.kernels.diag_abt` (or, with ``compact``,
+        :func:`~fedhe_common.hetal.kernels.diag_abt_compact`) for every row block, in parallel."""
         wc = [be.serialize(c) for c in wc_blocks]
         rows = [[be.serialize(c) for c in row] for row in x_rows]
         futs = [
-            self._pool.submit(_abt_task, layout, wc, [rows[i] for i in part], duplicate)
+            self._pool.submit(_abt_task, layout, wc, [rows[i] for i in part], duplicate, compact)
             for part in _split(len(rows), self.workers)
         ]
         return [be.load_local(b) for b in self._collect([f.result() for f in futs])]
