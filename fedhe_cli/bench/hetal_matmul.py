@@ -104,10 +104,26 @@ def _row(
     }
 
 
+def _parallel(pool: KernelPool, run: Callable[[], object], workers: int) -> dict[str, float | int]:
+    w0, c0, crit0, cpu_w0 = time.time(), time.process_time(), pool.critical_cpu_s, pool.worker_cpu_s
+    run()
+    return {
+        "workers": workers,
+        "wall_s": round(time.time() - w0, 3),
+        "cpu_s": round(time.process_time() - c0 + pool.worker_cpu_s - cpu_w0, 3),
+        "critical_cpu_s": round(pool.critical_cpu_s - crit0, 3),
+    }
+
+
 def bench_diag(
-    shape: tuple[int, int, int], layout: Layout, rng: np.random.Generator, workers: int = 1
+    shape: tuple[int, int, int],
+    layout: Layout,
+    rng: np.random.Generator,
+    workers: int = 1,
+    kernels: Sequence[str] = ("abt", "atb"),
 ) -> list[dict[str, Any]]:
-    """DiagABT (weights rotated once + every row block) and DiagATB on one shape, measured.
+    """Measured DiagABT + DiagABT_compact (weights rotated once + every row block;
+    ``"abt"`` in ``kernels``) and/or DiagATB (paired; ``"atb"``) on one shape.
 
     With ``workers`` > 1 the rows also get ``"parallel"``: the same products through a
     :class:`KernelPool` (wall seconds, total CPU of parent + workers, and the busiest
@@ -120,65 +136,53 @@ def bench_diag(
     x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
     w, am = rng.uniform(-1, 1, (c, b)), rng.uniform(-1, 1, (a, c))
     xb = [[be.encrypt(v) for v in layout.pack_x(x[r : r + s0])] for r in range(0, a, s0)]
-    wc = [be.encrypt(v) for v in layout.pack_wc(w)]
-    ah = [be.encrypt(layout.pack_ahat(am[r : r + s0])) for r in range(0, a, s0)]
     extra = {
         "unit": f"{layout.s0}x{layout.s1}",
         "rowsum": str(layout.rowsum),
         "depth": layout.depth,
     }
+    rows: dict[str, dict[str, Any]] = {}
+    blocks = [min(s0, a - i * s0) for i in range(len(xb))]
 
-    c0, t0 = dict(be.counts), time.process_time()
-    rotated = rotate_weights(be, layout, wc)
-    zs = [diag_abt(be, layout, row, rotated) for row in xb]
-    cpu_abt = time.process_time() - t0
-    ops_abt = _delta(c0, be.counts)
-    z = np.vstack(
-        [layout.unpack_z(owner.decrypt(zc), min(s0, a - i * s0)) for i, zc in enumerate(zs)]
-    )
-    err_abt = float(np.abs(z - x @ w.T).max())
+    def timed(fn: Callable[[], Any]) -> tuple[Any, float, dict[str, int]]:
+        c0, t0 = dict(be.counts), time.process_time()
+        out = fn()
+        return out, time.process_time() - t0, _delta(c0, be.counts)
 
-    c0, t0 = dict(be.counts), time.process_time()
-    rotated = rotate_weights(be, layout, wc)
-    zcs = [diag_abt_compact(be, layout, row, rotated) for row in xb]
-    cpu_abtc = time.process_time() - t0
-    ops_abtc = _delta(c0, be.counts)
-    zc = np.vstack(
-        [layout.unpack_z_compact(owner.decrypt(z), min(s0, a - i * s0)) for i, z in enumerate(zcs)]
-    )
-    err_abtc = float(np.abs(zc - x @ w.T).max())
+    if "abt" in kernels:
+        wc = [be.encrypt(v) for v in layout.pack_wc(w)]
+        for algo, kern, unpack in (
+            ("DiagABT", diag_abt, layout.unpack_z),
+            ("DiagABT_compact", diag_abt_compact, layout.unpack_z_compact),
+        ):
 
-    c0, t0 = dict(be.counts), time.process_time()
-    gs = diag_atb(be, layout, ah, xb, 1.0, paired=True)
-    cpu_atb = time.process_time() - t0
-    ops_atb = _delta(c0, be.counts)
-    g = layout.unpack_w([owner.decrypt(gc) for gc in gs])
-    err_atb = float(np.abs(g - am.T @ x).max())
-    rows = [
-        _row(shape, "DiagABT", ops_abt, cpu_abt, "measured", max_abs_err=err_abt, **extra),
-        _row(shape, "DiagATB", ops_atb, cpu_atb, "measured", max_abs_err=err_atb, **extra),
-        _row(
-            shape, "DiagABT_compact", ops_abtc, cpu_abtc, "measured", max_abs_err=err_abtc, **extra
-        ),
-    ]
+            def run(kern: Any = kern) -> list[SealCT]:
+                rotated = rotate_weights(be, layout, wc)
+                return [kern(be, layout, row, rotated) for row in xb]
+
+            zs, cpu, ops = timed(run)
+            z = np.vstack([unpack(owner.decrypt(zc), n) for zc, n in zip(zs, blocks, strict=True)])
+            err = float(np.abs(z - x @ w.T).max())
+            rows[algo] = _row(shape, algo, ops, cpu, "measured", max_abs_err=err, **extra)
+    if "atb" in kernels:
+        ah = [be.encrypt(layout.pack_ahat(am[r : r + s0])) for r in range(0, a, s0)]
+        gs, cpu, ops = timed(lambda: diag_atb(be, layout, ah, xb, 1.0, paired=True))
+        g = layout.unpack_w([owner.decrypt(gc) for gc in gs])
+        err = float(np.abs(g - am.T @ x).max())
+        rows["DiagATB"] = _row(shape, "DiagATB", ops, cpu, "measured", max_abs_err=err, **extra)
     if workers > 1:
         assert be.rk is not None and be.gk is not None
         with KernelPool(be.params, key_bytes(be.rk), key_bytes(be.gk), workers) as pool:
-            pool.diag_atb(be, layout, ah[:1], xb[:1], 1.0)  # start and warm the workers
-            for row, run in (
-                (rows[0], lambda: pool.diag_abt(be, layout, xb, wc)),
-                (rows[1], lambda: pool.diag_atb(be, layout, ah, xb, 1.0, paired=True)),
-            ):
-                w0, c0_, crit0 = time.time(), time.process_time(), pool.critical_cpu_s
-                cpu_w0 = pool.worker_cpu_s
-                run()
-                row["parallel"] = {
-                    "workers": workers,
-                    "wall_s": round(time.time() - w0, 3),
-                    "cpu_s": round(time.process_time() - c0_ + pool.worker_cpu_s - cpu_w0, 3),
-                    "critical_cpu_s": round(pool.critical_cpu_s - crit0, 3),
-                }
-    return rows
+            pool.diag_abt(be, layout, xb[:1], [be.encrypt(v) for v in layout.pack_wc(w)])  # warm
+            if "abt" in kernels:
+                rows["DiagABT"]["parallel"] = _parallel(
+                    pool, lambda: pool.diag_abt(be, layout, xb, wc), workers
+                )
+            if "atb" in kernels:
+                rows["DiagATB"]["parallel"] = _parallel(
+                    pool, lambda: pool.diag_atb(be, layout, ah, xb, 1.0, paired=True), workers
+                )
+    return list(rows.values())
 
 
 def jin_unit_costs(owner: _Owner, repeats: int = 6) -> dict[str, float]:
@@ -270,16 +274,23 @@ def run_matmul_bench(
     decrypts Z) on every shape (SEAL, N = 2^14, process CPU time). Jin rows also carry
     ``cpu_s_relin_each``: the baseline as HETAL ran it, every product relinearised.
 
-    The Diag layout is :func:`~fedhe_common.hetal.opcount.best_layout` (block height
-    minimising the modelled cost, depth <= ``max_depth``), on the minimal chain.
+    Each Diag kernel runs on its :func:`~fedhe_common.hetal.opcount.best_layout` (block
+    height minimising that kernel's modelled cost, depth <= ``max_depth``; the row's
+    ``unit`` says which), on the minimal chain. A training step uses one joint layout
+    for both (``kernel="step"``), which can differ at the largest shapes.
     """
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for shape in shapes:
         a, b, c = shape
-        layout = opcount.best_layout(a, c, b, 8192, max_depth=max_depth)
         t0 = time.time()
-        new = bench_diag(shape, layout, rng, workers) + bench_jin(shape, rng, measure_limit_s)
+        best = {k: opcount.best_layout(a, c, b, 8192, max_depth, k) for k in ("abt", "atb")}
+        if best["atb"] == best["abt"]:
+            diag = bench_diag(shape, best["abt"], rng, workers)
+        else:
+            diag = bench_diag(shape, best["abt"], rng, workers, ("abt",))
+            diag += bench_diag(shape, best["atb"], rng, workers, ("atb",))
+        new = diag + bench_jin(shape, rng, measure_limit_s)
         rows += new
         if log is not None:
             speed = {r["algo"]: r["cpu_s"] for r in new}
@@ -287,7 +298,8 @@ def run_matmul_bench(
                 f"{shape}: DiagABT {speed['DiagABT']:.2f}s (compact "
                 f"{speed['DiagABT_compact']:.2f}s) vs JinABT {speed['JinABT']:.2f}s, "
                 f"DiagATB {speed['DiagATB']:.2f}s vs JinATB {speed['JinATB']:.2f}s "
-                f"(layout {layout.s0}x{layout.s1} {layout.rowsum}; {time.time() - t0:.0f}s wall)"
+                f"(units {best['abt'].s0}x{best['abt'].s1} / {best['atb'].s0}x{best['atb'].s1}; "
+                f"{time.time() - t0:.0f}s wall)"
             )
     return rows
 

@@ -156,17 +156,16 @@ def test_matmul_bench_rows_on_seal() -> None:
     rows = run_matmul_bench([shape], max_depth=2, measure_limit_s=30.0)
     by = {r["algo"]: r for r in rows}
     assert set(by) == {"DiagABT", "DiagATB", "JinABT", "JinATB", "DiagABT_compact"}
-    lay = opcount.best_layout(*shape[:1], shape[2], shape[1], 8192, max_depth=2)
-    assert {k: by["DiagABT"][k] for k in ("cmult", "mult", "rot", "conj")} == (
-        opcount.ours_diag_abt(lay, 64).as_dict()
+    lay, lay_atb = (opcount.best_layout(64, 2, 16, 8192, 2, k) for k in ("abt", "atb"))
+    keys = ("cmult", "mult", "rot", "conj")
+    assert {k: by["DiagABT"][k] for k in keys} == opcount.ours_diag_abt(lay, 64).as_dict()
+    assert {k: by["DiagATB"][k] for k in keys} == (
+        opcount.ours_diag_atb(lay_atb, 64, paired=True).as_dict()
     )
-    assert {k: by["DiagATB"][k] for k in ("cmult", "mult", "rot", "conj")} == (
-        opcount.ours_diag_atb(lay, 64, paired=True).as_dict()
-    )
-    assert (by["JinABT"]["mult"], by["JinATB"]["rot"]) == (32, 32 * 13)
-    assert {k: by["DiagABT_compact"][k] for k in ("cmult", "mult", "rot", "conj")} == (
+    assert {k: by["DiagABT_compact"][k] for k in keys} == (
         opcount.ours_diag_abt_compact(lay, 64).as_dict()
     )
+    assert by["DiagATB"]["unit"] == f"{lay_atb.s0}x{lay_atb.s1}"
     assert by["JinATB"]["cpu_s_relin_each"] >= by["JinATB"]["cpu_s"]
     for algo in ("DiagABT", "DiagATB", "JinABT", "DiagABT_compact"):
         assert by[algo]["cpu_s_method"] == "measured"

@@ -141,21 +141,38 @@ def relinearisations(layout: Layout, a: int) -> int:
     return p * layout.row_blocks(a) + p * layout.kappa
 
 
-def step_cost(layout: Layout, a: int) -> float:
-    """Modelled CPU of one DiagABT + DiagATB (paired) over a rows on the minimal chain."""
-    total = COST_WEIGHTS["relin"] * relinearisations(layout, a)
-    for c in (ours_diag_abt(layout, a), ours_diag_atb(layout, a, paired=True)):
+KERNELS = ("step", "abt", "atb")
+
+
+def step_cost(layout: Layout, a: int, kernel: str = "step") -> float:
+    """Modelled CPU over a rows on the minimal chain of DiagABT + DiagATB (paired)
+    (``kernel="step"``), or of one of them (``"abt"``, ``"atb"``)."""
+    if kernel not in KERNELS:
+        raise InvalidArgumentError(f"unknown kernel {kernel!r} ({', '.join(KERNELS)})")
+    p = len(layout.pairs)
+    total = 0.0
+    if kernel in ("step", "abt"):
+        c = ours_diag_abt(layout, a)
+        total += COST_WEIGHTS["relin"] * p * layout.row_blocks(a)
+        total += sum(COST_WEIGHTS[k] * v for k, v in c.as_dict().items())
+    if kernel in ("step", "atb"):
+        c = ours_diag_atb(layout, a, paired=True)
+        total += COST_WEIGHTS["relin"] * p * layout.kappa
         total += sum(COST_WEIGHTS[k] * v for k, v in c.as_dict().items())
     return total * chain_factor(layout.depth)
 
 
-def best_layout(a: int, classes: int, d: int, slots: int = 8192, max_depth: int = 3) -> Layout:
+def best_layout(
+    a: int, classes: int, d: int, slots: int = 8192, max_depth: int = 3, kernel: str = "step"
+) -> Layout:
     """The block height s0 (power of two) that minimises :func:`step_cost` for a rows.
 
     HETAL takes s0 = min(max(a, cp), slots / cp); a tall block makes d's feature blocks
     narrow and the column sums many (kappa P log2 s0), a flat one makes the row sums
     many (m P log2 s1): the optimum is in between (e.g. 64 x 128 for d = 769, c = 4).
     Ties keep the lower depth (ZERO_HALF); ``max_depth`` = 2 keeps ZERO_HALF only.
+    Training needs one layout for both kernels (``kernel="step"``: Z's and G's layouts
+    close over each other); a lone product may pick its own (``"abt"``, ``"atb"``).
     """
     best: tuple[float, int, Layout] | None = None
     s0 = 2
@@ -167,7 +184,7 @@ def best_layout(a: int, classes: int, d: int, slots: int = 8192, max_depth: int 
                 continue
             if lay.depth > max_depth:
                 continue
-            key = (step_cost(lay, a), lay.depth, lay)
+            key = (step_cost(lay, a, kernel), lay.depth, lay)
             if best is None or key[:2] < best[:2]:
                 best = key
         s0 *= 2
