@@ -168,7 +168,7 @@ class CompactCipher:
         c0 = np.stack([p.c0 for p in parts]).astype(np.float64)
         coeffs = self.ring.centered(c0 + self.ring.product_approx(a_sum, self._s))
         exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
-        # Release grid: weight_sum * 2^4 units of the common scale, i.e. 2^(4 + X - 15) on
+        # Release grid: weight_sum * 2^3 units of the common scale, i.e. 2^(3 + X - 15) on
         # the mean, coarser than the summed noise (sigma 3.24 * ||w||_2 <= 3.24 * weight_sum).
         unit = weight_sum * np.ldexp(1.0, cw.RELEASE_BITS)
         sums = np.rint(coeffs / unit) * unit * np.ldexp(1.0, exps - cw.VALUE_BITS)[:, None]

@@ -28,7 +28,7 @@ VALUE_BITS = 15  # |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for |d| < 2^x
 NOISE_BOUND = 21  # centered binomial, 21 coin pairs: |e| <= 21, sigma = 3.24
 EXP_MIN, EXP_MAX = -100, 100
 EXP_ANY = -128  # an all-zero chunk: no scale of its own, joins any sum with shift 0
-RELEASE_BITS = 4  # released sums: rounded to weight_sum * 2^4 units of the common scale
+RELEASE_BITS = 3  # released sums: rounded to weight_sum * 2^3 units of the common scale
 MAX_CONTRIBUTORS = 1 << 16
 _A_DOMAIN = b"fedhe-compact-a-v1\x00"
 _LAZY_WEIGHT = 1 << 16  # a_i * w < 2^48: 2^15 such terms plus a reduced rest fit in 64 bits
