@@ -465,6 +465,13 @@ def _lora_table() -> list[Any]:
     type=click.IntRange(1, 1024),
     help="client threads in this process (default: one per client, all in flight)",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="the job's aggregation.workers (chunk-range worker processes on the server)",
+)
 def bench_scale(
     json_path: Path | None,
     clients: str,
@@ -472,6 +479,7 @@ def bench_scale(
     plain: bool,
     preset: str,
     threads: int | None,
+    workers: int,
 ) -> None:
     """One round per client count, simulated clients over gRPC against a fresh server."""
     from fedhe_cli.bench.scale_bench import run_scale_bench
@@ -487,6 +495,7 @@ def bench_scale(
             f"{r.clients} clients: round {r.round_wall_s:.2f} s, server cpu "
             f"{r.server_cpu_s:.2f} s, peak RSS {r.server_peak_rss_mb:.0f} MB"
         ),
+        workers=workers,
     )
     print_table(
         f"fedhe bench scale ({n_params:,} params, {result['encryption']}; one round, "

@@ -29,12 +29,12 @@ import numpy as np
 from fedhe_cli.bench.round_client import peak_rss_mb
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_client.connection import DEFAULT_MAX_MESSAGE, ServerConnection
-from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
+from fedhe_client.keymodes import key_mode
 from fedhe_client.update_codec import EncodedUpdate, StreamingDecoder, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
-from fedhe_common.config.load import load_yaml
-from fedhe_common.config.models import ClientConfig, DPSection, PeerSection
+from fedhe_common.config.load import load_yaml, parse_yaml
+from fedhe_common.config.models import ClientConfig, DPSection, JobConfig, PeerSection
 from fedhe_common.rpc.transport import KEEPALIVE_OPTIONS, message_options
 
 DISTINCT_UPDATES = 4
@@ -61,10 +61,11 @@ class ScaleResult:
     max_abs_err: float
 
 
-def scale_job(clients: int, n_params: int, encrypted: bool, preset: str) -> str:
+def scale_job(clients: int, n_params: int, encrypted: bool, preset: str, workers: int = 1) -> str:
     """The job of one scale round: every client must commit, one round."""
     mode = "ckks" if encrypted else "none"
     return f"""
+aggregation: {{workers: {workers}}}
 job: {{name: bench-scale-{clients}, rounds: 1, seed: 0, max_values: {max(n_params, 1)}}}
 participants: {{min_clients: {clients}, expected_clients: {clients}, round_timeout_s: 7200,
                 wait_after_min_s: 7200, max_sample_count: {MAX_WEIGHT}}}
@@ -73,11 +74,32 @@ model: {{name: mlp}}
 """
 
 
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and its living descendants (``/proc/<pid>/task/<tid>/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
 def server_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds so far of process ``pid`` and its living descendants
+    (aggregation workers), from ``/proc/<pid>/stat``."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+    total = 0
+    for p in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
 
 
 class SimConnection(ServerConnection):
@@ -159,6 +181,7 @@ def run_scale_round(
     distinct: int = DISTINCT_UPDATES,
     seed: int = 0,
     own_connections: bool = True,
+    workers: int = 1,
 ) -> ScaleResult:
     """One round of ``clients`` simulated clients against a fresh server process."""
     names = [f"sim-{i}" for i in range(clients)]
@@ -166,7 +189,8 @@ def run_scale_round(
     sims: list[SimClient] = []
     try:
         cluster.start_keyauth()
-        cluster.start_server(scale_job(clients, n_params, encrypted, preset))
+        job_yaml = scale_job(clients, n_params, encrypted, preset, workers)
+        cluster.start_server(job_yaml)
         server_pid = cluster.procs["server"].pid
         configs = [load_yaml(cluster.client_config(n), ClientConfig) for n in names]
         kind = SimConnection if own_connections else ServerConnection
@@ -174,12 +198,17 @@ def run_scale_round(
         with ThreadPoolExecutor(max(1, threads or min(clients, 32))) as pool:
             regs = list(pool.map(lambda i: conns[i].register(names[i], None), range(clients)))
         job_id, vpc = regs[0].job_id, regs[0].values_per_chunk
-        mode: KeyMode = SingleKey(fetch_secret_key(configs[0], job_id)) if encrypted else Plain()
+        job = parse_yaml(job_yaml, JobConfig)
+        mode = key_mode(configs[0], job_id, job, bytes(regs[0].context_fingerprint))
         rng = np.random.default_rng(seed)
         vectors = [rng.uniform(-1, 1, n_params) for _ in range(min(distinct, clients))]
+        # Encrypted once each and shared by the clients; compact uploads carry a seed id
+        # the server accepts once, so there every client encrypts its own.
+        own = mode.name == "single-key-compact"
         updates = [
-            encode_update(v, mode, None, vpc, np.inf, DPSection()) for v in vectors
-        ]  # encrypted once each, then shared by the clients
+            encode_update(vectors[i % len(vectors)], mode, None, vpc, np.inf, DPSection())
+            for i in range(clients if own else len(vectors))
+        ]
         sims = [
             SimClient(n, i, conns[i], updates[i % len(updates)], 1 + i % MAX_WEIGHT)
             for i, n in enumerate(names)
@@ -240,6 +269,7 @@ def run_scale_bench(
     preset: str = "single-key",
     threads: int | None = None,
     on_result: Callable[[ScaleResult], None] = lambda r: None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The JSON contract of ``fedhe bench scale``: one row per client count, plus the
     flatness target (peak RSS at the largest count <= 1.3x at the smallest)."""
@@ -247,8 +277,9 @@ def run_scale_bench(
     with tempfile.TemporaryDirectory(prefix="fedhe-scale-") as tmp:
         for count in client_counts:
             row = run_scale_round(
-                count, n_params, Path(tmp) / f"c{count}", encrypted, preset, threads
-            )
+                count, n_params, Path(tmp) / f"c{count}", encrypted, preset, threads,
+                workers=workers,
+            )  # fmt: skip
             rows.append(row)
             on_result(row)
     first, last = min(rows, key=lambda r: r.clients), max(rows, key=lambda r: r.clients)
@@ -258,6 +289,8 @@ def run_scale_bench(
     return {
         "n_params": n_params,
         "encryption": preset if encrypted else "none",
+        "aggregation_workers": workers,
+        "client_threads": threads or "one per client (all in flight)",
         "results": [asdict(r) for r in rows],
         "targets": {
             "rss_ratio_max_vs_min_clients": round(rss_ratio, 3),
