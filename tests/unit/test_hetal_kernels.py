@@ -143,6 +143,29 @@ def test_galois_elements_are_elements_not_steps() -> None:
     assert galois_elements([5], n, conj=False) == [pow(3, 5, 2 * n)]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[:5], ids=lambda lay: f"{lay.rowsum}-{lay.s0}-{lay.d}")
+def test_required_steps_are_exactly_the_steps_used(layout: Layout) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((layout.s0, layout.d))
+    w, a = (
+        rng.standard_normal((layout.classes, layout.d)),
+        rng.standard_normal((64, layout.classes)),
+    )
+    for kernel in ("abt", "abt_compact", "atb", "atb_paired"):
+        be = NumpyBackend(layout.slots, layout.depth)
+        xs = [be.encrypt(v) for v in layout.pack_x(x)]
+        if kernel.startswith("abt"):
+            rot = rotate_weights(be, layout, [be.encrypt(v) for v in layout.pack_wc(w)])
+            fn = diag_abt if kernel == "abt" else diag_abt_compact
+            fn(be, layout, xs, rot)
+        else:
+            ah = [be.encrypt(layout.pack_ahat(a[: layout.s0]))]
+            diag_atb(be, layout, ah, [xs], 1.0, paired=kernel == "atb_paired")
+        used = {s % layout.slots for s in be.steps_used}
+        need = {s % layout.slots for s in required_steps(layout, (kernel,))}
+        assert used == need, kernel
+
+
 def test_required_steps_prototype_layout() -> None:
     steps = required_steps(Layout(10, 64))
     # row sums, un-shift, weight diagonals, P - Y diagonals, column sums: 22 (+ conj = 23 keys)

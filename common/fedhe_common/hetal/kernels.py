@@ -212,7 +212,9 @@ def required_steps(layout: Layout, kernels: Sequence[str] = ("abt", "atb")) -> l
         elif name == "atb":
             steps |= set(layout.atb_steps())
         elif name == "atb_paired":
-            steps |= set(layout.atb_steps()) | {layout.s1 // 2, -(layout.s1 // 2)}
+            steps |= set(layout.atb_steps())
+            if layout.rowsum == RowSum.ZERO_HALF and len(layout.pairs) > 1:
+                steps |= {layout.s1 // 2, -(layout.s1 // 2)}
         elif name == "abt_compact":
             steps |= set(layout.abt_compact_steps())
         else:

@@ -38,6 +38,7 @@ class NumpyBackend:
         self.slots = slots
         self.depth = depth
         self.counts = new_counts()
+        self.steps_used: set[int] = set()  # rotation steps seen (for required_steps checks)
 
     def _vec(self, vec: np.ndarray | complex) -> np.ndarray:
         if np.isscalar(vec):
@@ -97,6 +98,7 @@ class NumpyBackend:
         if step % self.slots == 0:
             return ct
         self.counts[Op.ROT] += 1
+        self.steps_used.add(step)
         return NumCT(np.roll(ct.v, -step), ct.lvl)
 
     def conj(self, ct: NumCT) -> NumCT:
