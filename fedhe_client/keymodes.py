@@ -8,7 +8,9 @@ alone. A new mode is a new class here, not a new branch in the agent.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -175,7 +177,9 @@ def key_mode(
         if holder.fingerprint != server_fingerprint:
             raise KeyMaterialError("server and key authority disagree on the job's context")
         if holder.preset.encryption == "seeded-compact":
-            return Compact(CompactCipher(holder, f"{job_id}/{config.client_id}"))
+            job_dir = hashlib.sha256(job_id.encode()).hexdigest()[:24]  # any id, safe path
+            store = Path(config.state_dir) / "compact" / job_dir if config.state_dir else None
+            return Compact(CompactCipher(holder, f"{job_id}/{config.client_id}", store))
         return SingleKey(holder)
     return Plain()
 

@@ -225,3 +225,20 @@ def test_public_a_is_one_seekable_stream_per_upload() -> None:
     assert not np.array_equal(ring.expand_rows(b"v" * 16, 0, 1)[0], whole[0])
     spare = ring._fallback(b"u" * 16, 3)  # a window with > 64 rejected words (~never)
     assert spare.shape == (N,) and (spare < ring.q).all()
+
+
+def test_a_restarted_client_decrypts_with_the_base_it_kept_on_disk(tmp_path: Path) -> None:
+    holder = holder_for(NAME)
+    first = CompactCipher(holder, "job-1/a", tmp_path / "store")
+    other = CompactCipher(holder, "job-1/b", tmp_path / "other")
+    x = np.random.default_rng(9).uniform(-1, 1, N)
+    round1 = _aggregate([first, other], [x, x], [1, 1])
+    mean1 = first.decrypt_chunks(round1, N, 2) / 2
+    other.decrypt_chunks(round1, N, 2)
+    round2 = _aggregate([first, other], [x + 0.01, x - 0.01], [1, 1])  # deltas vs mean1
+    again = CompactCipher(holder, "job-1/a", tmp_path / "store")  # the process restarted
+    mean2 = again.decrypt_chunks(round2, N, 2) / 2
+    assert np.abs(mean2 - x).max() <= 1e-3 * np.abs(mean1).max()
+    with pytest.raises(FedHEError, match="does not hold"):  # nothing kept: a clear error
+        CompactCipher(holder, "job-1/a", tmp_path / "empty").decrypt_chunks(round2, N, 2)
+    assert len(list((tmp_path / "store").glob("base-*.npy"))) <= 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -25,6 +26,7 @@ from fedhe_common.errors import FedHEError, InvalidArgumentError, ValueRangeErro
 
 _ID_DOMAIN = b"fedhe-compact-upload-v1\x00"
 _BLOCK_CHUNKS = 32
+_KEEP_BASES = 3
 
 
 def cbd_noise(shape: tuple[int, ...]) -> np.ndarray:
@@ -52,7 +54,7 @@ def chunk_exponents(deltas: np.ndarray) -> np.ndarray:
 class CompactCipher:
     """Encrypts deltas and decrypts sums for one client of one job."""
 
-    def __init__(self, holder: SecretKeyHolder, identity: str) -> None:
+    def __init__(self, holder: SecretKeyHolder, identity: str, store: Path | None = None) -> None:
         if holder.preset.encryption != "seeded-compact":
             raise InvalidArgumentError(f"preset {holder.preset.name!r} is not a compact preset")
         self.preset = holder.preset
@@ -70,6 +72,9 @@ class CompactCipher:
         self._attempts = 0
         self._bases: dict[bytes, np.ndarray] = {}
         self._latest: bytes | None = None
+        # The last bases on disk too, so a restarted client can still decrypt the sum
+        # that was made against the mean it had before the restart.
+        self._store = store
 
     # -- bases ---------------------------------------------------------------------------
     def base_for(self, size: int) -> tuple[bytes, np.ndarray]:
@@ -85,12 +90,42 @@ class CompactCipher:
         self._bases = {k: v for k, v in self._bases.items() if k == self._latest}
         self._bases[base_id] = base
         self._latest = base_id
+        if self._store is not None:
+            self._save(base_id, base)
         return base_id
+
+    def _save(self, base_id: bytes, base: np.ndarray) -> None:
+        assert self._store is not None
+        self._store.mkdir(parents=True, exist_ok=True)
+        tmp = self._store / f".base-{base_id.hex()}.tmp"
+        with tmp.open("wb") as fh:
+            np.save(fh, base, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self._store / f"base-{base_id.hex()}.npy")
+        files = sorted(self._store.glob("base-*.npy"), key=lambda p: p.stat().st_mtime_ns)
+        for old in files[:-_KEEP_BASES]:
+            old.unlink(missing_ok=True)
+
+    def _load(self, base_id: bytes) -> np.ndarray | None:
+        if self._store is None:
+            return None
+        path = self._store / f"base-{base_id.hex()}.npy"
+        try:
+            base = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        ok = base.dtype == np.float64 and base.ndim == 1
+        if not ok or hashlib.sha256(base.tobytes()).digest()[:8] != base_id:
+            return None
+        return base
 
     def _base(self, base_id: bytes, size: int) -> np.ndarray:
         if base_id == cw.ZERO_BASE_ID:
             return np.zeros(size)
         base = self._bases.get(base_id)
+        if base is None:
+            base = self._load(base_id)
         if base is None or base.size != size:
             raise FedHEError(
                 "the aggregate is relative to a global model this client does not hold "
