@@ -203,7 +203,17 @@ class ServerConnection(PeerConnection):
         After an interruption the server is asked what it has, and only the missing
         chunks are sent again (a fresh request iterator each attempt).
         """
-        begin = self.call("BeginUpload", pb.BeginUploadRequest(manifest=manifest))
+        # A busy server (RESOURCE_EXHAUSTED: its upload slots are taken) is asked again,
+        # with backoff, for as long as one stream may take.
+        request = pb.BeginUploadRequest(manifest=manifest)
+        with rpc_errors():
+            begin = call_with_retry(
+                lambda: self.stub.BeginUpload(
+                    request, timeout=UNARY_TIMEOUT_S, metadata=self.metadata
+                ),
+                what="BeginUpload",
+                max_elapsed_s=STREAM_TIMEOUT_S,
+            )
         self.bytes_sent += manifest.ByteSize()
         upload_id = str(begin.upload_id)  # type: ignore[attr-defined]
         if begin.committed:  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from fedhe_server.hostload import host_load
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.transfer.rpc import TransferServicer
+from fedhe_server.upload_gate import UploadGate
 from fedhe_server.views import ensure_enrolled, job_history, job_list, job_status, round_plan
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class AggregationServicer(TransferServicer):
         self.server = server
         self.auth = auth
         self._held_polls = 0
+        self._uploads = UploadGate()  # bounds uploads in flight: memory flat in clients
 
     def _client(self, context: Context, claimed_id: str) -> Identity:
         """The calling client, which must be the client the request names."""
@@ -270,7 +272,10 @@ class AggregationServicer(TransferServicer):
     ) -> pb.BeginUploadResponse:
         self._client(context, request.manifest.client_id)
         run = await blocking(self.server.run_for, request.manifest.job_id)
-        return await blocking(run.begin_upload, request.manifest)
+        response = await blocking(run.begin_upload, request.manifest)
+        if not response.committed and (response.missing_ciphertext or response.missing_plaintext):
+            self._uploads.admit(response.upload_id)  # or RESOURCE_EXHAUSTED: clients retry
+        return response
 
     async def UploadChunks(
         self, request_iterator: AsyncIterator[pb.UploadChunksRequest], context: Context
@@ -278,9 +283,14 @@ class AggregationServicer(TransferServicer):
         who = self.auth.require(context, "client")
         accepted = duplicates = 0
         run: JobRun | None = None
+        streaming: str | None = None
         try:
             async for message in request_iterator:
                 chunk = message.chunk
+                if streaming is None:
+                    streaming = chunk.upload_id
+                    self._uploads.stream_started(streaming)
+                self._uploads.chunk_received(streaming)
                 if run is None:
                     run = await blocking(self._run_of_upload, chunk.upload_id)
                 if await blocking(run.put_chunk, chunk, who.id):
@@ -291,6 +301,9 @@ class AggregationServicer(TransferServicer):
             if not isinstance(exc, grpc.aio.AbortError):
                 self.server.metrics.chunk_rejected(exc)
             raise
+        finally:
+            if streaming is not None:
+                self._uploads.stream_ended(streaming)
         return pb.UploadChunksResponse(accepted=accepted, duplicates=duplicates)
 
     def _run_of_upload(self, upload_id: str) -> JobRun:

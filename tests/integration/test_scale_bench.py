@@ -4,11 +4,15 @@ the benchmark): real key authority and server processes, clients over loopback g
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fedhe_cli.app import cli
+from fedhe_cli.bench.scale_bench import run_scale_round
 
 KEYS = {
     "clients",
@@ -47,3 +51,13 @@ def test_bench_scale_contract(tmp_path: Path) -> None:
 def test_bench_scale_refuses_bad_counts() -> None:
     result = CliRunner().invoke(cli, ["bench", "scale", "--clients", "0,5"])
     assert result.exit_code != 0 and "--clients" in result.output
+
+
+def test_more_clients_than_upload_slots_all_get_in(caplog: pytest.LogCaptureFixture) -> None:
+    """40 uploads at once against 16 upload slots: the server turns some BeginUploads
+    away (RESOURCE_EXHAUSTED), the clients retry, every upload counts."""
+    caplog.set_level(logging.INFO, logger="fedhe_common.rpc.retry")
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_scale_round(40, 5000, Path(tmp))
+    assert row.max_abs_err < 1e-5  # the aggregate is the weighted mean of all 40
+    assert any("BeginUpload: RESOURCE_EXHAUSTED" in r.getMessage() for r in caplog.records)
