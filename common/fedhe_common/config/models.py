@@ -494,6 +494,9 @@ class ServerConfig(_Listener):
     dashboard: DashboardSection | None = Field(
         default=None, description="Serve the web dashboard (off when absent)."
     )
+    # Uploads (and aggregate downloads) streaming at once: each holds up to one gRPC
+    # flow-control window in memory; more clients wait (BeginUpload says busy, they retry).
+    transfer_slots: int = Field(default=16, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _dashboard_tls_or_loopback(self) -> ServerConfig:
