@@ -27,7 +27,7 @@ from fedhe_server.hostload import host_load
 from fedhe_server.jobrun import JobRun
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.transfer.rpc import TransferServicer
-from fedhe_server.upload_gate import UploadGate
+from fedhe_server.upload_gate import DownloadSlots, UploadGate
 from fedhe_server.views import ensure_enrolled, job_history, job_list, job_status, round_plan
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ class AggregationServicer(TransferServicer):
         self.server = server
         self.auth = auth
         self._held_polls = 0
-        self._uploads = UploadGate()  # bounds uploads in flight: memory flat in clients
+        # Bounded transfers in flight: memory flat in the number of clients (issue 15).
+        self._uploads = UploadGate(server.config.transfer_slots)
+        self._downloads = DownloadSlots(server.config.transfer_slots)
 
     def _client(self, context: Context, claimed_id: str) -> Identity:
         """The calling client, which must be the client the request names."""
@@ -183,6 +185,13 @@ class AggregationServicer(TransferServicer):
         return round_plan(self.server, request.job_id, request.after_round, client_id)
 
     async def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: Context
+    ) -> AsyncIterator[pb.GetAggregateResponse]:
+        async with self._downloads.slot():  # bounded sends in flight (issue 15)
+            async for item in self._aggregate_stream(request, context):
+                yield item
+
+    async def _aggregate_stream(
         self, request: pb.GetAggregateRequest, context: Context
     ) -> AsyncIterator[pb.GetAggregateResponse]:
         who = self.auth.require(context, "client")

@@ -14,12 +14,14 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fedhe_common.errors import QuotaExceededError
 
-UPLOAD_SLOTS = 16
+UPLOAD_SLOTS = 16  # the server config's transfer_slots
 LEASE_S = 30.0
 
 
@@ -81,3 +83,34 @@ class UploadGate:
         entry[0] -= 1
         if entry[0] <= 0:
             del self._streams[upload_id]
+
+
+DOWNLOAD_SLOTS = 16
+DOWNLOAD_WAIT_S = 10.0
+
+
+class DownloadSlots:
+    """At most ``slots`` aggregate downloads send at once; the others wait before their
+    first message (holding no data). A download never waits longer than ``wait_s``:
+    then it goes without a slot, so stalled clients cannot starve the others."""
+
+    def __init__(self, slots: int = DOWNLOAD_SLOTS, wait_s: float = DOWNLOAD_WAIT_S) -> None:
+        self.slots = slots
+        self.wait_s = wait_s
+        self._sem: asyncio.Semaphore | None = None  # made on the server's event loop
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[bool]:
+        """Hold a slot for the block; yields False when it went without one."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.slots)
+        sem = self._sem
+        try:
+            await asyncio.wait_for(sem.acquire(), self.wait_s)
+        except TimeoutError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            sem.release()
