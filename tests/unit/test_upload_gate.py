@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fedhe_common.errors import QuotaExceededError
-from fedhe_server.upload_gate import UploadGate
+from fedhe_server.upload_gate import DownloadSlots, UploadGate
 
 
 class Clock:
@@ -61,3 +63,25 @@ def test_resumed_streams_without_a_lease_are_counted_not_refused() -> None:
     assert gate.held == 1
     gate.stream_ended("resumed")
     gate.admit("new")
+
+
+def test_download_slots_bound_senders_but_never_starve() -> None:
+    async def scenario() -> list[object]:
+        slots = DownloadSlots(slots=1, wait_s=0.2)
+        events: list[object] = []
+
+        async def download(name: str, hold_s: float) -> None:
+            async with slots.slot() as got:
+                events.append((name, got))
+                await asyncio.sleep(hold_s)
+            events.append((name, "done"))
+
+        # a holds the only slot for 0.5 s: b gives up waiting after 0.2 s and goes anyway
+        await asyncio.gather(download("a", 0.5), download("b", 0.0))
+        async with slots.slot() as got:  # the slot is free again
+            events.append(("c", got))
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[:3] == [("a", True), ("b", False), ("b", "done")]
+    assert events[-1] == ("c", True)
