@@ -137,9 +137,10 @@ class DataOwner:
     def encrypt_dataset(self) -> EncryptedDataset:
         """The one-time upload: X blocks, label blocks (Y^), validation X, initial weights."""
         lay = self.layout
-        tx = [self._encrypt(v) for b in self.blocks for v in lay.pack_x(self.train_x[b])]
+        scale = self.params.logit_scale  # mode server: the server's logits are z / bound
+        tx = [self._encrypt(v) for b in self.blocks for v in lay.pack_x(self.train_x[b] * scale)]
         ty = [self._encrypt(lay.pack_ahat(self.onehot[b])) for b in self.blocks]
-        vx = [self._encrypt(v) for b in self.val_blocks for v in lay.pack_x(self.val_x[b])]
+        vx = [self._encrypt(v) for b in self.val_blocks for v in lay.pack_x(self.val_x[b] * scale)]
         return EncryptedDataset(
             tuple(tx), tuple(ty), tuple(vx), tuple(len(b) for b in self.blocks),
             tuple(len(b) for b in self.val_blocks), tuple(self._weights(False)),
@@ -217,6 +218,7 @@ class DataOwner:
                 for c, b in zip(request.ciphertexts, self.val_blocks, strict=True)
             ]
         )
+        z /= self.params.logit_scale  # mode server: validation logits are z / bound
         loss, acc = cross_entropy(z, self.val_y)
         self.val_loss.append(loss)
         self.val_acc.append(acc)

@@ -31,7 +31,7 @@ from fedhe_common.hetal.schedule import (
     step_at,
 )
 from fedhe_common.hetal.softmax import PolySoftmax, bound_logits, he_softmax, softmax_exact
-from fedhe_common.hetal.trainer import TransferTrainer, class_mask, class_steps, layout_for
+from fedhe_common.hetal.trainer import TransferTrainer, class_steps, layout_for, softmax_mask
 
 SERVER = SoftmaxMode.SERVER
 
@@ -160,7 +160,8 @@ def test_he_softmax_on_the_slot_twin_equals_the_float64_twin() -> None:
     rng = np.random.default_rng(3)
     z = rng.uniform(-1, 1, size=(lay.s0, 10)) * 2
     z -= z.mean(axis=1, keepdims=True)
-    phat = he_softmax(be, be.encrypt(lay.tile_z(z)), sm, class_mask(lay), class_steps(lay))
+    t = be.encrypt(lay.tile_z(z * params.logit_scale))
+    phat = he_softmax(be, t, sm, softmax_mask(lay), class_steps(lay))
     got = np.real(be.decrypt(phat)).reshape(lay.s0, lay.s1)[:, :10]
     assert np.abs(got - sm(z)).max() < 1e-9
     assert be.level(phat) == params.chain.depth - params.softmax.depth()

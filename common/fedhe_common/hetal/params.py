@@ -128,6 +128,12 @@ class TransferParams:
                 )
 
     @property
+    def logit_scale(self) -> float:
+        """Features travel times this (1/bound in mode server: the server's logits are
+        t = z / bound in [-1, 1], so every polynomial coefficient stays O(1) at scale 2^28)."""
+        return 1.0 / self.softmax.bound if self.mode is SoftmaxMode.SERVER else 1.0
+
+    @property
     def blocks_per_batch(self) -> int:
         """Sample blocks (ciphertexts) per mini-batch."""
         return self.batch // self.block_rows

@@ -36,10 +36,16 @@ def softmax_exact(z: Array) -> Array:
     return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
-def exp_coefficients(bound: float, degree: int, squarings: int) -> Array:
-    """Power-basis coefficients a_k of p with p(z) ~ exp(z / 2**squarings) on [-bound, bound]."""
+def exp_coefficients(bound: float, degree: int, squarings: int, unit: bool = False) -> Array:
+    """Power-basis coefficients of p(z) ~ exp(z / 2**squarings) on [-bound, bound].
+
+    ``unit``: in the variable t = z / bound in [-1, 1] instead (the encrypted evaluation's
+    input: O(1) coefficients, no tiny plaintexts).
+    """
     half = bound / 2**squarings
     t = cheb.cheb2poly(cheb.chebinterpolate(lambda u: np.exp(half * u), degree))
+    if unit:
+        return np.asarray(t, dtype=np.float64)
     return np.asarray(t * (1.0 / bound) ** np.arange(degree + 1), dtype=np.float64)
 
 
@@ -72,6 +78,7 @@ class PolySoftmax:
     spec: ServerSoftmax
     classes: int
     exp_coef: Array
+    exp_coef_unit: Array
     inv_coef: Array
     norm: float
     s_lo: float
@@ -117,7 +124,8 @@ def _fit(spec: ServerSoftmax, classes: int) -> PolySoftmax:
     inv = inverse_coefficients(lo / norm - 1.0, hi / norm - 1.0, spec.inv_degree)
     gain = norm ** (-1.0 / 2**spec.squarings)
     expc = exp_coefficients(spec.bound, spec.exp_degree, spec.squarings) * gain
-    return PolySoftmax(spec, classes, expc, inv, norm, lo, hi)
+    unit = exp_coefficients(spec.bound, spec.exp_degree, spec.squarings, unit=True) * gain
+    return PolySoftmax(spec, classes, expc, unit, inv, norm, lo, hi)
 
 
 def bound_logits(w: Array, train_x: Array, bound: float, classes: int) -> Array:
@@ -203,17 +211,21 @@ class _Powers(Generic[CT]):
 
 
 def he_softmax(
-    be: Backend[CT], z: CT, sm: PolySoftmax, class_mask: Array, class_steps: Sequence[int]
+    be: Backend[CT], t: CT, sm: PolySoftmax, class_mask: Array, class_steps: Sequence[int]
 ) -> CT:
-    """P^ = P + i Rot(P, 1) from Z tiled horizontally (the complex operand of DiagATB).
+    """P^ = P + i Rot(P, 1) from t = Z / bound tiled horizontally (DiagATB's operand).
 
-    ``class_mask`` (1 on real classes' columns) is folded into exp's coefficients, so padded
-    classes give E' = 0; ``class_steps`` (1, 2, ..., cp/2) sum the classes of a row. i P
-    comes from a second inverse polynomial with coefficients times i (no level for i).
+    ``class_mask`` (:func:`~fedhe_common.hetal.trainer.softmax_mask`: 1 on real classes'
+    columns that DiagATB can reach) is folded into exp's coefficients, so padded classes
+    and unread columns give E' = 0: every class sum is then either exact or partial and
+    small, so no slot holds the inverse polynomial far outside its domain (large garbage
+    slots would amplify CKKS noise in every slot of the next product). ``class_steps``
+    (1, 2, ..., cp/2) sum the classes of a row. i P comes from a second inverse
+    polynomial with coefficients times i (no level for i).
     """
     spec = sm.spec
     mask = np.asarray(class_mask, dtype=np.float64)
-    e: CT = _Powers(be, z, spec.exp_degree).poly([c * mask for c in sm.exp_coef])
+    e: CT = _Powers(be, t, spec.exp_degree).poly([c * mask for c in sm.exp_coef_unit])
     for _ in range(spec.squarings):
         e = be.mul(e, e)
     s = rotsum(be, e, class_steps)

@@ -84,10 +84,16 @@ def rotation_steps(params: TransferParams) -> list[int]:
     return sorted(steps)
 
 
-def class_mask(layout: Layout) -> np.ndarray:
-    """1 in the columns of real classes (j mod cp < classes), every row."""
-    cols = (np.arange(layout.s1) % layout.cp < layout.classes).astype(np.float64)
-    return np.tile(cols, layout.s0)
+def softmax_mask(layout: Layout) -> np.ndarray:
+    """1 in the columns of real classes (j mod cp < classes) that DiagATB can reach.
+
+    DiagATB reads A^ in columns < width + cp - 2 (+1 for the imaginary part's shift), so
+    the class sums must be exact up to there: E' is kept in columns < width + 2 cp and
+    zeroed beyond (no class sum wraps into the next row).
+    """
+    j = np.arange(layout.s1)
+    cols = (j % layout.cp < layout.classes) & (j < min(layout.s1, layout.width + 2 * layout.cp))
+    return np.tile(cols.astype(np.float64), layout.s0)
 
 
 def pack_eval_keys(public: bytes, relin: bytes, galois: bytes) -> bytes:
@@ -126,7 +132,7 @@ class TransferTrainer:
             if params.mode is SoftmaxMode.SERVER
             else None
         )
-        self._mask = class_mask(self.layout) if self.poly is not None else None
+        self._mask = softmax_mask(self.layout) if self.poly is not None else None
         self.seq = 0
         self.step = 0
         self.phase = self._step_phase()
@@ -255,7 +261,7 @@ class TransferTrainer:
         else:
             ahat = [be.deserialize(c) for c in self.ahat]
         eta = nesterov_eta(self.step, self.params.nesterov)
-        coef = -self.params.lr * (1.0 - eta) / self._batch_rows(plan)
+        coef = -self.params.lr * (1.0 - eta) / self._batch_rows(plan) / self.params.logit_scale
         grads = diag_atb(be, self.layout, ahat, [self._x(b) for b in plan.blocks], coef)
         out = []
         for f, g in enumerate(grads):
