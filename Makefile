@@ -42,7 +42,8 @@ test: install
 # The optional Ray extra (fedhe simulate --backend ray, aggregation backend ray) and its tests.
 test-ray: install
 	$(PY) -m pip install -q -e '.[ray]'
-	$(PY) -m pytest -q tests/integration/test_ray_backend.py tests/unit/test_parallel_aggregation.py
+	$(PY) -m pytest -q -m 'slow or not slow' tests/integration/test_ray_backend.py \
+		tests/unit/test_parallel_aggregation.py
 
 lint: install
 	$(VENV)/bin/ruff check .

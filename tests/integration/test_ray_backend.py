@@ -1,7 +1,7 @@
 """`fedhe simulate --backend ray` on a local Ray: the clients run as Ray actors.
 
 Ray is the optional extra ``fedhe[ray]`` (``make test-ray`` installs it and runs
-this file); without it this test is skipped with that reason.
+this file, slow as it is); without it this test is skipped with that reason.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,  # ~27 s: Ray starts in ~10 s, then one encrypted round
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         importlib.util.find_spec("ray") is None,
