@@ -114,32 +114,10 @@ def run_transfer(
         f"keys {len(keys) / 1e6:.1f} MB ({t1 - t0:.1f}s), data set "
         f"{dataset_bytes(data) / 1e6:.1f} MB ({t2 - t1:.1f}s)"
     )
-    steps = 0
-    while True:
-        request = trainer.pending()
-        if request is None or request.kind == RequestKind.FINISHED:
-            break
-        if max_steps is not None and steps >= max_steps and request.kind != RequestKind.VALIDATE:
-            break
-        c0 = time.thread_time()
-        reply = owner.answer(request)
-        client_s = time.thread_time() - c0
-        stats = trainer.val_stats if request.kind == RequestKind.VALIDATE else trainer.stats
-        stats[-1].client_cpu_s += client_s
-        trainer.apply(reply)
-        if request.kind == RequestKind.REFRESH:
-            steps += 1
-            s = trainer.stats[-1]
-            say(
-                f"step {s.step} epoch {s.epoch}: server {s.server_cpu_s:.2f}s "
-                f"client {s.client_cpu_s:.2f}s down {s.bytes_down / 1e6:.2f} MB "
-                f"up {s.bytes_up / 1e6:.2f} MB"
-            )
-        elif request.kind == RequestKind.VALIDATE:
-            say(
-                f"epoch {request.epoch}: validation loss {owner.val_loss[-1]:.4f} "
-                f"acc {owner.val_acc[-1]:.4f}{' stop' if reply.stop else ''}"
-            )
+    try:
+        steps = _drive(trainer, owner, say, max_steps)
+    finally:
+        trainer.close()
     head = owner.result()
     prep = owner.prep
     test_x = prep.transform(splits.test_x)
@@ -168,6 +146,39 @@ def run_transfer(
         bytes_setup={"eval_keys": len(keys), "dataset": dataset_bytes(data)},
         val_loss=list(head.val_loss), val_acc=list(head.val_acc), peak_rss_mb=peak_rss_mb(),
     )  # fmt: skip
+
+
+def _drive(
+    trainer: TransferTrainer, owner: DataOwner, say: Progress, max_steps: int | None
+) -> int:
+    """Answer the trainer's requests until it finishes (or ``max_steps``); steps run."""
+    steps = 0
+    while True:
+        request = trainer.pending()
+        if request is None or request.kind == RequestKind.FINISHED:
+            break
+        if max_steps is not None and steps >= max_steps and request.kind != RequestKind.VALIDATE:
+            break
+        c0 = time.thread_time()
+        reply = owner.answer(request)
+        client_s = time.thread_time() - c0
+        stats = trainer.val_stats if request.kind == RequestKind.VALIDATE else trainer.stats
+        stats[-1].client_cpu_s += client_s
+        trainer.apply(reply)
+        if request.kind == RequestKind.REFRESH:
+            steps += 1
+            s = trainer.stats[-1]
+            say(
+                f"step {s.step} epoch {s.epoch}: server {s.server_cpu_s:.2f}s "
+                f"client {s.client_cpu_s:.2f}s down {s.bytes_down / 1e6:.2f} MB "
+                f"up {s.bytes_up / 1e6:.2f} MB"
+            )
+        elif request.kind == RequestKind.VALIDATE:
+            say(
+                f"epoch {request.epoch}: validation loss {owner.val_loss[-1]:.4f} "
+                f"acc {owner.val_acc[-1]:.4f}{' stop' if reply.stop else ''}"
+            )
+    return steps
 
 
 def simulate_transfer(

@@ -6,8 +6,10 @@ authority, upload the encrypted data set (resumable), then answer the trainer's
 requests until it finishes, and save the trained head to ``<state_dir>/models/<job>/``.
 
 Everything needed to continue after a restart lives in ``<state_dir>/transfer/<job>/``
-(mode 0600): the owner's state, the evaluation-key blob and the encrypted data set
-until they are delivered, the test split and the stage reached.
+(mode 0600): the owner's keys (``owner.keys``, secret key included) and data
+(``owner.data``), both written once, its small per-step state (``owner.state``, written
+before every reply), the evaluation-key blob and the encrypted data set until they are
+delivered, the test split and the stage reached.
 """
 
 from __future__ import annotations
@@ -85,8 +87,13 @@ class TransferJob:
         atomic_write(self.folder / "stage.json", doc, 0o600)
 
     def _save_owner(self, owner: Owner) -> None:
-        _memo_keys(owner)
+        """The per-step state only (the keys and data files never change)."""
         atomic_write(self.folder / "owner.state", owner.to_state(), 0o600)
+
+    def _save_owner_once(self, owner: Owner) -> None:
+        atomic_write(self.folder / "owner.keys", owner.keys_state(), 0o600)
+        atomic_write(self.folder / "owner.data", owner.data_state(), 0o600)
+        self._save_owner(owner)
 
     # ----------------------------------------------------------------- run
     def run(self) -> dict[str, float]:
@@ -109,12 +116,14 @@ class TransferJob:
 
     def _owner(self, stage: str) -> tuple[Owner, str, int, int]:
         path = self.folder / "owner.state"
+        keys_path, data_path = self.folder / "owner.keys", self.folder / "owner.data"
         meta_path = self.folder / "owner.json"
-        if stage != "new" and path.exists() and meta_path.exists():
+        saved = (path, keys_path, data_path, meta_path)
+        if stage != "new" and all(p.exists() for p in saved):
             meta = json.loads(meta_path.read_text())
-            logger.info("job %s: data owner restored from %s", self.job_id, path)
+            logger.info("job %s: data owner restored from %s", self.job_id, self.folder)
             return (
-                self.restore(path.read_bytes()),
+                self.restore(path.read_bytes(), keys_path.read_bytes(), data_path.read_bytes()),
                 meta["params"],
                 meta["features"],
                 meta["classes"],
@@ -136,7 +145,7 @@ class TransferJob:
         )  # fmt: skip
         np.savez(self.folder / "test.npz", x=splits.test_x, y=splits.test_y)
         (self.folder / "test.npz").chmod(0o600)
-        self._save_owner(owner)
+        self._save_owner_once(owner)
         meta = {"params": params.to_json(), "features": params.features, "classes": params.classes}
         atomic_write(meta_path, json.dumps(meta).encode(), 0o600)
         self._set_stage("keys")
@@ -235,13 +244,3 @@ class TransferJob:
                     self.job_id, accuracy, head.best_epoch, card.parent)  # fmt: skip
         return metrics
 
-
-def _memo_keys(owner: Owner) -> None:
-    """The owner's keys never change after creation: serialise them once, not at every
-    reply (the Galois keys are tens of MB; saving them took ~1.5 s per reply)."""
-    keys = getattr(owner, "keys", None)
-    to_bytes = getattr(keys, "to_bytes", None)
-    if callable(to_bytes) and not getattr(keys, "_fedhe_memo", False):
-        blob = to_bytes()
-        keys.to_bytes = lambda: blob  # type: ignore[union-attr]
-        keys._fedhe_memo = True  # type: ignore[union-attr]

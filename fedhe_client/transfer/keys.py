@@ -7,7 +7,7 @@ goes to the key authority: public, relinearisation and exactly the trainer's Gal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -32,6 +32,7 @@ class OwnerKeys:
     public: sa.PublicKey
     relin: sa.RelinKeys
     galois: sa.GaloisKeys
+    _bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def generate(cls, params: TransferParams) -> OwnerKeys:
@@ -62,12 +63,18 @@ class OwnerKeys:
         return Decrypt(self)
 
     def to_bytes(self) -> bytes:
-        """All keys incl. the secret key: for the owner's own state on its device only."""
+        """All keys incl. the secret key: for the owner's own state on its device only.
+
+        Serialised once (the keys never change; the Galois keys are tens of MB).
+        """
+        if self._bytes is not None:
+            return self._bytes
         groups = {
             name: [sealbytes.save_bytes(getattr(self, name))]
             for name in ("secret", "public", "relin", "galois")
         }
-        return blobs.pack(KEYS_MAGIC, {"params": self.params.to_json()}, groups)
+        self._bytes = blobs.pack(KEYS_MAGIC, {"params": self.params.to_json()}, groups)
+        return self._bytes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OwnerKeys:
@@ -78,7 +85,7 @@ class OwnerKeys:
         keys = (sa.SecretKey(), sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys())
         for key, name in zip(keys, ("secret", "public", "relin", "galois"), strict=True):
             sealbytes.load_into(key, ctx, groups[name][0])
-        return cls(params, ctx, *keys)
+        return cls(params, ctx, *keys, _bytes=bytes(data))
 
 
 class Decrypt:

@@ -35,11 +35,12 @@ from fedhe_common.hetal.schedule import (
     step_at,
 )
 from fedhe_common.hetal.softmax import bound_logits, softmax_exact
-from fedhe_common.hetal.trainer import layout_for
+from fedhe_common.hetal.trainer import compact_logits, layout_for
 
 Array = NDArray[np.float64]
 Labels = NDArray[np.int64]
-STATE_MAGIC = b"HOS1"
+STATE_MAGIC = b"HOS2"  # per-step state (HOS1 held keys and data too)
+DATA_MAGIC = b"HOD1"
 MAX_STATE_BYTES = 16 << 30
 
 
@@ -101,6 +102,7 @@ class DataOwner:
         self.last: OwnerReply | None = None
         self._enc = keys.encryptor()
         self._dec = keys.decryptor()
+        self._compact = compact_logits(params)
 
     def _check_labels(self, y: Labels) -> None:
         if y.ndim != 1 or len(y) == 0 or y.min() < 0 or y.max() >= self.params.classes:
@@ -165,6 +167,12 @@ class DataOwner:
         self.last = reply
         return reply
 
+    def _unpack_z(self, blob: bytes, rows: int) -> Array:
+        """Decrypted logits (rows x classes) of one block, in the trainer's Z layout."""
+        if self._compact:
+            return self.layout.unpack_z_compact(self._dec(blob), rows)
+        return self.layout.unpack_z(self._dec(blob), rows)
+
     def _plan_blocks(self, request: OwnerRequest) -> tuple[int, ...]:
         if self.awaiting_validation:
             raise ProtocolError(f"{request.kind} request before the epoch's validation")
@@ -183,7 +191,7 @@ class DataOwner:
             out = []
             for ct, b in zip(request.ciphertexts, blocks, strict=True):
                 idx = self.blocks[b]
-                z = self.layout.unpack_z(self._dec(ct), len(idx))
+                z = self._unpack_z(ct, len(idx))
                 out.append(
                     self._encrypt(self.layout.pack_ahat(softmax_exact(z) - self.onehot[idx]))
                 )
@@ -214,7 +222,7 @@ class DataOwner:
             )
         z = np.vstack(
             [
-                self.layout.unpack_z(self._dec(c), len(b))
+                self._unpack_z(c, len(b))
                 for c, b in zip(request.ciphertexts, self.val_blocks, strict=True)
             ]
         )
@@ -236,10 +244,23 @@ class DataOwner:
         return TrainedHead(weights.copy(), self.prep, best, list(self.val_loss), list(self.val_acc))
 
     # -- state -------------------------------------------------------------------------
+    # Three parts, so a reply rewrites only what changes: the keys (secret key included,
+    # tens of MB: written once), the data (params, preprocessing, features: written once)
+    # and the per-step state (weights, counters, the last reply: written at every reply).
+    def keys_state(self) -> bytes:
+        """The job's keys, secret key included (cached bytes): keep them on the device."""
+        return self.keys.to_bytes()
+
+    def data_state(self) -> bytes:
+        """What never changes after creation: params, preprocessing, the feature splits."""
+        meta = {"params": self.params.to_json(), "prep": self.prep.to_json()}
+        arrays = [self.train_x, self.train_y, self.val_x, self.val_y]
+        return blobs.pack(DATA_MAGIC, meta, {"arrays": [_arr_bytes(a) for a in arrays]})
+
     def to_state(self) -> bytes:
-        """Everything to resume after a restart, secret key included: keep it on the device."""
+        """The per-step state (small): weights, counters, early stopping, the last reply."""
         meta = {
-            "params": self.params.to_json(), "prep": self.prep.to_json(), "step": self.step,
+            "params": self.params.to_json(), "step": self.step,
             "epoch_done": self.epoch_done, "awaiting": self.awaiting_validation,
             "stopper": [self.stopper.best_loss, self.stopper.best_epoch,
                         self.stopper.bad_epochs],
@@ -247,23 +268,27 @@ class DataOwner:
             "last": None if self.last is None else
             [self.last.seq, self.last.kind.value, self.last.stop],
         }  # fmt: skip
-        arrays = [self.train_x, self.train_y, self.val_x, self.val_y, self.w, self.v, self.best_w]
         groups = {
-            "keys": [self.keys.to_bytes()],
-            "arrays": [_arr_bytes(a) for a in arrays],
+            "arrays": [_arr_bytes(a) for a in (self.w, self.v, self.best_w)],
             "last": list(self.last.ciphertexts) if self.last else [],
         }
         return blobs.pack(STATE_MAGIC, meta, groups)
 
     @classmethod
-    def from_state(cls, data: bytes) -> DataOwner:
-        """Inverse of :meth:`to_state`."""
-        meta, groups = blobs.unpack(STATE_MAGIC, data, MAX_STATE_BYTES)
+    def from_state(cls, state: bytes, keys: bytes, data: bytes) -> DataOwner:
+        """Inverse of :meth:`to_state`, :meth:`keys_state` and :meth:`data_state`."""
+        meta, groups = blobs.unpack(STATE_MAGIC, state, MAX_STATE_BYTES)
+        dmeta, dgroups = blobs.unpack(DATA_MAGIC, data, MAX_STATE_BYTES)
+        if dmeta["params"] != meta["params"]:
+            raise ValueError("the owner's state and data belong to different jobs")
         params = TransferParams.from_json(meta["params"])
-        keys = OwnerKeys.from_bytes(groups["keys"][0])
-        tx, ty, vx, vy, w, v, best_w = (_arr(b) for b in groups["arrays"])
-        owner = cls(params, keys, Preprocessor.from_json(meta["prep"]), (tx, ty), (vx, vy))
-        owner.w, owner.v, owner.best_w = w, v, best_w
+        owner_keys = OwnerKeys.from_bytes(keys)
+        if owner_keys.params != params:
+            raise ValueError("the owner's keys belong to another job")
+        tx, ty, vx, vy = (_arr(b) for b in dgroups["arrays"])
+        prep = Preprocessor.from_json(dmeta["prep"])
+        owner = cls(params, owner_keys, prep, (tx, ty), (vx, vy))
+        owner.w, owner.v, owner.best_w = (_arr(b) for b in groups["arrays"])
         owner.step, owner.epoch_done = int(meta["step"]), int(meta["epoch_done"])
         owner.awaiting_validation = bool(meta["awaiting"])
         loss, epoch, bad = meta["stopper"]

@@ -42,6 +42,10 @@ class Owner(Protocol):
 
     def answer(self, request: OwnerRequest) -> OwnerReply: ...
 
+    def keys_state(self) -> bytes: ...
+
+    def data_state(self) -> bytes: ...
+
     def to_state(self) -> bytes: ...
 
     def result(self) -> Any: ...
@@ -49,7 +53,7 @@ class Owner(Protocol):
 
 FeatureSource = Callable[[ClientConfig, JobConfig], FeatureSplits]
 OwnerCreate = Callable[[Any, FeatureSplits], Owner]
-OwnerRestore = Callable[[bytes], Owner]
+OwnerRestore = Callable[[bytes, bytes, bytes], Owner]  # (state, keys, data)
 
 
 def site_features(config: ClientConfig, job: JobConfig) -> FeatureSplits:
@@ -98,11 +102,11 @@ def hetal_owner(params: Any, splits: FeatureSplits) -> Owner:
     return owner
 
 
-def hetal_restore(state: bytes) -> Owner:
-    """The data owner as persisted."""
+def hetal_restore(state: bytes, keys: bytes, data: bytes) -> Owner:
+    """The data owner as persisted (per-step state, keys, data)."""
     from fedhe_client.transfer.owner import DataOwner
 
-    owner: Owner = DataOwner.from_state(state)
+    owner: Owner = DataOwner.from_state(state, keys, data)
     return owner
 
 

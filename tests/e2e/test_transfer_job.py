@@ -15,7 +15,7 @@ import pytest
 
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_client.connection import ServerConnection
-from fedhe_client.transfer.owner import DataOwner
+from fedhe_client.transfer.keys import OwnerKeys
 from fedhe_client.transfer.preprocess import Preprocessor
 from fedhe_client.transfer.sources import FeatureSplits, job_params, site_features
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -82,8 +82,9 @@ def test_transfer_job_trains_a_head_through_the_services(tmp_path: Path) -> None
     assert abs(exported - acc_he) < 1e-9
     # The owner's secret key stays on its device: in its own state, nowhere in the key
     # authority's or the server's files.
-    state = tmp_path / "client-state/owner/transfer/tl-digits/owner.state"
-    secret = save_bytes(DataOwner.from_state(state.read_bytes()).keys.secret)
+    state = tmp_path / "client-state/owner/transfer/tl-digits/owner.keys"
+    secret = save_bytes(OwnerKeys.from_bytes(state.read_bytes()).secret)
+    assert state.stat().st_mode & 0o077 == 0
     probe = secret[len(secret) // 2 : len(secret) // 2 + 64]
     assert files_containing(state.parent, probe) == [state]
     assert files_containing(tmp_path / "keyauth-state", probe) == []

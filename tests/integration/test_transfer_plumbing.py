@@ -153,7 +153,8 @@ class StandInOwner:
         return cls(len(splits.train_x))
 
     @classmethod
-    def from_state(cls, state: bytes) -> StandInOwner:
+    def from_state(cls, state: bytes, keys: bytes, data: bytes) -> StandInOwner:
+        assert keys == cls.KEYS and json.loads(data) == {"data": True}
         doc = json.loads(state)
         owner = cls(doc["seed"])
         owner.history = doc["history"]
@@ -174,6 +175,12 @@ class StandInOwner:
         self.history.append(f"{request.seq}:{request.kind}")
         stop = request.kind == RequestKind.VALIDATE and request.epoch >= 1
         return OwnerReply(request.seq, request.kind, (_echo(request),), stop)
+
+    def keys_state(self) -> bytes:
+        return self.KEYS
+
+    def data_state(self) -> bytes:
+        return json.dumps({"data": True}).encode()
 
     def to_state(self) -> bytes:
         return json.dumps({"seed": self.seed, "history": self.history}).encode()
@@ -324,6 +331,11 @@ def test_transfer_job_runs_through_the_services(cluster: Cluster) -> None:
     head = np.load(cluster.root / "owner/models/tl/head.npz")
     assert head["W"].shape == (3, 11)
     assert (cluster.root / "owner/transfer/tl/owner.state").stat().st_mode & 0o077 == 0
+    # Keys and data were written once, apart from the small per-step state.
+    keys = cluster.root / "owner/transfer/tl/owner.keys"
+    assert keys.read_bytes() == StandInOwner.KEYS and keys.stat().st_mode & 0o077 == 0
+    assert (cluster.root / "owner/transfer/tl/owner.data").stat().st_mode & 0o077 == 0
+    assert len((cluster.root / "owner/transfer/tl/owner.state").read_bytes()) < 10_000
 
 
 class Crash(Exception):

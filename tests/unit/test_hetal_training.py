@@ -4,6 +4,7 @@ polynomial softmax and its twin, and real encrypted runs (SEAL) against the floa
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ from fedhe_common.hetal.schedule import (
     step_at,
 )
 from fedhe_common.hetal.softmax import PolySoftmax, bound_logits, he_softmax, softmax_exact
-from fedhe_common.hetal.trainer import TransferTrainer, class_steps, layout_for, softmax_mask
+from fedhe_common.hetal.trainer import (
+    TransferTrainer,
+    class_steps,
+    kernel_names,
+    layout_for,
+    rotation_steps,
+    softmax_mask,
+)
 
 SERVER = SoftmaxMode.SERVER
 
@@ -181,6 +189,43 @@ def test_mode_client_run_equals_the_float64_twin() -> None:
     assert s.ops["mult"] > 0 and s.ops["rot"] > 0
 
 
+def test_params_json_before_the_kernel_field_reads_as_kernel_set_1() -> None:
+    params = client_params(61)
+    assert params.kernels == 2 and params.workers == 1
+    assert TransferParams.from_json(params.to_json()) == params
+    raw = json.loads(params.to_json())
+    del raw["kernels"], raw["workers"]
+    old = TransferParams.from_json(json.dumps(raw))
+    assert old.kernels == 1 and old.workers == 1
+    assert kernel_names(old) == ("abt", "atb")
+    assert kernel_names(params) == ("abt_compact", "atb_paired")
+    assert set(rotation_steps(params)) != set(rotation_steps(old))
+    with pytest.raises(ValueError, match="kernels"):
+        client_params(61, kernels=3)
+    with pytest.raises(ValueError, match="workers"):
+        client_params(61, workers=0)
+
+
+def test_kernel_sets_and_workers_give_the_same_step_set_2_rotates_less() -> None:
+    splits = tiny_digits(n_train=128, n_val=64)
+    runs = {
+        (k, w): run_transfer(
+            client_params(61, max_epochs=1, batch=128, kernels=k, workers=w), splits, compare=False
+        )
+        for k, w in ((1, 1), (2, 1), (2, 2))
+    }
+    base = runs[(2, 1)]
+    for res in runs.values():
+        assert res.steps_run == 1 and len(res.val_loss) == 1
+    assert abs(runs[(1, 1)].val_loss[0] - base.val_loss[0]) < 1e-4
+    assert abs(runs[(2, 2)].val_loss[0] - base.val_loss[0]) < 1e-4
+    rot = {key: r.steps[0].ops["rot"] + r.validations[0].ops["rot"] for key, r in runs.items()}
+    assert rot[(2, 1)] < 0.8 * rot[(1, 1)]
+    assert runs[(2, 2)].steps[0].ops["mult"] == base.steps[0].ops["mult"]
+    s2 = runs[(2, 2)].steps[0]
+    assert 0 < s2.server_critical_s < s2.server_cpu_s  # two workers shared the kernels
+
+
 def test_trainer_resumes_from_state_and_owner_answers_idempotently() -> None:
     splits = tiny_digits(n_train=128, n_val=64)
     params = client_params(61, max_epochs=1)
@@ -196,7 +241,9 @@ def test_trainer_resumes_from_state_and_owner_answers_idempotently() -> None:
     req, req2 = trainer.pending(), again.pending()
     assert req is not None and req2 is not None
     assert (req.seq, req.kind, req.ciphertexts) == (req2.seq, req2.kind, req2.ciphertexts)
-    restored = DataOwner.from_state(owner.to_state())
+    assert owner.keys.to_bytes() is owner.keys_state()  # serialised once, then cached
+    assert len(owner.to_state()) < len(owner.keys_state()) // 10  # per-step state is small
+    restored = DataOwner.from_state(owner.to_state(), owner.keys_state(), owner.data_state())
     assert restored.answer(first) == reply
     a, b = owner.answer(req), restored.answer(req2)
     assert np.allclose(owner.w, restored.w) and a.kind == b.kind == RequestKind.REFRESH

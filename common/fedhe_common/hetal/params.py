@@ -16,6 +16,10 @@ MAX_MODULUS_BITS = {8192: 218, 16384: 438, 32768: 881}
 MAX_CLASSES = 16
 MAX_FEATURES = 4096
 MAX_BATCH = 4096
+MAX_WORKERS = 64
+# Kernel sets: 1 = DiagABT + unpaired DiagATB (params stored before the field existed);
+# 2 = DiagABT-compact wherever the owner decrypts Z, paired DiagATB (fewer rotations).
+KERNELS_LATEST = 2
 
 
 class SoftmaxMode(StrEnum):
@@ -105,6 +109,8 @@ class TransferParams:
     block_rows: int = 64
     chain: CkksChain = field(default_factory=lambda: default_chain(SoftmaxMode.CLIENT))
     softmax: ServerSoftmax = field(default_factory=ServerSoftmax)
+    kernels: int = KERNELS_LATEST
+    workers: int = 1
 
     def __post_init__(self) -> None:
         """Validate every field; a bad value is a clear ValueError."""
@@ -119,6 +125,10 @@ class TransferParams:
             raise ValueError("lr must be in (0, 100]")
         if not 1 <= self.max_epochs <= 10_000 or not 1 <= self.patience <= 10_000:
             raise ValueError("max_epochs and patience must be >= 1")
+        if self.kernels not in (1, KERNELS_LATEST):
+            raise ValueError(f"kernels must be 1 or {KERNELS_LATEST}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be in 1..{MAX_WORKERS}")
         self.chain.check()
         if self.mode is SoftmaxMode.SERVER:
             need = self.softmax.depth() + 4
@@ -143,7 +153,7 @@ class TransferParams:
         """Build from the job's ``transfer`` config section (attributes read if present)."""
         mode = SoftmaxMode(str(getattr(section, "mode", "client")))
         kwargs: dict[str, Any] = {}
-        for name in ("batch", "lr", "max_epochs", "patience", "nesterov", "seed"):
+        for name in ("batch", "lr", "max_epochs", "patience", "nesterov", "seed", "workers"):
             value = getattr(section, name, None)
             if value is not None:
                 kwargs[name] = value
@@ -157,10 +167,16 @@ class TransferParams:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TransferParams:
-        """Inverse of ``to_json``; unknown or missing keys are a ValueError."""
+        """Inverse of ``to_json``; unknown or missing keys are a ValueError.
+
+        JSON written before ``kernels`` / ``workers`` existed reads as kernel set 1 (the
+        owner's Galois keys were made for it) and one worker.
+        """
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("transfer params must be a JSON object")
+        raw.setdefault("kernels", 1)
+        raw.setdefault("workers", 1)
         try:
             chain = _chain(raw.pop("chain"))
             softmax = ServerSoftmax(**raw.pop("softmax"))

@@ -75,8 +75,11 @@ class StepStats:
 
     step: int
     epoch: int
-    server_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # the trainer's thread plus its kernel workers
     client_cpu_s: float = 0.0
+    # The trainer's thread plus, per parallel kernel call, its busiest worker: the wall
+    # time on idle cores (equals server_cpu_s with one worker).
+    server_critical_s: float = 0.0
     bytes_down: int = 0
     bytes_up: int = 0
     ops: dict[str, int] = field(default_factory=dict)

@@ -26,8 +26,15 @@ import numpy as np
 
 from fedhe_common.hetal import blobs
 from fedhe_common.hetal.backend import new_counts
-from fedhe_common.hetal.kernels import diag_abt, diag_atb, required_steps, rotate_weights
+from fedhe_common.hetal.kernels import (
+    diag_abt,
+    diag_abt_compact,
+    diag_atb,
+    required_steps,
+    rotate_weights,
+)
 from fedhe_common.hetal.layout import Layout
+from fedhe_common.hetal.parallel import KernelPool
 from fedhe_common.hetal.params import SoftmaxMode, TransferParams
 from fedhe_common.hetal.protocol import (
     EncryptedDataset,
@@ -75,10 +82,25 @@ def class_steps(layout: Layout) -> list[int]:
     return [1 << t for t in range(layout.cp.bit_length() - 1)]
 
 
+def compact_logits(params: TransferParams) -> bool:
+    """Whether the logits the owner decrypts (mode client's softmax, every validation)
+    come from DiagABT-compact (read with ``Layout.unpack_z_compact``)."""
+    return params.kernels >= 2
+
+
+def kernel_names(params: TransferParams) -> tuple[str, ...]:
+    """The kernels the trainer runs for ``params`` (names of :func:`required_steps`)."""
+    if params.kernels == 1:
+        return ("abt", "atb")
+    if params.mode is SoftmaxMode.CLIENT:
+        return ("abt_compact", "atb_paired")
+    return ("abt", "abt_compact", "atb_paired")
+
+
 def rotation_steps(params: TransferParams) -> list[int]:
     """Exactly the rotation steps the trainer uses (the owner makes these Galois keys)."""
     layout = layout_for(params)
-    steps = set(required_steps(layout))
+    steps = set(required_steps(layout, kernel_names(params)))
     if params.mode is SoftmaxMode.SERVER:
         steps |= set(class_steps(layout)) | {1}
     return sorted(steps)
@@ -147,8 +169,19 @@ class TransferTrainer:
         self.wval: list[bytes] = []
         self.ahat: list[bytes] = []
         self._request: OwnerRequest | None = None
+        self._compact = compact_logits(params)
+        self._paired = params.kernels >= 2
+        self.pool: KernelPool | None = None
+        if params.workers > 1:
+            self.pool = KernelPool(self.be.params, rk, gk, params.workers)
         if state is not None:
             self._restore(state)
+
+    def close(self) -> None:
+        """Stop the kernel workers (if any); the trainer must not be used afterwards."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     # -- checks ------------------------------------------------------------------------
     def _check_dataset(self, d: EncryptedDataset) -> None:
@@ -195,6 +228,7 @@ class TransferTrainer:
 
     def _compute(self) -> OwnerRequest:
         before = dict(self.be.counts)
+        pool_before = self._pool_marks()
         t0 = time.thread_time()
         plan = self._plan()
         if self.phase is Phase.FINISHED:
@@ -212,10 +246,16 @@ class TransferTrainer:
             cts = self._refresh(plan)
             epoch = plan.epoch
         stat = self._stat(epoch, self.phase is Phase.VALIDATE)
-        stat.server_cpu_s += time.thread_time() - t0
+        own = time.thread_time() - t0
+        cpu0, crit0, ops0 = pool_before
+        cpu1, crit1, ops1 = self._pool_marks()
+        stat.server_cpu_s += own + cpu1 - cpu0
+        stat.server_critical_s += own + crit1 - crit0
         stat.bytes_down += sum(len(c) for c in cts)
         for k, v in self.be.counts.items():
             stat.ops[k] = stat.ops.get(k, 0) + v - before.get(k, 0)
+        for k, v in ops1.items():
+            stat.ops[k] = stat.ops.get(k, 0) + v - ops0.get(k, 0)
         return OwnerRequest(self.seq, RequestKind(self.phase.value), self.step, epoch, tuple(cts))
 
     def _stat(self, epoch: int, validation: bool) -> StepStats:
@@ -225,29 +265,41 @@ class TransferTrainer:
             stats.append(StepStats(step=key, epoch=epoch, ops=new_counts()))
         return stats[-1]
 
+    def _pool_marks(self) -> tuple[float, float, dict[str, int]]:
+        if self.pool is None:
+            return 0.0, 0.0, {}
+        return self.pool.worker_cpu_s, self.pool.critical_cpu_s, dict(self.pool.counts)
+
+    def _owner_logits(self, weights: list[bytes], blocks: list[int], val: bool) -> list[bytes]:
+        """Z of ``blocks`` for the owner to decrypt (compact layout with kernel set 2)."""
+        be, lay = self.be, self.layout
+        wc = [be.deserialize(c) for c in weights]
+        rows = [self._x(b, val) for b in blocks]
+        if self.pool is not None:
+            zs = self.pool.diag_abt(be, lay, rows, wc, duplicate=False, compact=self._compact)
+            return [be.serialize(z) for z in zs]
+        rotated = rotate_weights(be, lay, wc)
+        if self._compact:
+            return [be.serialize(diag_abt_compact(be, lay, x, rotated)) for x in rows]
+        return [be.serialize(diag_abt(be, lay, x, rotated, duplicate=False)) for x in rows]
+
     def _logits(self, plan: StepPlan) -> list[bytes]:
-        rotated = rotate_weights(self.be, self.layout, [self.be.deserialize(c) for c in self.wc])
-        return [
-            self.be.serialize(diag_abt(self.be, self.layout, self._x(b), rotated, duplicate=False))
-            for b in plan.blocks
-        ]
+        return self._owner_logits(self.wc, list(plan.blocks), False)
 
     def _validation_logits(self) -> list[bytes]:
-        rotated = rotate_weights(self.be, self.layout, [self.be.deserialize(c) for c in self.wval])
-        return [
-            self.be.serialize(
-                diag_abt(self.be, self.layout, self._x(b, val=True), rotated, duplicate=False)
-            )
-            for b in range(len(self.data.val_rows))
-        ]
+        return self._owner_logits(self.wval, list(range(len(self.data.val_rows))), True)
 
     def _server_ahat(self, plan: StepPlan, wc: list[SealCT]) -> list[SealCT]:
         assert self.poly is not None and self._mask is not None
         be = self.be
-        rotated = rotate_weights(be, self.layout, wc)
+        rows = [self._x(b) for b in plan.blocks]
+        if self.pool is not None:
+            zs = self.pool.diag_abt(be, self.layout, rows, wc, duplicate=True)
+        else:
+            rotated = rotate_weights(be, self.layout, wc)
+            zs = [diag_abt(be, self.layout, x, rotated, duplicate=True) for x in rows]
         out = []
-        for b in plan.blocks:
-            z = diag_abt(be, self.layout, self._x(b), rotated, duplicate=True)
+        for b, z in zip(plan.blocks, zs, strict=True):
             phat = he_softmax(be, z, self.poly, self._mask, class_steps(self.layout))
             yhat = be.mul_plain(be.deserialize(self.data.train_y[b]), 1.0, phat.f)
             out.append(be.sub(phat, yhat))
@@ -262,7 +314,11 @@ class TransferTrainer:
             ahat = [be.deserialize(c) for c in self.ahat]
         eta = nesterov_eta(self.step, self.params.nesterov)
         coef = -self.params.lr * (1.0 - eta) / self._batch_rows(plan) / self.params.logit_scale
-        grads = diag_atb(be, self.layout, ahat, [self._x(b) for b in plan.blocks], coef)
+        rows = [self._x(b) for b in plan.blocks]
+        if self.pool is not None:
+            grads = self.pool.diag_atb(be, self.layout, ahat, rows, coef, paired=self._paired)
+        else:
+            grads = diag_atb(be, self.layout, ahat, rows, coef, paired=self._paired)
         out = []
         for f, g in enumerate(grads):
             re_wc = be.add(wc[f], be.conj(wc[f]))  # 2 Re(Wc) = 2 v, tiled like W
