@@ -305,6 +305,8 @@ class TransferSection(_Model):
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Train on at most this many samples (None: all); small runs and tests.
     max_train_samples: int | None = Field(default=None, ge=1)
+    # Server processes running the encrypted kernels of one step (1: in the trainer's thread).
+    workers: int = Field(default=1, ge=1, le=64)
     # Largest evaluation-key blob (public + relinearisation + Galois keys) accepted.
     max_eval_key_bytes: int = Field(default=1 << 30, ge=1 << 16, le=8 << 30)
     # Largest encrypted data set (all ciphertexts of the one-time upload) accepted.
