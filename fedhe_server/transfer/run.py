@@ -147,6 +147,14 @@ class TransferRun:
 
     # ------------------------------------------------------------- worker
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        finally:  # stop the trainer's kernel workers (transfer.workers > 1), if any
+            close = getattr(self._trainer, "close", None)
+            if callable(close):
+                close()
+
+    def _work_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 phase = self.row.phase
