@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,9 +138,10 @@ def run_row(
 def _spawned(
     task: str, mode: str, epochs: int | None, max_steps: int | None, workers: int = 1
 ) -> dict[str, Any]:
+    # Not multiprocessing.Pool: its daemonic workers may not start the KernelPool's.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        text = pool.apply(run_row, (task, mode, epochs, max_steps, workers))
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        text = pool.submit(run_row, task, mode, epochs, max_steps, workers).result()
     result: dict[str, Any] = json.loads(text)
     return result
 
