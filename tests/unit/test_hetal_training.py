@@ -244,6 +244,8 @@ def test_trainer_resumes_from_state_and_owner_answers_idempotently() -> None:
     assert owner.keys.to_bytes() is owner.keys_state()  # serialised once, then cached
     assert len(owner.to_state()) < len(owner.keys_state()) // 10  # per-step state is small
     restored = DataOwner.from_state(owner.to_state(), owner.keys_state(), owner.data_state())
+    with pytest.raises(ValueError, match="HOD1"):  # the parts cannot be swapped
+        DataOwner.from_state(owner.to_state(), owner.keys_state(), owner.to_state())
     assert restored.answer(first) == reply
     a, b = owner.answer(req), restored.answer(req2)
     assert np.allclose(owner.w, restored.w) and a.kind == b.kind == RequestKind.REFRESH
