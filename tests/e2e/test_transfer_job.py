@@ -48,11 +48,13 @@ def _twin_accuracy(config: ClientConfig, job: JobConfig) -> float:
     return accuracy(twin.weights, prep.transform(s.test_x), s.test_y)
 
 
-def test_transfer_job_trains_a_head_through_the_services(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_transfer_job_trains_a_head_through_the_services(tmp_path: Path, workers: int) -> None:
     t0 = time.monotonic()
+    job_yaml = JOB.replace("max_train_samples: 256", f"max_train_samples: 256, workers: {workers}")
     with LocalCluster(tmp_path, [ClientSpec("owner", 0, 1)]) as cluster:
         cluster.start_keyauth()
-        cluster.start_server(JOB)
+        cluster.start_server(job_yaml)
         cluster.start_client("owner")
         assert cluster.wait("owner", 360) == 0, cluster.log_tail("owner") + cluster.log_tail(
             "server"
@@ -68,6 +70,7 @@ def test_transfer_job_trains_a_head_through_the_services(tmp_path: Path) -> None
         assert status.transfer.epochs_run == 2 and status.transfer.answered > 0
         server_log = (cluster.logs / "server.log").read_text()
         assert "transfer training finished" in server_log
+        assert ("kernels run in 2 worker processes" in server_log) == (workers == 2)
         config = parse_yaml((tmp_path / "config/owner.yaml").read_text(), ClientConfig)
     elapsed = time.monotonic() - t0
     folder = tmp_path / "client-state/owner/models/tl-digits"

@@ -17,6 +17,7 @@ integers (``to_state``), so a restarted server asks the same ``seq`` again.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from enum import StrEnum
@@ -48,6 +49,7 @@ from fedhe_common.hetal.schedule import StepPlan, nesterov_eta, step_at
 from fedhe_common.hetal.seal_backend import ChainParams, SealBackend, SealCT
 from fedhe_common.hetal.softmax import PolySoftmax, he_softmax
 
+logger = logging.getLogger(__name__)
 STATE_MAGIC = b"HTS1"
 EVAL_MAGIC = b"HEK1"
 MAX_STATE_BYTES = 8 << 30
@@ -174,6 +176,7 @@ class TransferTrainer:
         self.pool: KernelPool | None = None
         if params.workers > 1:
             self.pool = KernelPool(self.be.params, rk, gk, params.workers)
+            logger.info("HETAL kernels run in %d worker processes", params.workers)
         if state is not None:
             self._restore(state)
 
