@@ -1,5 +1,5 @@
 """Where a transfer job's data owner comes from: the features of the data set the job
-names (through H4's extractors and built-in tasks), its TransferParams, and the HETAL
+names (through the extractors and built-in tasks), its TransferParams, and the HETAL
 ``DataOwner`` (keys made on this device)."""
 
 from __future__ import annotations

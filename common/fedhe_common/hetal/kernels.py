@@ -7,8 +7,9 @@ DiagATB's output G is tiled vertically (W's own layout), so W - lr G needs no re
 See :mod:`fedhe_common.hetal.layout` for the slot layout and the two row-sum variants,
 and :mod:`fedhe_common.hetal.opcount` for the closed-form operation counts.
 
-API note for callers (H2/H3): the signatures below are stable; ``layout`` is always the
-second argument. Additions since the first version (all opt-in, nothing renamed):
+API note for callers (trainer, owner, services): the signatures below are stable;
+``layout`` is always the second argument. Additions since the first version (all opt-in,
+nothing renamed):
 :func:`diag_abt_compact` (Z for an owner who decrypts it: mode client and validation;
 about half the rotations; read with :meth:`Layout.unpack_z_compact`; keys
 ``"abt_compact"``) and ``diag_atb(..., paired=True)`` (half the column-sum rotations;

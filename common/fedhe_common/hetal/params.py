@@ -1,7 +1,7 @@
 """The parameters of one transfer-learning job: mode, shapes, optimiser, CKKS chain, softmax.
 
 ``TransferParams`` is what the server stores (``to_json``) and what both sides build their
-CKKS context and batch plan from. H3: build it with ``TransferParams.from_config``.
+CKKS context and batch plan from; the services build it with ``TransferParams.from_config``.
 """
 
 from __future__ import annotations
