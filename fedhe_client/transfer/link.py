@@ -15,7 +15,7 @@ from fedhe_common.errors import IncompleteUploadError, InvalidArgumentError
 from fedhe_common.hetal.protocol import OwnerReply, OwnerRequest, RequestKind
 from fedhe_common.rpc.connection import PeerConnection
 from fedhe_common.rpc.errors import rpc_errors
-from fedhe_common.rpc.pieces import PIECE_BYTES, Assembler, BlobInfo, check_infos, split
+from fedhe_common.rpc.pieces import PIECE_BYTES, Assembler, BlobInfo, split
 from fedhe_common.rpc.retry import call_with_retry
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,10 @@ def next_request(
         for part in stream:
             if part.HasField("header"):
                 header = part.header
-                infos = [BlobInfo(int(i.size), bytes(i.sha256)) for i in header.items]
-                check_infos(infos, MAX_REQUEST_ITEMS, MAX_REQUEST_BYTES)
-                assembler = Assembler(infos, header.piece_bytes or PIECE_BYTES)
+                assembler = Assembler.described(
+                    header.items, MAX_REQUEST_ITEMS, MAX_REQUEST_BYTES,
+                    header.piece_bytes or PIECE_BYTES,
+                )  # fmt: skip
             elif assembler is None:
                 raise InvalidArgumentError("the server sent pieces before the header")
             else:

@@ -15,7 +15,7 @@ import grpc
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.errors import InvalidArgumentError
 from fedhe_common.hetal.protocol import OwnerReply, OwnerRequest, RequestKind
-from fedhe_common.rpc.pieces import PIECE_BYTES, Assembler, BlobInfo, check_infos, split
+from fedhe_common.rpc.pieces import PIECE_BYTES, Assembler, BlobInfo, split
 from fedhe_common.rpc.serving import blocking
 from fedhe_server.store.transfer import TransferPhase, TransferRow
 from fedhe_server.transfer.run import TransferRun
@@ -133,9 +133,7 @@ class TransferServicer:
                 header = part.header
                 if header.client_id != who.id:
                     raise InvalidArgumentError("client_id does not match the caller")
-                infos = [BlobInfo(int(i.size), bytes(i.sha256)) for i in header.items]
-                check_infos(infos, MAX_REPLY_ITEMS, MAX_REPLY_BYTES)
-                assembler = Assembler(infos)
+                assembler = Assembler.described(header.items, MAX_REPLY_ITEMS, MAX_REPLY_BYTES)
             elif assembler is None:
                 raise InvalidArgumentError("the header comes first")
             else:

@@ -8,13 +8,21 @@ when every piece is in and its sha256 matches. Sizes are bounded by the receiver
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fedhe_common.errors import InvalidArgumentError
 
 # Below the aggregation server's message limit (largest preset chunk + margin).
 PIECE_BYTES = 192 * 1024
+
+
+class Described(Protocol):
+    """A protobuf item that describes one blob."""
+
+    size: int
+    sha256: bytes
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,16 @@ class Assembler:
         self.infos = list(infos)
         self.piece_bytes = piece_bytes
         self._pieces: list[dict[int, bytes]] = [{} for _ in self.infos]
+
+    @classmethod
+    def described(
+        cls, items: Iterable[Described], max_items: int, max_total: int,
+        piece_bytes: int = PIECE_BYTES,
+    ) -> Assembler:  # fmt: skip
+        """An assembler for a peer's description (size, sha256 per blob), bounds checked."""
+        infos = [BlobInfo(int(i.size), bytes(i.sha256)) for i in items]
+        check_infos(infos, max_items, max_total)
+        return cls(infos, piece_bytes)
 
     def add(self, item: int, piece: int, data: bytes) -> None:
         """Keep one piece (checked); a repeated piece must be identical."""
