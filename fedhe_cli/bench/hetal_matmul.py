@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as sa
 
+from fedhe_client.transfer.keys import CheckingBackend
 from fedhe_common.hetal import baseline, opcount
 from fedhe_common.hetal.kernels import (
     diag_abt,
@@ -38,10 +38,7 @@ from fedhe_common.hetal.layout import Layout
 from fedhe_common.hetal.parallel import KernelPool
 from fedhe_common.hetal.seal_backend import (
     ChainParams,
-    SealBackend,
     SealCT,
-    build_context,
-    galois_elements,
     key_bytes,
 )
 
@@ -55,25 +52,6 @@ TABLE7: tuple[tuple[int, int, int], ...] = (
 ALGOS = ("DiagABT", "DiagATB", "JinABT", "JinATB", "DiagABT_compact")
 MAX_JIN_CIPHERTEXTS = 4000  # b (c + 1) encryptions for a measured JinABT
 Log = Callable[[str], None]
-
-
-class _Owner:
-    """Keys for one chain; the bench decrypts only to check results."""
-
-    def __init__(self, params: ChainParams, steps: Sequence[int]) -> None:
-        ctx = build_context(params)
-        kg = sa.KeyGenerator(ctx)
-        pk, rk, gk = sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys()
-        kg.create_public_key(pk)
-        kg.create_relin_keys(rk)
-        kg.create_galois_keys(galois_elements(steps, params.n), gk)
-        self.be = SealBackend(params, pk, rk, gk, context=ctx)
-        self._dec = sa.Decryptor(ctx, kg.secret_key())
-
-    def decrypt(self, ct: SealCT) -> np.ndarray:
-        pt = sa.Plaintext()
-        self._dec.decrypt(ct.ct, pt)
-        return self.be.decode(pt, ct.f)
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -131,7 +109,7 @@ def bench_diag(
     """
     a, b, c = shape
     steps = required_steps(layout, ("abt", "abt_compact", "atb_paired"))
-    owner = _Owner(ChainParams.for_depth(layout.depth), steps)
+    owner = CheckingBackend(ChainParams.for_depth(layout.depth), steps)
     be, s0 = owner.be, layout.s0
     x = rng.uniform(-1, 1, (a, b)) / np.sqrt(b)
     w, am = rng.uniform(-1, 1, (c, b)), rng.uniform(-1, 1, (a, c))
@@ -185,7 +163,7 @@ def bench_diag(
     return list(rows.values())
 
 
-def jin_unit_costs(owner: _Owner, repeats: int = 6) -> dict[str, float]:
+def jin_unit_costs(owner: CheckingBackend, repeats: int = 6) -> dict[str, float]:
     """CPU seconds of Jin's building blocks on its chain (top level): one more product in
     an inner product (``prod``), the relinearisation + rescale closing it (``relin``),
     and a rotation + add one level down (``rot``, where its ATB rotates)."""
@@ -214,7 +192,7 @@ def bench_jin(
     """JinABT / JinATB: exact counts; CPU time measured or extrapolated (see module doc)."""
     a, b, c = shape
     params = ChainParams.for_depth(1)
-    owner = _Owner(params, [1 << t for t in range(int(np.log2(params.slots)))])
+    owner = CheckingBackend(params, [1 << t for t in range(int(np.log2(params.slots)))])
     be = owner.be
     unit = jin_unit_costs(owner)
     rows = []
@@ -242,7 +220,7 @@ def bench_jin(
 
 
 def _measure_jin_abt(
-    owner: _Owner, a: int, b: int, c: int, rng: np.random.Generator
+    owner: CheckingBackend, a: int, b: int, c: int, rng: np.random.Generator
 ) -> tuple[float, dict[str, int], float]:
     """Jin's ABT on SEAL, one class at a time (its b weight ciphertexts encrypted untimed)."""
     be = owner.be

@@ -7,6 +7,7 @@ goes to the key authority: public, relinearisation and exactly the trainer's Gal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,11 +16,47 @@ import tenseal.sealapi as sa
 from fedhe_common.crypto import sealbytes
 from fedhe_common.hetal import blobs
 from fedhe_common.hetal.params import TransferParams
-from fedhe_common.hetal.seal_backend import SealBackend, SealCT, build_context, galois_elements
+from fedhe_common.hetal.seal_backend import (
+    ChainParams,
+    SealBackend,
+    SealCT,
+    build_context,
+    galois_elements,
+)
 from fedhe_common.hetal.trainer import chain_params, pack_eval_keys, rotation_steps
 
 KEYS_MAGIC = b"HOK1"
 MAX_KEYS_BYTES = 8 << 30
+
+
+KeySet = tuple[sa.SEALContext, sa.SecretKey, sa.PublicKey, sa.RelinKeys, sa.GaloisKeys]
+
+
+def generate_keys(chain: ChainParams, steps: Sequence[int]) -> KeySet:
+    """A fresh context and keys; Galois keys for exactly ``steps`` (+ conjugation)."""
+    ctx = build_context(chain)
+    gen = sa.KeyGenerator(ctx)
+    public, relin, galois = sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys()
+    gen.create_public_key(public)
+    gen.create_relin_keys(relin)
+    gen.create_galois_keys(galois_elements(steps, chain.n), galois)
+    return ctx, gen.secret_key(), public, relin, galois
+
+
+class CheckingBackend:
+    """An evaluation backend with its secret key beside it, for benchmarks and tests that
+    check encrypted results (never used by the services)."""
+
+    def __init__(self, chain: ChainParams, steps: Sequence[int]) -> None:
+        ctx, secret, public, relin, galois = generate_keys(chain, steps)
+        self.be: SealBackend = SealBackend(chain, public, relin, galois, context=ctx)
+        self._decryptor = sa.Decryptor(ctx, secret)
+
+    def decrypt(self, ct: SealCT) -> np.ndarray:
+        """Slot values of ``ct`` (with its exact factor)."""
+        pt = sa.Plaintext()
+        self._decryptor.decrypt(ct.ct, pt)
+        return self.be.decode(pt, ct.f)
 
 
 @dataclass
@@ -37,14 +74,7 @@ class OwnerKeys:
     @classmethod
     def generate(cls, params: TransferParams) -> OwnerKeys:
         """Fresh keys; Galois keys for exactly :func:`rotation_steps` (+ conjugation)."""
-        ctx = build_context(chain_params(params))
-        gen = sa.KeyGenerator(ctx)
-        public, relin, galois = sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys()
-        gen.create_public_key(public)
-        gen.create_relin_keys(relin)
-        elts = galois_elements(rotation_steps(params), params.chain.poly_modulus_degree)
-        gen.create_galois_keys(elts, galois)
-        return cls(params, ctx, gen.secret_key(), public, relin, galois)
+        return cls(params, *generate_keys(chain_params(params), rotation_steps(params)))
 
     def eval_blob(self) -> bytes:
         """Public + relinearisation + Galois keys; never the secret key."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-import tenseal.sealapi as sa
 
+from fedhe_client.transfer.keys import CheckingBackend as Owner
 from fedhe_common.errors import InvalidArgumentError, InvalidCiphertextError, KeyMaterialError
 from fedhe_common.hetal.backend import LevelError
 from fedhe_common.hetal.kernels import (
@@ -23,33 +21,12 @@ from fedhe_common.hetal.seal_backend import (
     CT_MAGIC,
     ChainParams,
     SealBackend,
-    SealCT,
-    build_context,
     galois_elements,
 )
 
 
-@dataclass
-class Owner:
-    """Test-only key holder (the real one is fedhe_client.transfer.keys)."""
-
-    be: SealBackend
-    dec: sa.Decryptor
-
-    def decrypt(self, ct: SealCT) -> np.ndarray:
-        pt = sa.Plaintext()
-        self.dec.decrypt(ct.ct, pt)
-        return self.be.decode(pt, ct.f)
-
-
 def make_owner(params: ChainParams, steps: list[int]) -> Owner:
-    ctx = build_context(params)
-    kg = sa.KeyGenerator(ctx)
-    pk, rk, gk = sa.PublicKey(), sa.RelinKeys(), sa.GaloisKeys()
-    kg.create_public_key(pk)
-    kg.create_relin_keys(rk)
-    kg.create_galois_keys(galois_elements(steps, params.n), gk)
-    return Owner(SealBackend(params, pk, rk, gk, context=ctx), sa.Decryptor(ctx, kg.secret_key()))
+    return Owner(params, steps)
 
 
 def _run(be, layout: Layout, x: np.ndarray, w: np.ndarray, a: np.ndarray, coef: float):  # type: ignore[no-untyped-def]
