@@ -32,7 +32,8 @@ def bench() -> None:
 )
 @click.option(
     "--configs",
-    default="single-key,single-key-8k,single-key-compact,paper-default,nvflare-default",
+    default="single-key-fast,single-key,single-key-8k,single-key-compact,paper-default,"
+    "nvflare-default",
     show_default=True,
     help="comma-separated configs",
 )

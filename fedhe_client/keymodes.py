@@ -20,6 +20,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2, keyauth_pb2_grpc
 from fedhe_common.config.models import ClientConfig, JobConfig
 from fedhe_common.crypto.compact import CompactCipher
+from fedhe_common.crypto.compactfast import FastCipher
 from fedhe_common.crypto.context import PublicParams
 from fedhe_common.crypto.public import PublicKeyEncryptor
 from fedhe_common.crypto.secret import SecretKeyHolder
@@ -139,6 +140,32 @@ class Compact:
         return self.cipher.decrypt_chunks(ordered, plan.total, max(1, int(header.weight_sum)))
 
 
+class Fast:
+    """``single-key-fast``: exact two-limb coefficient RLWE; the server sums c0 and c1,
+    so each aggregate chunk decrypts on its own as it streams in."""
+
+    name = "single-key-fast"
+    encrypts = True
+    decrypts_chunkwise = True
+
+    def __init__(self, cipher: FastCipher) -> None:
+        self.cipher = cipher
+        self.fingerprint = cipher.fingerprint
+
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        return self.cipher.encrypt_vector(values)
+
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        return self.cipher.decrypt_chunk(blob, weight_sum)
+
+    def decrypt_stream(
+        self, header: pb.AggregateHeader, chunks: list[pb.Chunk], plan: ChunkPlan
+    ) -> np.ndarray:
+        blobs = _ciphertexts(chunks, plan)
+        ordered = [blobs[k] for k in range(plan.count)]
+        return self.cipher.decrypt_chunks(ordered, plan.total, max(1, int(header.weight_sum)))
+
+
 class Threshold:
     """No single key: t of N parties decrypt together; uploads use the collective key."""
 
@@ -176,6 +203,8 @@ def key_mode(
         holder = fetch_secret_key(config, job_id)
         if holder.fingerprint != server_fingerprint:
             raise KeyMaterialError("server and key authority disagree on the job's context")
+        if holder.preset.encryption == "seeded-fast":
+            return Fast(FastCipher(holder, f"{job_id}/{config.client_id}"))
         if holder.preset.encryption == "seeded-compact":
             job_dir = hashlib.sha256(job_id.encode()).hexdigest()[:24]  # any id, safe path
             store = Path(config.state_dir) / "compact" / job_dir if config.state_dir else None

@@ -1,4 +1,5 @@
-"""A job's key mode on the server, as a type: ``Plain``, ``SingleKey`` or ``Threshold``.
+"""A job's key mode on the server, as a type: ``Plain``, ``SingleKey``, ``Threshold``,
+``Compact`` or ``Fast``.
 
 The server never decrypts in any mode. What differs is whether uploads carry
 ciphertext (and how it is checked and summed), and where a closed round goes:
@@ -118,16 +119,23 @@ class Compact(SingleKey):
     def __init__(self, aggregator: CiphertextAggregator) -> None:
         super().__init__(aggregator)
         self.seeds = SeedRegistry()
-        self._q = compactwire.compact_prime(aggregator.preset)
+        self._primes = compactwire.ring_primes(aggregator.preset)
 
     def check_ciphertext(self, payload: bytes) -> None:
-        compactwire.unpack_upload(payload, self.fingerprint, self.values_per_chunk, self._q)
+        compactwire.unpack_upload(payload, self.fingerprint, self.values_per_chunk, self._primes)
 
     def accumulator(self, plan: ChunkPlan, path: Path | None = None) -> EncryptedAccumulator | None:
         if not plan.count:
             return None
         preset = self.aggregator.preset
         return CompactAccumulator(preset, self.fingerprint, plan, path, self.seeds)
+
+
+class Fast(Compact):
+    """``single-key-fast``: two-limb c0 uploads; the server sums c0 and the seeded a's
+    (c1) in numpy, so every aggregate chunk decrypts on its own (same engine as compact)."""
+
+    name = "single-key-fast"
 
 
 def aggregation_mode(
@@ -143,6 +151,8 @@ def aggregation_mode(
         raise KeyMaterialError("stored fingerprint does not match the job's parameters")
     if config.threshold_keys:
         return Threshold(aggregator)
+    if aggregator.preset.encryption == "seeded-fast":
+        return Fast(aggregator)
     if aggregator.preset.encryption == "seeded-compact":
         return Compact(aggregator)
     return SingleKey(aggregator)

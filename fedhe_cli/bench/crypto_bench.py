@@ -48,12 +48,14 @@ PATH_FACTORIES: dict[str, Callable[[], AggregationPath]] = {
     "single-key-real-weights": lambda: SealPath(
         "single-key-real-weights", get_preset("single-key-real-weights")
     ),
+    "single-key-fast": lambda: CompactPath("single-key-fast", get_preset("single-key-fast")),
     "single-key-compact": lambda: CompactPath(
         "single-key-compact", get_preset("single-key-compact")
     ),
     "threshold-strict-pk": lambda: SealPath("threshold-strict-pk", get_preset("threshold-strict")),
 }
 DEFAULT_CONFIGS = (
+    "single-key-fast",
     "single-key",
     "single-key-8k",
     "single-key-compact",

@@ -15,6 +15,7 @@ import tenseal as ts
 
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.compact import CompactCipher
+from fedhe_common.crypto.compactfast import FastCipher
 from fedhe_common.crypto.presets import Preset
 from fedhe_common.crypto.secret import SecretKeyHolder
 from fedhe_common.mlbridge.chunking import ChunkPlan
@@ -67,10 +68,11 @@ class SealPath:
 
 
 class CompactPath:
-    """FedHE's ``single-key-compact``: c0-only uploads, residue sums in numpy.
+    """FedHE's numpy-engine presets: ``single-key-compact`` (c0-only uploads and sums)
+    and ``single-key-fast`` (two RNS limbs, the server sums c0 and c1).
 
-    The bench's vectors are independent draws, so every block is sent against the
-    zero base (the worst case for precision: full values, not small deltas).
+    The bench's vectors are independent draws, so every compact block is sent against
+    the zero base (the worst case for precision: full values, not small deltas).
     """
 
     def __init__(self, name: str, preset: Preset) -> None:
@@ -78,7 +80,11 @@ class CompactPath:
         self.summary = preset.summary
         self.preset = preset
         holder = SecretKeyHolder.generate(preset)
-        self.cipher = CompactCipher(holder, "bench/client")
+        self.cipher: CompactCipher | FastCipher
+        if preset.encryption == "seeded-fast":
+            self.cipher = FastCipher(holder, "bench/client")
+        else:
+            self.cipher = CompactCipher(holder, "bench/client")
         self.fingerprint = holder.fingerprint
         self.values_per_ciphertext = preset.values_per_ciphertext
         self._weight_sum = 1
@@ -100,6 +106,8 @@ class CompactPath:
         return [acc.chunk_blob(k) for k in range(acc.plan.count)]
 
     def decrypt(self, blobs: list[bytes], count: int) -> np.ndarray:
+        if isinstance(self.cipher, FastCipher):
+            return self.cipher.decrypt_chunks(blobs, count, self._weight_sum)
         return self.cipher.decrypt_chunks(blobs, count, self._weight_sum, keep_base=False)
 
 

@@ -51,6 +51,26 @@ def chunk_exponents(deltas: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, exp, cw.EXP_ANY).astype(np.int64)
 
 
+def ternary_secret(holder: SecretKeyHolder, q: int) -> np.ndarray:
+    """The SEAL secret key's coefficients (float64, in {-1, 0, 1}); refuses any other key.
+
+    SEAL keeps s in NTT form: one inverse NTT (by SEAL) of its first limb, prime ``q``,
+    gives them."""
+    s_ntt = holder.secret_residues()[0]
+    s_coeff = RingArithmetic(holder.preset).from_ntt(s_ntt[None, None, :], "data")[0, 0]
+    centered = np.where(s_coeff > q // 2, s_coeff.astype(np.int64) - q, s_coeff)
+    if np.abs(centered).max() > 1:
+        raise FedHEError(f"preset {holder.preset.name!r} needs SEAL's ternary secret key")
+    return centered.astype(np.float64)
+
+
+def fresh_upload_id(fingerprint: bytes, identity: bytes, attempt: int) -> bytes:
+    """A fresh seed id: job, client, attempt counter and 16 random bytes."""
+    h = hashlib.sha256(_ID_DOMAIN + fingerprint + identity)
+    h.update(attempt.to_bytes(8, "little") + os.urandom(16))
+    return h.digest()[:16]
+
+
 class CompactCipher:
     """Encrypts deltas and decrypts sums for one client of one job."""
 
@@ -61,13 +81,7 @@ class CompactCipher:
         self.fingerprint = holder.fingerprint
         self.ring = cw.CompactRing(self.preset)
         self.n, self.q = self.ring.n, self.ring.q
-        # SEAL keeps s in NTT form: one inverse NTT (by SEAL) gives its ternary coefficients.
-        s_ntt = holder.secret_residues()[0]
-        s_coeff = RingArithmetic(self.preset).from_ntt(s_ntt[None, None, :], "data")[0, 0]
-        centered = np.where(s_coeff > self.q // 2, s_coeff.astype(np.int64) - self.q, s_coeff)
-        if np.abs(centered).max() > 1:
-            raise FedHEError("the compact preset needs SEAL's ternary secret key")
-        self._s = self.ring.spectrum(centered.astype(np.float64))
+        self._s = self.ring.spectrum(ternary_secret(holder, self.q))
         self._identity = identity.encode()
         self._attempts = 0
         self._bases: dict[bytes, np.ndarray] = {}
@@ -137,9 +151,7 @@ class CompactCipher:
     def new_upload_id(self) -> bytes:
         """A fresh seed id: job, client, attempt counter and 16 random bytes."""
         self._attempts += 1
-        h = hashlib.sha256(_ID_DOMAIN + self.fingerprint + self._identity)
-        h.update(self._attempts.to_bytes(8, "little") + os.urandom(16))
-        return h.digest()[:16]
+        return fresh_upload_id(self.fingerprint, self._identity, self._attempts)
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One upload attempt: a fresh seed id, then one blob per N values of deltas."""

@@ -1,210 +1,67 @@
-"""The ``single-key-compact`` scheme's key-less half: ring, seeds and wire formats.
+"""Wire formats of the coefficient presets (``single-key-compact``, ``single-key-fast``).
 
-Coefficient-encoded RLWE over one ~32-bit prime (docs/crypto.md §7). A chunk of
-N values travels as c0 only, in coefficient form, as N little-endian uint32
-words; its ``a`` is expanded from a public seed (AES-256-CTR keyed by a hash of
-the upload id and the chunk index), so the server adds c0s and clients
-regenerate ``sum w_i a_i`` themselves.
+Coefficient-encoded RLWE (docs/crypto.md §7, §8; the ring is :mod:`.compactring`).
+A chunk of N values travels as c0 only, in coefficient form, as N little-endian
+uint32 words per RNS limb; its ``a`` is expanded from a public seed (the upload
+id), so the server adds c0s. In the compact preset clients regenerate
+``sum w_i a_i`` themselves (c0-only sums with a contributor table); in the fast
+preset the server sums the a's too and each aggregate chunk carries c0 and c1.
 
 Both the server (adds, no key) and clients import this module; it never touches
-a secret key. Client encryption and decryption live in :mod:`.compact`.
+a secret key. Client encryption and decryption live in :mod:`.compact` and
+:mod:`.compactfast`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedhe_common.crypto import envelope
+from fedhe_common.crypto.compactring import (  # noqa: F401  (re-exported: one engine)
+    NOISE_BOUND,
+    CompactRing,
+    Scheme,
+    addmod,
+    mulmod,
+    ring_primes,
+    scheme,
+    shoup,
+)
 from fedhe_common.crypto.envelope import BlobKind
 from fedhe_common.crypto.presets import Preset
 from fedhe_common.errors import InvalidCiphertextError
 
-VALUE_BITS = 15  # |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for |d| < 2^x
-NOISE_BOUND = 21  # centered binomial, 21 coin pairs: |e| <= 21, sigma = 3.24
+VALUE_BITS = 15  # compact: |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for |d| < 2^x
+FAST_VALUE_BITS = 40  # fast: |m| <= 2^40 (scheme(preset).value_bits)
 EXP_MIN, EXP_MAX = -100, 100
 EXP_ANY = -128  # an all-zero chunk: no scale of its own, joins any sum with shift 0
 RELEASE_BITS = 3  # released sums: rounded to weight_sum * 2^3 units of the common scale
 MAX_CONTRIBUTORS = 1 << 16
-_A_DOMAIN = b"fedhe-compact-a-v1\x00"
-_LAZY_WEIGHT = 1 << 16  # a_i * w < 2^48: 2^15 such terms plus a reduced rest fit in 64 bits
-_LAZY_ROWS = 1 << 15
-_SPARE_WORDS = 64  # per chunk window of the a stream: room for rejected words
 
 UPLOAD_HEAD = struct.Struct("<16s8sbxxx")  # upload id, base id, exponent
 AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, contributors
 TABLE_ROW = struct.Struct("<16sI")  # upload id, integer weight
+SUM_HEAD = struct.Struct("<bxxxI")  # fast sums: common exponent, contributors
 ZERO_BASE_ID = bytes(8)
+HEAD_AT = envelope.HEADER_BYTES  # where an upload chunk's seed id starts
 
 
 def value_limit(preset: Preset) -> int:
     """Largest effective weight sum ``sum w_i 2^shift_i`` a chunk can hold unwrapped."""
-    q = compact_prime(preset)
-    return (q - 1) // 2 // ((1 << VALUE_BITS) + NOISE_BOUND)
+    return scheme(preset).value_limit
 
 
 def compact_prime(preset: Preset) -> int:
-    """The preset's one prime (what SEAL's CoeffModulus.Create picks for its bit size)."""
-    return _prime_cache(preset.poly_modulus_degree, preset.coeff_modulus_bits)
-
-
-_PRIMES: dict[tuple[int, tuple[int, ...]], int] = {}
-
-
-def _prime_cache(n: int, bits: tuple[int, ...]) -> int:
-    key = (n, bits)
-    if key not in _PRIMES:
-        import tenseal.sealapi as sa
-
-        _PRIMES[key] = int(sa.CoeffModulus.Create(n, list(bits))[0].value())
-    return _PRIMES[key]
-
-
-def shoup(b: np.ndarray | int, q: int) -> np.ndarray:
-    """Shoup companion floor(b * 2^32 / q) of a multiplier b < q < 2^32."""
-    return (np.asarray(b, dtype=np.uint64) << np.uint64(32)) // np.uint64(q)
-
-
-def mulmod(a: np.ndarray, b: np.ndarray | int, b_shoup: np.ndarray, q: int) -> np.ndarray:
-    """a * b mod q (a, b < q < 2^32) with Shoup's trick: no 64-bit division."""
-    q64 = np.uint64(q)
-    hi = (a * b_shoup) >> np.uint64(32)
-    r = a * np.asarray(b, dtype=np.uint64) - hi * q64  # exact mod 2^64; true value in [0, 2q)
-    return np.where(r >= q64, r - q64, r)
-
-
-def addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    """(a + b) mod q for a, b < q."""
-    q64 = np.uint64(q)
-    s = a + b
-    return np.where(s >= q64, s - q64, s)
-
-
-class CompactRing:
-    """Products in Z_q[X]/(X^N+1) by FFT, Shoup products and seed expansion (numpy only).
-
-    A negacyclic product of an integer polynomial (coefficients < 2^32) by a small
-    one (the ternary secret) runs through float64 FFTs of length N/2 (the "folded"
-    transform: one complex FFT evaluates a real polynomial at half the 2N-th roots of
-    unity, the other half are conjugates). Split into 16-bit halves the product is
-    exact (rounding error ~1e-9); whole, it is off by < 1e-3 (measured 1.6e-4), which
-    only decryption uses (its output is rounded to 16 units).
-    """
-
-    def __init__(self, preset: Preset) -> None:
-        self.n = preset.poly_modulus_degree
-        self.q = compact_prime(preset)
-        self.q64 = np.uint64(self.q)
-        half = self.n // 2
-        self._twist = np.exp(1j * np.pi * np.arange(half) / self.n)
-        self._untwist = np.conj(self._twist)
-
-    def spectrum(self, poly: np.ndarray) -> np.ndarray:
-        """Evaluations of real polynomials (..., N) at N/2 roots of X^N + 1."""
-        half = self.n // 2
-        folded = (poly[..., :half] + 1j * poly[..., half:]) * self._twist
-        return np.fft.ifft(folded, axis=-1) * half
-
-    def _from_spectrum(self, spec: np.ndarray) -> np.ndarray:
-        folded = np.fft.fft(spec, axis=-1) * (self._untwist / (self.n // 2))
-        return np.concatenate([folded.real, folded.imag], axis=-1)
-
-    def product_exact(self, a: np.ndarray, small: np.ndarray) -> np.ndarray:
-        """a * s (unreduced, float64 holding an exact integer below 2^45) for a (m, N)
-        < 2^32 and ``small`` = :meth:`spectrum` of a ternary s."""
-        lo = (a & 0xFFFF).astype(np.float64)
-        hi = (a >> 16).astype(np.float64)
-        both = np.rint(self._from_spectrum(self.spectrum(np.stack([lo, hi])) * small))
-        return both[1] * 65536.0 + both[0]
-
-    def product_approx(self, a: np.ndarray, small: np.ndarray) -> np.ndarray:
-        """a * s (unreduced float64), each coefficient within 1e-3 of the exact integer."""
-        return self._from_spectrum(self.spectrum(a.astype(np.float64)) * small)
-
-    def reduce(self, t: np.ndarray) -> np.ndarray:
-        """Exact integers in float64 (|t| < 2^52) -> t mod q in [0, q), as float64."""
-        return t - self.q * np.floor(t / self.q)
-
-    def centered(self, t: np.ndarray) -> np.ndarray:
-        """Near-integers in float64 -> representatives in [-q/2, q/2)."""
-        return t - self.q * np.floor(t / self.q + 0.5)
-
-    def shoup(self, b: np.ndarray | int) -> np.ndarray:
-        """Shoup companion of a multiplier (see :func:`shoup`)."""
-        return shoup(b, self.q)
-
-    def mul(self, a: np.ndarray, b: np.ndarray | int, b_shoup: np.ndarray) -> np.ndarray:
-        """a * b mod q (see :func:`mulmod`)."""
-        return mulmod(a, b, b_shoup, self.q)
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(a + b) mod q."""
-        return addmod(a, b, self.q)
-
-    def expand_rows(self, upload_id: bytes, first: int, count: int) -> np.ndarray:
-        """The public ``a`` of chunks ``first .. first+count-1`` of an upload, (count, N)
-        uint32 uniform mod q: chunk k reads window k (N + 64 words) of one AES-256-CTR
-        keystream under SHA-256(domain || upload id) and keeps its first N words below q
-        (a window with more than 64 rejections, ~never, falls back to a per-chunk key)."""
-        window = self.n + _SPARE_WORDS
-        key = hashlib.sha256(_A_DOMAIN + upload_id).digest()
-        counter = (first * window * 4 // 16).to_bytes(16, "big")
-        stream = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
-        words = np.frombuffer(stream.update(bytes(4 * window * count)), dtype="<u4")
-        words = words.reshape(count, window)
-        rows = words[:, : self.n]
-        bad = np.flatnonzero((rows >= self.q).any(axis=1))  # ~13% of windows
-        if bad.size:
-            rows = rows.copy()
-            for r in bad.tolist():
-                ok = words[r][words[r] < self.q]
-                if ok.size < self.n:
-                    ok = self._fallback(upload_id, first + r)
-                rows[r] = ok[: self.n]
-        return rows
-
-    def _fallback(self, upload_id: bytes, index: int) -> np.ndarray:
-        key = hashlib.sha256(_A_DOMAIN + b"fallback" + upload_id + index.to_bytes(8, "little"))
-        stream = Cipher(algorithms.AES(key.digest()), modes.CTR(bytes(16))).encryptor()
-        ok = np.zeros(0, dtype=np.uint32)
-        while ok.size < self.n:
-            words = np.frombuffer(stream.update(bytes(4 * self.n)), dtype="<u4")
-            ok = np.concatenate([ok, words[words < self.q]])
-        return ok[: self.n]
-
-    def weighted_a(self, rows: list[tuple[bytes, list[int]]], first: int) -> np.ndarray:
-        """sum_i w_ik * a_ik mod q over chunks ``first ..``; ``rows`` = (upload id, the
-        contributor's integer weight per chunk).
-
-        Weights below 2^16 (every sum the server may publish: :func:`value_limit`) are
-        multiplied and added without reduction (a w < 2^48), reduced once per 2^15
-        contributors; larger ones take the modular path.
-        """
-        count = len(rows[0][1]) if rows else 0
-        acc = np.zeros((count, self.n), dtype=np.uint64)
-        pending = 0
-        for uid, weights in rows:
-            a = self.expand_rows(uid, first, count)
-            if all(0 <= w < _LAZY_WEIGHT for w in weights):
-                acc += a * np.array(weights, dtype=np.uint64)[:, None]
-                pending += 1
-            else:
-                wq = np.array([w % self.q for w in weights], dtype=np.uint64)[:, None]
-                acc = acc % self.q64 + self.mul(a.astype(np.uint64), wq, self.shoup(wq))
-                pending = 1
-            if pending >= _LAZY_ROWS:
-                acc %= self.q64
-                pending = 0
-        return acc % self.q64
+    """The preset's first prime (the compact preset's only one)."""
+    return ring_primes(preset)[0]
 
 
 @dataclass(frozen=True)
 class UploadChunk:
-    """One parsed upload chunk: seed id, base id, exponent and c0 (coefficients)."""
+    """One parsed upload chunk: seed id, base id, exponent and c0 ((limbs, N) uint32)."""
 
     upload_id: bytes
     base_id: bytes
@@ -212,28 +69,46 @@ class UploadChunk:
     c0: np.ndarray
 
 
+def _primes(q: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (q,) if isinstance(q, int) else q
+
+
+def _words(body: bytes, offset: int, primes: tuple[int, ...], n: int, what: str) -> np.ndarray:
+    """(limbs, N) uint32 words from ``body`` at ``offset``, each limb checked < its prime."""
+    words = np.frombuffer(body, dtype="<u4", count=len(primes) * n, offset=offset)
+    words = words.reshape(len(primes), n)
+    for row, q in zip(words, primes, strict=True):
+        if int(row.max()) >= q:
+            raise InvalidCiphertextError(f"{what} has a coefficient >= q")
+    return words
+
+
 def pack_upload(
     fp: bytes, upload_id: bytes, base_id: bytes, exponent: int, c0: np.ndarray
 ) -> bytes:
-    """Envelope + upload header + c0 as uint32 words."""
+    """Envelope + upload header + c0 as uint32 words (limb after limb).
+
+    One limb (shape (N,) or (1, N)) is a compact chunk, two limbs a fast one."""
+    kind = BlobKind.CIPHERTEXT_COMPACT if c0.size == c0.shape[-1] else BlobKind.CIPHERTEXT_FAST
     body = UPLOAD_HEAD.pack(upload_id, base_id, exponent) + c0.astype("<u4").tobytes()
-    return envelope.wrap(BlobKind.CIPHERTEXT_COMPACT, fp, body)
+    return envelope.wrap(kind, fp, body)
 
 
-def unpack_upload(blob: bytes, fp: bytes, n: int, q: int) -> UploadChunk:
-    """Check and parse untrusted upload bytes (sizes, exponent range, c0 < q)."""
-    _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_COMPACT}), fp)
-    if len(body) != UPLOAD_HEAD.size + 4 * n:
-        raise InvalidCiphertextError(
-            f"compact upload chunk is {len(body)} bytes, expected {UPLOAD_HEAD.size + 4 * n}"
-        )
+def unpack_upload(blob: bytes, fp: bytes, n: int, q: int | tuple[int, ...]) -> UploadChunk:
+    """Check and parse untrusted upload bytes (kind, sizes, exponent range, c0 < q per
+    limb); ``q`` is the prime, or every limb's prime."""
+    primes = _primes(q)
+    kind = BlobKind.CIPHERTEXT_COMPACT if len(primes) == 1 else BlobKind.CIPHERTEXT_FAST
+    _, body = envelope.unwrap(blob, frozenset({kind}), fp)
+    expect = UPLOAD_HEAD.size + 4 * n * len(primes)
+    if len(body) != expect:
+        raise InvalidCiphertextError(f"upload chunk is {len(body)} bytes, expected {expect}")
     uid, base_id, exponent = UPLOAD_HEAD.unpack_from(body, 0)
     if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
-        raise InvalidCiphertextError(f"compact chunk exponent {exponent} out of range")
-    c0 = np.frombuffer(body, dtype="<u4", offset=UPLOAD_HEAD.size).astype(np.uint64)
-    if (c0 >= q).any():
-        raise InvalidCiphertextError("compact chunk has a coefficient >= q")
-    return UploadChunk(uid, base_id, exponent, c0)
+        raise InvalidCiphertextError(f"chunk exponent {exponent} out of range")
+    if len(primes) > 1 and base_id != ZERO_BASE_ID:
+        raise InvalidCiphertextError("a single-key-fast chunk carries no base")
+    return UploadChunk(uid, base_id, exponent, _words(body, UPLOAD_HEAD.size, primes, n, "chunk"))
 
 
 @dataclass(frozen=True)
@@ -280,7 +155,39 @@ def unpack_aggregate(blob: bytes, fp: bytes, n: int, q: int) -> AggregateChunk:
         table = [TABLE_ROW.unpack_from(body, pos + i * TABLE_ROW.size) for i in range(count)]
         pos += TABLE_ROW.size * count
     shifts = np.frombuffer(body, dtype=np.uint8, count=count, offset=pos)
-    c0 = np.frombuffer(body, dtype="<u4", offset=pos + count).astype(np.uint64)
-    if (c0 >= q).any():
-        raise InvalidCiphertextError("compact aggregate has a coefficient >= q")
+    c0 = _words(body, pos + count, (q,), n, "compact aggregate")[0].astype(np.uint64)
     return AggregateChunk(base_id, exponent, table, shifts, c0)
+
+
+@dataclass(frozen=True)
+class SumChunk:
+    """One chunk of a published fast sum: c0 and c1 as (limbs, N) uint32 each."""
+
+    exponent: int
+    contributors: int
+    c0: np.ndarray
+    c1: np.ndarray
+
+
+def pack_sum(fp: bytes, exponent: int, contributors: int, c0: np.ndarray, c1: np.ndarray) -> bytes:
+    """Envelope + (exponent, contributors) + c0 words + c1 words (limb after limb)."""
+    body = SUM_HEAD.pack(exponent, contributors) + c0.astype("<u4").tobytes()
+    return envelope.wrap(BlobKind.CIPHERTEXT_FAST_SUM, fp, body + c1.astype("<u4").tobytes())
+
+
+def unpack_sum(blob: bytes, fp: bytes, n: int, primes: tuple[int, ...]) -> SumChunk:
+    """Check and parse downloaded fast-sum bytes."""
+    _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_FAST_SUM}), fp)
+    words = len(primes) * n
+    if len(body) != SUM_HEAD.size + 8 * words:
+        raise InvalidCiphertextError(
+            f"aggregate chunk is {len(body)} bytes, expected {SUM_HEAD.size + 8 * words}"
+        )
+    exponent, count = SUM_HEAD.unpack_from(body, 0)
+    if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
+        raise InvalidCiphertextError(f"aggregate exponent {exponent} out of range")
+    if not 0 < count <= MAX_CONTRIBUTORS:
+        raise InvalidCiphertextError(f"aggregate declares {count} contributors")
+    c0 = _words(body, SUM_HEAD.size, primes, n, "aggregate")
+    c1 = _words(body, SUM_HEAD.size + 4 * words, primes, n, "aggregate")
+    return SumChunk(exponent, count, c0, c1)

@@ -35,6 +35,8 @@ class BlobKind(IntEnum):
     DECRYPTION_SHARE = 5
     CIPHERTEXT_COMPACT = 6  # single-key-compact upload chunk (compactwire.py)
     CIPHERTEXT_COMPACT_SUM = 7  # single-key-compact aggregate chunk
+    CIPHERTEXT_FAST = 8  # single-key-fast upload chunk (two RNS limbs of c0)
+    CIPHERTEXT_FAST_SUM = 9  # single-key-fast aggregate chunk (c0 and c1, two limbs each)
 
 
 def wrap(kind: BlobKind, fingerprint: bytes, seal_blob: bytes) -> bytes:

@@ -20,7 +20,9 @@ from fedhe_common.errors import ConfigError, ValueRangeError
 MIN_THRESHOLD = 2
 MIN_THRESHOLD_CLIENTS = 3
 
-EncryptionMode = Literal["seeded-symmetric", "public-key", "seeded-compact"]
+EncryptionMode = Literal["seeded-symmetric", "public-key", "seeded-compact", "seeded-fast"]
+# Coefficient-encoded RLWE on the numpy engine (compactwire.py), not CKKS.
+COEFFICIENT_MODES = ("seeded-compact", "seeded-fast")
 WeightMode = Literal["integer", "real"]
 Compression = Literal["none", "zstd"]
 
@@ -60,10 +62,15 @@ class Preset:
         return 1.0 if self.weight_mode == "integer" else 2.0**self.weight_scale_bits
 
     @property
+    def coefficient_encoded(self) -> bool:
+        """True for the numpy-engine presets (compact, fast): no CKKS slot encoding."""
+        return self.encryption in COEFFICIENT_MODES
+
+    @property
     def values_per_ciphertext(self) -> int:
         """Real values carried by one ciphertext (N with complex packing, N/2 without)."""
         n = self.poly_modulus_degree
-        if self.encryption == "seeded-compact":
+        if self.coefficient_encoded:
             return n  # coefficient encoding: one value per coefficient
         return n if self.complex_packing else n // 2
 
@@ -74,7 +81,7 @@ class Preset:
 
     def max_weight_sum(self, clip_bound: float | None = None) -> float:
         """Largest ``sum|w_i|`` the aggregate can carry without wrapping."""
-        if self.encryption == "seeded-compact":
+        if self.coefficient_encoded:
             # Per-chunk scales: the limit is on weights, whatever the clip bound; two bits
             # stay free for chunks whose ranges differ between clients (compactwire.py).
             from fedhe_common.crypto.compactwire import value_limit
@@ -177,6 +184,23 @@ PRESETS: dict[str, Preset] = {
             summary="N=4096, one 32-bit prime, coefficient encoding of model deltas at a "
             "power-of-two scale per chunk (15 bits), c0-only uploads and sums with seeds "
             "per upload attempt: ~4.02 B/value up, ~4.01 down (opt-in)",
+        ),
+        Preset(
+            name="single-key-fast",
+            poly_modulus_degree=4096,
+            coeff_modulus_bits=(32, 32),
+            scale_bits=28,  # the SEAL key self-test only
+            encryption="seeded-fast",
+            weight_mode="integer",
+            weight_scale_bits=0,
+            complex_packing=True,  # only the SEAL key self-test packs; chunks are N values
+            clip_bound=16.0,
+            compression="none",
+            smudging_bits=None,
+            baseline_only=False,
+            summary="N=4096, q = two 32-bit primes (~2^64, RNS), coefficient encoding at "
+            "2^-40 of each chunk's range, seeded uploads, server sums c0 and c1 so each "
+            "chunk decrypts alone: ~8.0 B/value up, ~16.0 down (exact, numpy engine)",
         ),
         Preset(
             name="single-key-real-weights",

@@ -104,14 +104,16 @@ class SecretKeyHolder:
         )
 
     def secret_residues(self) -> np.ndarray:
-        """The secret key's (k, N) residues in SEAL's NTT form (for :mod:`.compact`)."""
+        """The secret key's residues, one row of N per prime (the special prime's too),
+        in SEAL's NTT form (for :mod:`.compact`)."""
         raw = sealbytes.plaintext_array(sealbytes.save_bytes(self._secret_key))
-        return raw.reshape(self.ctx.k, self.ctx.n).copy()
+        return raw.reshape(-1, self.ctx.n).copy()
 
     def _refuse_compact(self) -> None:
-        if self.preset.encryption == "seeded-compact":
+        if self.preset.coefficient_encoded:
             raise InvalidArgumentError(
-                f"preset {self.preset.name!r} encrypts with fedhe_common.crypto.compact, not CKKS"
+                f"preset {self.preset.name!r} encrypts with fedhe_common.crypto.compact or "
+                "compactfast, not CKKS"
             )
 
     # -- crypto ------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from fedhe_common.errors import (
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, RecordFile
 from fedhe_common.mlbridge.chunking import ChunkPlan
 
+_BLOCK = 32  # chunks per seed expansion in add_upload
+
 
 @dataclass
 class SeedRegistry:
@@ -52,7 +54,13 @@ class _Chunk:
 
 
 class CompactAccumulator(EncryptedAccumulator):
-    """Per-chunk c0 sums of one round (same interface as :class:`EncryptedAccumulator`)."""
+    """Per-chunk c0 (and, for ``single-key-fast``, c1) sums of one round, per RNS limb
+    (same interface as :class:`EncryptedAccumulator`).
+
+    Sums are kept unreduced in uint64: every term is ``w 2^shift c`` with c < 2^32 and
+    the checked effective weight below the scheme's limit (< 2^23), so no sum reaches
+    2^64; reduction mod q_j happens once, when a chunk is published.
+    """
 
     # No SEAL state: the base class initializer is deliberately not called.
     def __init__(
@@ -68,11 +76,15 @@ class CompactAccumulator(EncryptedAccumulator):
             raise InvalidArgumentError("chunk size must equal the preset's ring degree")
         self.plan, self.preset, self.fingerprint = plan, preset, fingerprint
         self.weight_sum = 0.0
-        self._n, self._q = n, cw.compact_prime(preset)
-        self._limit = cw.value_limit(preset)
-        self._record = 8 * n
+        self.scheme = cw.scheme(preset)
+        self._ring = cw.CompactRing(preset) if self.scheme.server_sums_a else None
+        self._n, self._limbs = n, self.scheme.primes
+        self._limit = self.scheme.value_limit
+        assert self._limit < 1 << 32  # unreduced sums stay below 2^64
+        self._shape = (2 if self.scheme.server_sums_a else 1, len(self._limbs), n)
+        self._record = 8 * int(np.prod(self._shape))
         self._file = RecordFile(path, self._record * plan.count) if path is not None else None
-        self._mem = np.zeros((0 if path else plan.count, n), dtype=np.uint64)
+        self._mem = np.zeros((0 if path else plan.count, *self._shape), dtype=np.uint64)
         self._chunks = [_Chunk() for _ in range(plan.count)]
         self._weights: dict[bytes, int] = {}
         self._base_id: bytes | None = None
@@ -83,7 +95,7 @@ class CompactAccumulator(EncryptedAccumulator):
         if self._file is None:
             return self._mem[index]
         raw = self._file.read(index * self._record, self._record)
-        return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+        return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(self._shape)
 
     def _write(self, index: int, words: np.ndarray) -> None:
         if self._file is None:
@@ -91,17 +103,16 @@ class CompactAccumulator(EncryptedAccumulator):
         else:
             self._file.write(index * self._record, words.astype("<u8").tobytes())
 
-    def _times(self, words: np.ndarray, factor: int) -> np.ndarray:
-        f = factor % self._q
-        return cw.mulmod(words, f, cw.shoup(f, self._q), self._q)
-
     def add(self, index: int, blob: bytes, weight: float) -> None:
         """Validate chunk ``index`` of one upload and add it with integer ``weight``."""
+        self._add(index, blob, weight, None)
+
+    def _add(self, index: int, blob: bytes, weight: float, a: np.ndarray | None) -> None:
         self.plan.bounds(index)
         if weight != int(weight) or not 1 <= weight < 2**32:
             raise InvalidArgumentError(f"weight must be a positive 32-bit integer, got {weight!r}")
         w = int(weight)
-        up = cw.unpack_upload(blob, self.fingerprint, self._n, self._q)
+        up = cw.unpack_upload(blob, self.fingerprint, self._n, self._limbs)
         chunk = self._chunks[index]
         if up.upload_id in chunk.members:
             raise InvalidCiphertextError("this seed id already contributed to this chunk")
@@ -128,16 +139,25 @@ class CompactAccumulator(EncryptedAccumulator):
         self._seeds.claim(up.upload_id, self._owner)
         total = self._read(index)
         if old is not None and new is not None and new < old:
-            total = self._times(total, 1 << (old - new))
-        shift = 0 if x is None or new is None else x - new
-        total = cw.addmod(total, self._times(up.c0, w << shift), self._q)
+            total = total << np.uint64(old - new)  # still < 2^32 * effective < 2^64
+        factor = np.uint64(w << (0 if x is None or new is None else x - new))
+        total[0] += up.c0 * factor
+        if self._ring is not None:
+            if a is None:
+                a = self._ring.expand_limbs(up.upload_id, index, 1)[:, 0]
+            total[1] += a * factor
         self._write(index, total)
         chunk.exponent, chunk.members = new, members
         self._weights.setdefault(up.upload_id, w)
         self._base_id = up.base_id
 
+    def _reduced(self, index: int) -> np.ndarray:
+        q = np.array(self._limbs, dtype=np.uint64)[:, None]
+        return self._read(index) % q
+
     def chunk_blob(self, index: int) -> bytes:
-        """The published sum of chunk ``index`` (chunk 0 carries the contributor table)."""
+        """The published sum of chunk ``index`` (compact: chunk 0 carries the contributor
+        table; fast: c0 and c1, decryptable on its own)."""
         self.plan.bounds(index)
         chunk = self._chunks[index]
         if not chunk.members:
@@ -145,21 +165,34 @@ class CompactAccumulator(EncryptedAccumulator):
         if set(chunk.members) != set(self._weights):
             raise InvalidArgumentError(f"chunk {index} lacks some contributor's chunk")
         x = chunk.exponent
+        exponent = cw.EXP_ANY if x is None else x
+        sums = self._reduced(index)
+        if self.scheme.server_sums_a:
+            return cw.pack_sum(self.fingerprint, exponent, len(chunk.members), sums[0], sums[1])
         shifts = [
             0 if x is None or e is None else e - x
             for e in (chunk.members[u] for u in self._weights)
         ]
         table = list(self._weights.items()) if index == 0 else None
         assert self._base_id is not None
-        exponent = cw.EXP_ANY if x is None else x
         return cw.pack_aggregate(
-            self.fingerprint, self._base_id, exponent, table, shifts, self._read(index)
+            self.fingerprint, self._base_id, exponent, table, shifts, sums[0, 0]
         )
 
     def add_upload(self, blobs: list[bytes] | tuple[bytes, ...], weight: float) -> None:
-        """Add every chunk of one client's upload and count its weight once."""
+        """Add every chunk of one client's upload and count its weight once (the fast
+        scheme's a's are expanded 32 chunks per call)."""
         if len(blobs) != self.plan.count:
             raise ManifestMismatchError(f"upload has {len(blobs)} chunks, plan {self.plan.count}")
-        for k, blob in enumerate(blobs):
-            self.add(k, blob, weight)
+        for k0 in range(0, len(blobs), _BLOCK):
+            block = blobs[k0 : k0 + _BLOCK]
+            a = None
+            if self._ring is not None and block:
+                uid = cw.unpack_upload(block[0], self.fingerprint, self._n, self._limbs).upload_id
+                a = self._ring.expand_limbs(uid, k0, len(block))
+            for i, blob in enumerate(block):
+                row = None
+                if a is not None and blob[cw.HEAD_AT : cw.HEAD_AT + 16] == uid:
+                    row = a[:, i]
+                self._add(k0 + i, blob, weight, row)
         self.weight_sum += weight

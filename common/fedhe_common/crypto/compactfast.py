@@ -1,0 +1,109 @@
+"""``single-key-fast`` on a client: exact coefficient RLWE over two 32-bit RNS limbs.
+
+A chunk's values ``v`` (absolute, no deltas) are encoded at ``2^(40 - x)`` with
+``|v| < 2^x``, so ``|m| <= 2^40``; then, per limb j, ``c0_j = m + e - a_j*s mod q_j``
+with ``a_j`` expanded from the upload's public seed (one noise e for both limbs: an
+RLWE sample mod q = q1*q2 in CRT form). The server sums c0 and c1 = sum w a, so
+each aggregate chunk decrypts on its own: ``c0 + c1*s`` per limb (one float FFT
+product, exact after ``rint``), CRT to a centered 64-bit integer, released on
+the grid of :mod:`.compact` (docs/crypto.md §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from fedhe_common.crypto import compactwire as cw
+from fedhe_common.crypto.compact import (
+    cbd_noise,
+    chunk_exponents,
+    fresh_upload_id,
+    ternary_secret,
+)
+from fedhe_common.crypto.secret import SecretKeyHolder
+from fedhe_common.errors import FedHEError, InvalidArgumentError
+
+_BLOCK_CHUNKS = 32
+
+
+class FastCipher:
+    """Encrypts values and decrypts sums, chunk by chunk, for one client of one job."""
+
+    def __init__(self, holder: SecretKeyHolder, identity: str) -> None:
+        if holder.preset.encryption != "seeded-fast":
+            raise InvalidArgumentError(f"preset {holder.preset.name!r} is not single-key-fast")
+        self.preset = holder.preset
+        self.fingerprint = holder.fingerprint
+        self.ring = cw.CompactRing(self.preset)
+        self.n, self.primes = self.ring.n, self.ring.primes
+        self.value_bits = self.ring.scheme.value_bits
+        self._s = self.ring.spectrum(ternary_secret(holder, self.primes[0]))
+        self._identity = identity.encode()
+        self._attempts = 0
+
+    def new_upload_id(self) -> bytes:
+        """A fresh seed id (one per upload attempt: no a is used for two plaintexts)."""
+        self._attempts += 1
+        return fresh_upload_id(self.fingerprint, self._identity, self._attempts)
+
+    # -- encryption ----------------------------------------------------------------------
+    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
+        """One upload attempt: a fresh seed id, then one blob per N values (clipped)."""
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 1:
+            raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise InvalidArgumentError("values contain NaN or infinity")
+        bound = self.preset.clip_bound
+        return self._blobs(np.clip(arr, -bound, bound), self.new_upload_id())
+
+    def _blobs(self, arr: np.ndarray, uid: bytes) -> Iterator[bytes]:
+        n, block = self.n, self.n * _BLOCK_CHUNKS
+        for start in range(0, max(arr.size, 1), block):
+            part = arr[start : start + block]
+            rows = np.zeros((-(-part.size // n) or 1, n))
+            rows.reshape(-1)[: part.size] = part
+            yield from self._encrypt_rows(rows, start // n, uid)
+
+    def _encrypt_rows(self, rows: np.ndarray, first: int, uid: bytes) -> Iterator[bytes]:
+        exps = chunk_exponents(rows)
+        scales = np.ldexp(1.0, np.where(exps == cw.EXP_ANY, 0, self.value_bits - exps))
+        m = np.rint(rows * scales[:, None]) + cbd_noise(rows.shape)
+        a = self.ring.expand_limbs(uid, first, rows.shape[0])  # (limbs, rows, N)
+        c0 = self.ring.reduce(m - self.ring.product_exact(a, self._s), self.ring.q_col)
+        words = np.ascontiguousarray(c0.transpose(1, 0, 2)).astype(np.uint32)
+        for i in range(rows.shape[0]):
+            yield cw.pack_upload(self.fingerprint, uid, cw.ZERO_BASE_ID, int(exps[i]), words[i])
+
+    # -- decryption ----------------------------------------------------------------------
+    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+        """One aggregate chunk -> N weighted sums ``sum w_i x_i`` (released, rounded)."""
+        return self.decrypt_chunks([blob], self.n, weight_sum)
+
+    def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
+        """Aggregate chunks -> ``total`` weighted sums, 32 chunks per numpy call.
+
+        Each value is rounded to weight_sum * 2^RELEASE_BITS units of its chunk's scale
+        (the release rule, docs/crypto.md §2), coarser than the summed noise."""
+        if -(-total // self.n) != len(blobs):
+            raise FedHEError(f"aggregate has {len(blobs)} chunks for {total} values")
+        if int(weight_sum) != weight_sum or not 1 <= weight_sum < 2**32:
+            raise InvalidArgumentError(f"weight sum must be a positive integer, got {weight_sum}")
+        out = np.empty((len(blobs), self.n))
+        for k0 in range(0, len(blobs), _BLOCK_CHUNKS):
+            block = blobs[k0 : k0 + _BLOCK_CHUNKS]
+            out[k0 : k0 + len(block)] = self._decrypt_rows(block, int(weight_sum))
+        return out.reshape(-1)[:total]
+
+    def _decrypt_rows(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
+        parts = [cw.unpack_sum(b, self.fingerprint, self.n, self.primes) for b in blobs]
+        c0 = np.stack([p.c0 for p in parts], axis=1).astype(np.float64)  # (limbs, rows, N)
+        c1 = np.stack([p.c1 for p in parts], axis=1)
+        t = np.rint(c0 + self.ring.product_approx(c1, self._s))  # exact: error < 1e-3
+        x = self.ring.crt(self.ring.reduce(t, self.ring.q_col).astype(np.uint64))
+        unit = weight_sum << cw.RELEASE_BITS
+        grid = np.floor_divide(x + unit // 2, unit).astype(np.float64) * unit
+        exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
+        return grid * np.ldexp(1.0, exps - self.value_bits)[:, None]
