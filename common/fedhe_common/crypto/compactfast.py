@@ -72,8 +72,9 @@ class FastCipher:
         scales = np.ldexp(1.0, np.where(exps == cw.EXP_ANY, 0, self.value_bits - exps))
         m = np.rint(rows * scales[:, None]) + cbd_noise(rows.shape)
         a = self.ring.expand_limbs(uid, first, rows.shape[0])  # (limbs, rows, N)
-        c0 = self.ring.reduce(m - self.ring.product_exact(a, self._s), self.ring.q_col)
-        words = np.ascontiguousarray(c0.transpose(1, 0, 2)).astype(np.uint32)
+        c0 = self.ring.product_rint(a, self._s)  # an off-by-one here would only add noise
+        np.subtract(m, c0, out=c0)
+        words = self.ring.reduce(c0, self.ring.q_col).transpose(1, 0, 2).astype(np.uint32)
         for i in range(rows.shape[0]):
             yield cw.pack_upload(self.fingerprint, uid, cw.ZERO_BASE_ID, int(exps[i]), words[i])
 
@@ -98,12 +99,20 @@ class FastCipher:
         return out.reshape(-1)[:total]
 
     def _decrypt_rows(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
-        parts = [cw.unpack_sum(b, self.fingerprint, self.n, self.primes) for b in blobs]
-        c0 = np.stack([p.c0 for p in parts], axis=1).astype(np.float64)  # (limbs, rows, N)
-        c1 = np.stack([p.c1 for p in parts], axis=1)
-        t = np.rint(c0 + self.ring.product_approx(c1, self._s))  # exact: error < 1e-3
-        x = self.ring.crt(self.ring.reduce(t, self.ring.q_col).astype(np.uint64))
-        unit = weight_sum << cw.RELEASE_BITS
-        grid = np.floor_divide(x + unit // 2, unit).astype(np.float64) * unit
-        exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
-        return grid * np.ldexp(1.0, exps - self.value_bits)[:, None]
+        rows = cw.unpack_sums(blobs, self.fingerprint, self.n, self.primes)
+        c1 = rows.c1.transpose(1, 0, 2)  # (limbs, rows, N)
+        try:
+            t = self.ring.folded_product_rint(self.ring.fold(c1), self._s)
+        except ArithmeticError:  # never seen: the exact split product
+            t = self.ring.product_exact(c1, self._s)
+        t += rows.c0.transpose(1, 0, 2)
+        q1 = float(self.primes[0])
+        x = self.ring.crt(self.ring.reduce(t[0], q1), t[1])  # (rows, N), centered
+        # Release grid: weight_sum * 2^3 units of the chunk's scale (float rounding of a
+        # 64-bit x errs by 2^-53 of it, far below the grid's 8 * weight_sum).
+        unit = float(weight_sum << cw.RELEASE_BITS)
+        x *= 1.0 / unit
+        np.rint(x, out=x)
+        exps = np.where(rows.exponents == cw.EXP_ANY, 0, rows.exponents)
+        x *= (unit * np.ldexp(1.0, exps - self.value_bits))[:, None]
+        return x

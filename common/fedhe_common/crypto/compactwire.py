@@ -160,11 +160,10 @@ def unpack_aggregate(blob: bytes, fp: bytes, n: int, q: int) -> AggregateChunk:
 
 
 @dataclass(frozen=True)
-class SumChunk:
-    """One chunk of a published fast sum: c0 and c1 as (limbs, N) uint32 each."""
+class SumRows:
+    """Parsed fast-sum chunks: exponents (rows,), c0 and c1 as (rows, limbs, N) uint32."""
 
-    exponent: int
-    contributors: int
+    exponents: np.ndarray
     c0: np.ndarray
     c1: np.ndarray
 
@@ -175,19 +174,25 @@ def pack_sum(fp: bytes, exponent: int, contributors: int, c0: np.ndarray, c1: np
     return envelope.wrap(BlobKind.CIPHERTEXT_FAST_SUM, fp, body + c1.astype("<u4").tobytes())
 
 
-def unpack_sum(blob: bytes, fp: bytes, n: int, primes: tuple[int, ...]) -> SumChunk:
-    """Check and parse downloaded fast-sum bytes."""
-    _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_FAST_SUM}), fp)
-    words = len(primes) * n
-    if len(body) != SUM_HEAD.size + 8 * words:
-        raise InvalidCiphertextError(
-            f"aggregate chunk is {len(body)} bytes, expected {SUM_HEAD.size + 8 * words}"
-        )
-    exponent, count = SUM_HEAD.unpack_from(body, 0)
-    if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
-        raise InvalidCiphertextError(f"aggregate exponent {exponent} out of range")
-    if not 0 < count <= MAX_CONTRIBUTORS:
-        raise InvalidCiphertextError(f"aggregate declares {count} contributors")
-    c0 = _words(body, SUM_HEAD.size, primes, n, "aggregate")
-    c1 = _words(body, SUM_HEAD.size + 4 * words, primes, n, "aggregate")
-    return SumChunk(exponent, count, c0, c1)
+def unpack_sums(blobs: list[bytes], fp: bytes, n: int, primes: tuple[int, ...]) -> SumRows:
+    """Check and parse downloaded fast-sum chunks (envelope, size, exponent, contributor
+    count, every word < its limb's prime), all rows at once."""
+    limbs = len(primes)
+    words = np.empty((len(blobs), 2 * limbs, n), dtype=np.uint32)
+    exps = np.empty(len(blobs), dtype=np.int64)
+    for i, blob in enumerate(blobs):
+        _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_FAST_SUM}), fp)
+        expect = SUM_HEAD.size + 4 * words[i].size
+        if len(body) != expect:
+            raise InvalidCiphertextError(f"aggregate chunk is {len(body)} bytes, expected {expect}")
+        exponent, count = SUM_HEAD.unpack_from(body, 0)
+        if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
+            raise InvalidCiphertextError(f"aggregate exponent {exponent} out of range")
+        if not 0 < count <= MAX_CONTRIBUTORS:
+            raise InvalidCiphertextError(f"aggregate declares {count} contributors")
+        exps[i] = exponent
+        words[i].reshape(-1)[:] = np.frombuffer(body, dtype="<u4", offset=SUM_HEAD.size)
+    for j, q in enumerate(primes):
+        if words.size and max(int(words[:, j].max()), int(words[:, limbs + j].max())) >= q:
+            raise InvalidCiphertextError("aggregate has a coefficient >= q")
+    return SumRows(exps, words[:, :limbs], words[:, limbs:])
