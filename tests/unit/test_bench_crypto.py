@@ -16,6 +16,7 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = {r["config"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {
+        "single-key-fast",
         "single-key",
         "single-key-8k",
         "single-key-compact",
@@ -46,8 +47,13 @@ def test_bench_crypto_json_contract(tmp_path: Path) -> None:
     assert compact["upload_bytes_per_value"] * used <= 4.1
     assert compact["download_bytes_per_value"] * used <= 4.2
     assert compact["max_rel_err"] <= 1e-3
+    fast = rows["single-key-fast"]  # exact, at single-key's bytes
+    assert fast["upload_bytes_per_value"] * used <= 8.05
+    assert fast["download_bytes_per_value"] * used <= 16.05
+    assert fast["max_rel_err"] <= 1e-10
     ratios = {r["config"]: r for r in json.loads(out.read_text())["ratios"]}
     assert ratios["single-key-compact"]["upload_bytes_ratio"] < 0.1
+    assert {"client_cpu_ratio", "server_cpu_ratio"} <= set(ratios["single-key-fast"])
     assert {"decrypt_cpu_ratio", "download_bytes_ratio"} <= set(ratios["single-key"])
 
 
