@@ -50,10 +50,10 @@ def _aggregate(
 
 
 def _grid_bound(x: np.ndarray) -> float:
-    """Largest error of a released mean for values below 2^x: the grid 2^(3+x-40) on the
-    mean, the summed noise and encoding rounding well inside it (a loose 2x)."""
+    """Largest error of a released mean for values below 2^x: half the grid 2^(5+x-40) on
+    the mean plus the summed noise (|e| <= 21 units per weight) and encoding rounding."""
     exponent = int(np.frexp(np.abs(x).max())[1])
-    return 2.0 ** (exponent - 36)
+    return 2.0 ** (exponent - 35) * (0.5 + 22 / 32)
 
 
 def test_float_products_and_crt_are_exact() -> None:

@@ -42,6 +42,7 @@ class FastCipher:
         self._s = self.ring.spectrum(ternary_secret(holder, self.primes[0]))
         self._identity = identity.encode()
         self._attempts = 0
+        self._ws = cw.Workspace()  # decryption's scratch arrays, reused
 
     def new_upload_id(self) -> bytes:
         """A fresh seed id (one per upload attempt: no a is used for two plaintexts)."""
@@ -86,7 +87,7 @@ class FastCipher:
     def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
         """Aggregate chunks -> ``total`` weighted sums, 32 chunks per numpy call.
 
-        Each value is rounded to weight_sum * 2^RELEASE_BITS units of its chunk's scale
+        Each value is rounded to weight_sum * 2^5 units of its chunk's scale
         (the release rule, docs/crypto.md §2), coarser than the summed noise."""
         if -(-total // self.n) != len(blobs):
             raise FedHEError(f"aggregate has {len(blobs)} chunks for {total} values")
@@ -99,20 +100,26 @@ class FastCipher:
         return out.reshape(-1)[:total]
 
     def _decrypt_rows(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
-        rows = cw.unpack_sums(blobs, self.fingerprint, self.n, self.primes)
-        c1 = rows.c1.transpose(1, 0, 2)  # (limbs, rows, N)
+        ws, limbs, n = self._ws, len(self.primes), self.n
+        shape = (limbs, len(blobs), n)
+        words = ws.get("words", (len(blobs), 2 * limbs, n), np.uint32)
+        exps = cw.unpack_sums(blobs, self.fingerprint, n, self.primes, words)
+        c1 = words[:, limbs:].transpose(1, 0, 2)  # (limbs, rows, N)
+        z = ws.get("z", (*shape[:2], n // 2), np.complex128)
+        z.real, z.imag = c1[..., : n // 2], c1[..., n // 2 :]
+        t = ws.get("t", shape)
         try:
-            t = self.ring.folded_product_rint(self.ring.fold(c1), self._s)
+            self.ring.folded_product_rint(z, self._s, out=t)
         except ArithmeticError:  # never seen: the exact split product
-            t = self.ring.product_exact(c1, self._s)
-        t += rows.c0.transpose(1, 0, 2)
-        q1 = float(self.primes[0])
-        x = self.ring.crt(self.ring.reduce(t[0], q1), t[1])  # (rows, N), centered
-        # Release grid: weight_sum * 2^3 units of the chunk's scale (float rounding of a
-        # 64-bit x errs by 2^-53 of it, far below the grid's 8 * weight_sum).
-        unit = float(weight_sum << cw.RELEASE_BITS)
+            t[...] = self.ring.product_exact(c1, self._s)
+        t += words[:, :limbs].transpose(1, 0, 2)  # + c0
+        work = ws.get("w1", shape[1:]), ws.get("w2", shape[1:])
+        r1 = self.ring.reduce(t[0], float(self.primes[0]), out=ws.get("r1", shape[1:]))
+        x = self.ring.crt(r1, t[1], work)  # (rows, N), centered; a view of t
+        # Release grid: weight_sum * 2^5 units of the chunk's scale (float rounding of a
+        # 64-bit x errs by 2^-53 of it, far below the grid's 32 * weight_sum).
+        unit = float(weight_sum << self.ring.scheme.release_bits)
         x *= 1.0 / unit
         np.rint(x, out=x)
-        exps = np.where(rows.exponents == cw.EXP_ANY, 0, rows.exponents)
-        x *= (unit * np.ldexp(1.0, exps - self.value_bits))[:, None]
-        return x
+        exps = np.where(exps == cw.EXP_ANY, 0, exps)
+        return x * (unit * np.ldexp(1.0, exps - self.value_bits))[:, None]

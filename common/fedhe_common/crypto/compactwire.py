@@ -24,6 +24,7 @@ from fedhe_common.crypto.compactring import (  # noqa: F401  (re-exported: one e
     NOISE_BOUND,
     CompactRing,
     Scheme,
+    Workspace,
     addmod,
     mulmod,
     ring_primes,
@@ -159,26 +160,21 @@ def unpack_aggregate(blob: bytes, fp: bytes, n: int, q: int) -> AggregateChunk:
     return AggregateChunk(base_id, exponent, table, shifts, c0)
 
 
-@dataclass(frozen=True)
-class SumRows:
-    """Parsed fast-sum chunks: exponents (rows,), c0 and c1 as (rows, limbs, N) uint32."""
-
-    exponents: np.ndarray
-    c0: np.ndarray
-    c1: np.ndarray
-
-
 def pack_sum(fp: bytes, exponent: int, contributors: int, c0: np.ndarray, c1: np.ndarray) -> bytes:
     """Envelope + (exponent, contributors) + c0 words + c1 words (limb after limb)."""
     body = SUM_HEAD.pack(exponent, contributors) + c0.astype("<u4").tobytes()
     return envelope.wrap(BlobKind.CIPHERTEXT_FAST_SUM, fp, body + c1.astype("<u4").tobytes())
 
 
-def unpack_sums(blobs: list[bytes], fp: bytes, n: int, primes: tuple[int, ...]) -> SumRows:
+def unpack_sums(
+    blobs: list[bytes], fp: bytes, n: int, primes: tuple[int, ...], words: np.ndarray
+) -> np.ndarray:
     """Check and parse downloaded fast-sum chunks (envelope, size, exponent, contributor
-    count, every word < its limb's prime), all rows at once."""
+    count, every word < its limb's prime), all rows at once, into ``words`` (rows,
+    2 * limbs, N) uint32 (c0 limbs, then c1 limbs); return the exponents."""
     limbs = len(primes)
-    words = np.empty((len(blobs), 2 * limbs, n), dtype=np.uint32)
+    if words.shape != (len(blobs), 2 * limbs, n) or words.dtype != np.uint32:
+        raise ValueError("words must be (rows, 2 * limbs, N) uint32")
     exps = np.empty(len(blobs), dtype=np.int64)
     for i, blob in enumerate(blobs):
         _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_FAST_SUM}), fp)
@@ -195,4 +191,4 @@ def unpack_sums(blobs: list[bytes], fp: bytes, n: int, primes: tuple[int, ...]) 
     for j, q in enumerate(primes):
         if words.size and max(int(words[:, j].max()), int(words[:, limbs + j].max())) >= q:
             raise InvalidCiphertextError("aggregate has a coefficient >= q")
-    return SumRows(exps, words[:, :limbs], words[:, limbs:])
+    return exps
