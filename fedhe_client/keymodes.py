@@ -122,7 +122,7 @@ class Compact:
     encrypts = True
     decrypts_chunkwise = False
 
-    def __init__(self, cipher: CompactCipher) -> None:
+    def __init__(self, cipher: CompactCipher | FastCipher) -> None:
         self.cipher = cipher
         self.fingerprint = cipher.fingerprint
 
@@ -140,30 +140,16 @@ class Compact:
         return self.cipher.decrypt_chunks(ordered, plan.total, max(1, int(header.weight_sum)))
 
 
-class Fast:
+class Fast(Compact):
     """``single-key-fast``: exact two-limb coefficient RLWE; the server sums c0 and c1,
     so each aggregate chunk decrypts on its own as it streams in."""
 
     name = "single-key-fast"
-    encrypts = True
     decrypts_chunkwise = True
-
-    def __init__(self, cipher: FastCipher) -> None:
-        self.cipher = cipher
-        self.fingerprint = cipher.fingerprint
-
-    def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
-        return self.cipher.encrypt_vector(values)
+    cipher: FastCipher
 
     def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
         return self.cipher.decrypt_chunk(blob, weight_sum)
-
-    def decrypt_stream(
-        self, header: pb.AggregateHeader, chunks: list[pb.Chunk], plan: ChunkPlan
-    ) -> np.ndarray:
-        blobs = _ciphertexts(chunks, plan)
-        ordered = [blobs[k] for k in range(plan.count)]
-        return self.cipher.decrypt_chunks(ordered, plan.total, max(1, int(header.weight_sum)))
 
 
 class Threshold:

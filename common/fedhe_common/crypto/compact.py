@@ -71,6 +71,27 @@ def fresh_upload_id(fingerprint: bytes, identity: bytes, attempt: int) -> bytes:
     return h.digest()[:16]
 
 
+def clipped(values: np.ndarray, bound: float) -> np.ndarray:
+    """A checked 1-D float64 vector (finite), clipped to +-bound."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidArgumentError("values contain NaN or infinity")
+    return np.clip(arr, -bound, bound)
+
+
+def row_blocks(arr: np.ndarray, n: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``arr`` as (first chunk index, rows (<= 32, n), zero-padded) blocks; one zero row
+    for an empty vector."""
+    block = n * _BLOCK_CHUNKS
+    for start in range(0, max(arr.size, 1), block):
+        part = arr[start : start + block]
+        rows = np.zeros((-(-part.size // n) or 1, n))
+        rows.reshape(-1)[: part.size] = part
+        yield start // n, rows
+
+
 class CompactCipher:
     """Encrypts deltas and decrypts sums for one client of one job."""
 
@@ -155,22 +176,13 @@ class CompactCipher:
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One upload attempt: a fresh seed id, then one blob per N values of deltas."""
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim != 1:
-            raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InvalidArgumentError("values contain NaN or infinity")
-        bound = self.preset.clip_bound
+        arr = clipped(values, self.preset.clip_bound)
         base_id, base = self.base_for(arr.size)
-        return self._blobs(np.clip(arr, -bound, bound) - base, base_id, self.new_upload_id())
+        return self._blobs(arr - base, base_id, self.new_upload_id())
 
     def _blobs(self, deltas: np.ndarray, base_id: bytes, uid: bytes) -> Iterator[bytes]:
-        n, block = self.n, self.n * _BLOCK_CHUNKS
-        for start in range(0, max(deltas.size, 1), block):
-            part = deltas[start : start + block]
-            rows = np.zeros((-(-part.size // n) or 1, n))
-            rows.reshape(-1)[: part.size] = part
-            yield from self._encrypt_rows(rows, start // n, base_id, uid)
+        for first, rows in row_blocks(deltas, self.n):
+            yield from self._encrypt_rows(rows, first, base_id, uid)
 
     def _encrypt_rows(
         self, rows: np.ndarray, first: int, base_id: bytes, uid: bytes

@@ -19,7 +19,9 @@ from fedhe_common.crypto import compactwire as cw
 from fedhe_common.crypto.compact import (
     cbd_noise,
     chunk_exponents,
+    clipped,
     fresh_upload_id,
+    row_blocks,
     ternary_secret,
 )
 from fedhe_common.crypto.secret import SecretKeyHolder
@@ -52,21 +54,11 @@ class FastCipher:
     # -- encryption ----------------------------------------------------------------------
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One upload attempt: a fresh seed id, then one blob per N values (clipped)."""
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim != 1:
-            raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InvalidArgumentError("values contain NaN or infinity")
-        bound = self.preset.clip_bound
-        return self._blobs(np.clip(arr, -bound, bound), self.new_upload_id())
+        return self._blobs(clipped(values, self.preset.clip_bound), self.new_upload_id())
 
     def _blobs(self, arr: np.ndarray, uid: bytes) -> Iterator[bytes]:
-        n, block = self.n, self.n * _BLOCK_CHUNKS
-        for start in range(0, max(arr.size, 1), block):
-            part = arr[start : start + block]
-            rows = np.zeros((-(-part.size // n) or 1, n))
-            rows.reshape(-1)[: part.size] = part
-            yield from self._encrypt_rows(rows, start // n, uid)
+        for first, rows in row_blocks(arr, self.n):
+            yield from self._encrypt_rows(rows, first, uid)
 
     def _encrypt_rows(self, rows: np.ndarray, first: int, uid: bytes) -> Iterator[bytes]:
         exps = chunk_exponents(rows)
