@@ -47,7 +47,6 @@ AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, con
 TABLE_ROW = struct.Struct("<16sI")  # upload id, integer weight
 SUM_HEAD = struct.Struct("<bxxxI")  # fast sums: common exponent, contributors
 ZERO_BASE_ID = bytes(8)
-HEAD_AT = envelope.HEADER_BYTES  # where an upload chunk's seed id starts
 
 
 def value_limit(preset: Preset) -> int:

@@ -28,7 +28,7 @@ from fedhe_common.errors import (
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, RecordFile
 from fedhe_common.mlbridge.chunking import ChunkPlan
 
-_BLOCK = 32  # chunks per seed expansion in add_upload
+_BLOCK = 32  # chunks per seed expansion (fast preset)
 
 
 @dataclass
@@ -90,6 +90,7 @@ class CompactAccumulator(EncryptedAccumulator):
         self._base_id: bytes | None = None
         self._seeds = seeds if seeds is not None else SeedRegistry()
         self._owner = str(path) if path is not None else f"memory-{id(self)}"
+        self._a_block: tuple[bytes, int, np.ndarray] | None = None  # (uid, first, a)
 
     def _read(self, index: int) -> np.ndarray:
         if self._file is None:
@@ -103,11 +104,18 @@ class CompactAccumulator(EncryptedAccumulator):
         else:
             self._file.write(index * self._record, words.astype("<u8").tobytes())
 
+    def _a_row(self, uid: bytes, index: int) -> np.ndarray:
+        """The a (limbs, N) of chunk ``index`` of upload ``uid``, expanded 32 chunks ahead
+        per AES call (an upload's chunks are added in order)."""
+        assert self._ring is not None
+        block = self._a_block
+        if block is None or block[0] != uid or not 0 <= index - block[1] < block[2].shape[1]:
+            count = min(_BLOCK, self.plan.count - index)
+            block = self._a_block = (uid, index, self._ring.expand_limbs(uid, index, count))
+        return block[2][:, index - block[1]]
+
     def add(self, index: int, blob: bytes, weight: float) -> None:
         """Validate chunk ``index`` of one upload and add it with integer ``weight``."""
-        self._add(index, blob, weight, None)
-
-    def _add(self, index: int, blob: bytes, weight: float, a: np.ndarray | None) -> None:
         self.plan.bounds(index)
         if weight != int(weight) or not 1 <= weight < 2**32:
             raise InvalidArgumentError(f"weight must be a positive 32-bit integer, got {weight!r}")
@@ -143,9 +151,7 @@ class CompactAccumulator(EncryptedAccumulator):
         factor = np.uint64(w << (0 if x is None or new is None else x - new))
         total[0] += up.c0 * factor
         if self._ring is not None:
-            if a is None:
-                a = self._ring.expand_limbs(up.upload_id, index, 1)[:, 0]
-            total[1] += a * factor
+            total[1] += self._a_row(up.upload_id, index) * factor
         self._write(index, total)
         chunk.exponent, chunk.members = new, members
         self._weights.setdefault(up.upload_id, w)
@@ -180,19 +186,9 @@ class CompactAccumulator(EncryptedAccumulator):
         )
 
     def add_upload(self, blobs: list[bytes] | tuple[bytes, ...], weight: float) -> None:
-        """Add every chunk of one client's upload and count its weight once (the fast
-        scheme's a's are expanded 32 chunks per call)."""
+        """Add every chunk of one client's upload and count its weight once."""
         if len(blobs) != self.plan.count:
             raise ManifestMismatchError(f"upload has {len(blobs)} chunks, plan {self.plan.count}")
-        for k0 in range(0, len(blobs), _BLOCK):
-            block = blobs[k0 : k0 + _BLOCK]
-            a = None
-            if self._ring is not None and block:
-                uid = cw.unpack_upload(block[0], self.fingerprint, self._n, self._limbs).upload_id
-                a = self._ring.expand_limbs(uid, k0, len(block))
-            for i, blob in enumerate(block):
-                row = None
-                if a is not None and blob[cw.HEAD_AT : cw.HEAD_AT + 16] == uid:
-                    row = a[:, i]
-                self._add(k0 + i, blob, weight, row)
+        for k, blob in enumerate(blobs):
+            self.add(k, blob, weight)
         self.weight_sum += weight
