@@ -1,7 +1,9 @@
-"""Server sums for ``single-key-compact``: c0 residues added with numpy, no SEAL, no key.
+"""Server sums for the coefficient presets: residues added with numpy, no SEAL, no key.
 
-Each upload chunk declares its range exponent x (``|delta| < 2^x``, scale
-``2^(15 - x)``). A chunk's sum lives at the finest scale seen so far, X = min x:
+``single-key-compact`` sums c0 (one limb); ``single-key-fast`` sums c0 and the
+seeded a's (c1) per RNS limb, so each of its published chunks decrypts alone.
+Each upload chunk declares its range exponent x (``|v| < 2^x``, scale
+``2^(value_bits - x)``). A chunk's sum lives at the finest scale seen so far, X = min x:
 an upload is added times ``w * 2^(x - X)``, and a finer upload arriving later
 multiplies the running sum by ``2^(X - x)`` first. Before any addition the
 effective weight ``sum w_i 2^(x_i - X)`` is checked against the prime, so a sum
