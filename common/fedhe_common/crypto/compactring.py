@@ -34,7 +34,6 @@ class Scheme:
     value_bits: int  # |m| <= 2^value_bits for a chunk at its own range
     release_bits: int  # released sums: rounded to weight_sum * 2^release_bits units
     server_sums_a: bool  # the aggregate carries c1 = sum w a (decrypts chunk by chunk)
-    deltas: bool  # values travel as deltas against the last global mean
 
     @property
     def q(self) -> int:
@@ -57,9 +56,7 @@ def scheme(preset: Preset) -> Scheme:
         raise ValueError("the fast scheme runs on two primes (CRT to 64 bits)")
     # fast: 2^5 units per weight (>= 3.3 bits above the noise, 2^(x-36) on the mean);
     # compact: 2^3 (its 15 value bits leave no more room).
-    return Scheme(
-        preset.poly_modulus_degree, primes, 40 if fast else 15, 5 if fast else 3, fast, not fast
-    )
+    return Scheme(preset.poly_modulus_degree, primes, 40 if fast else 15, 5 if fast else 3, fast)
 
 
 class Workspace:
