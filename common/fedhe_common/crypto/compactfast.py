@@ -74,7 +74,7 @@ class FastCipher:
     # -- decryption ----------------------------------------------------------------------
     def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
         """One aggregate chunk -> N weighted sums ``sum w_i x_i`` (released, rounded)."""
-        return self.decrypt_chunks([blob], self.n, weight_sum)
+        return self._decrypt_rows([blob], _checked_weight(weight_sum))[0]
 
     def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
         """Aggregate chunks -> ``total`` weighted sums, 32 chunks per numpy call.
@@ -83,12 +83,11 @@ class FastCipher:
         (the release rule, docs/crypto.md §2), coarser than the summed noise."""
         if -(-total // self.n) != len(blobs):
             raise FedHEError(f"aggregate has {len(blobs)} chunks for {total} values")
-        if int(weight_sum) != weight_sum or not 1 <= weight_sum < 2**32:
-            raise InvalidArgumentError(f"weight sum must be a positive integer, got {weight_sum}")
+        weight = _checked_weight(weight_sum)
         out = np.empty((len(blobs), self.n))
         for k0 in range(0, len(blobs), _BLOCK_CHUNKS):
             block = blobs[k0 : k0 + _BLOCK_CHUNKS]
-            out[k0 : k0 + len(block)] = self._decrypt_rows(block, int(weight_sum))
+            out[k0 : k0 + len(block)] = self._decrypt_rows(block, weight)
         return out.reshape(-1)[:total]
 
     def _decrypt_rows(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
@@ -115,3 +114,9 @@ class FastCipher:
         np.rint(x, out=x)
         exps = np.where(exps == cw.EXP_ANY, 0, exps)
         return x * (unit * np.ldexp(1.0, exps - self.value_bits))[:, None]
+
+
+def _checked_weight(weight_sum: int) -> int:
+    if int(weight_sum) != weight_sum or not 1 <= weight_sum < 2**32:
+        raise InvalidArgumentError(f"weight sum must be a positive integer, got {weight_sum}")
+    return int(weight_sum)
