@@ -22,7 +22,7 @@ DEMO_JOB = """\
 version: 1
 job: {name: demo-digits, rounds: 5, seed: 0}
 participants: {min_clients: 3, round_timeout_s: 300, wait_after_min_s: 2}
-encryption: {mode: ckks, preset: single-key}
+encryption: {mode: ckks, preset: single-key-fast}
 model: {name: mlp, hidden: 64}
 data: {dataset: digits, partition: iid}
 training: {local_epochs: 5, batch_size: 32, lr: 0.1, momentum: 0.9}

@@ -31,12 +31,12 @@ from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import DPSection, JobConfig
-from fedhe_common.crypto.presets import PRESETS
+from fedhe_common.crypto.presets import DEFAULT_PRESET, PRESETS
 
 STEPS = ("encrypt", "upload", "aggregate", "download", "decrypt")
 CLIENTS = 3
 # mode -> (encryption.mode, preset); compact only where the preset exists in this build
-MODES = {"plain": ("none", "single-key"), "he": ("ckks", "single-key")}
+MODES = {"plain": ("none", DEFAULT_PRESET), "he": ("ckks", DEFAULT_PRESET)}
 if "single-key-compact" in PRESETS:
     MODES["compact"] = ("ckks", "single-key-compact")
 _UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}

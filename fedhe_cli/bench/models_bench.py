@@ -21,6 +21,7 @@ import numpy as np
 from fedhe_cli.bench.cputime import PhaseTimer
 from fedhe_cli.bench.crypto_bench import BLOCK_VALUES, PATH_FACTORIES, WEIGHTS, client_block
 from fedhe_cli.bench.crypto_paths import AggregationPath
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 
 DEFAULT_MODELS = (
     "linear",
@@ -31,8 +32,8 @@ DEFAULT_MODELS = (
     "vit-base",
     "bert-base",
 )
-DEFAULT_CONFIGS = ("single-key", "nvflare-default", "paper-default")
-OURS = "single-key"
+DEFAULT_CONFIGS = (DEFAULT_PRESET, "single-key", "nvflare-default", "paper-default")
+OURS = DEFAULT_PRESET
 DEFAULT_MEASURE = 8 * BLOCK_VALUES  # 1,048,576 values: a whole number of ciphertexts
 PLAIN_BYTES_PER_VALUE = 4  # plaintext FedAvg sends float32
 MAX_ABS_ERR = 1e-3  # every config must still aggregate correctly (values in [-10, 10])

@@ -36,6 +36,7 @@ from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.load import parse_yaml
 from fedhe_common.config.models import JobConfig
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 
 PHASES = ("train", "encrypt", "upload", "aggregate", "download", "decrypt")
 TRAINED_MODELS = ("linear", "mlp", "lenet", "cnn")  # the CPU phases train on digits
@@ -48,7 +49,7 @@ def bench_job(mode: str, model: str, dataset: str, epochs: int) -> str:
 job: {{name: bench-{mode}, rounds: 1, seed: 0}}
 participants: {{min_clients: {CLIENTS}, expected_clients: {CLIENTS}, round_timeout_s: 3600,
                 wait_after_min_s: 3600}}
-encryption: {{mode: {"ckks" if mode == "he" else "none"}, preset: single-key}}
+encryption: {{mode: {"ckks" if mode == "he" else "none"}, preset: {DEFAULT_PRESET}}}
 model: {{name: {model}}}
 data: {{dataset: {dataset}}}
 training: {{local_epochs: {epochs}, lr: 0.05}}
@@ -168,7 +169,7 @@ def process_job(model: str, encrypted: bool) -> str:
 job: {{name: bench-mem-{model}, rounds: 1, seed: 0, max_values: 2000000000}}
 participants: {{min_clients: {CLIENTS}, expected_clients: {CLIENTS}, round_timeout_s: 7200,
                 wait_after_min_s: 7200, max_sample_count: 100}}
-encryption: {{mode: {"ckks" if encrypted else "none"}, preset: single-key}}
+encryption: {{mode: {"ckks" if encrypted else "none"}, preset: {DEFAULT_PRESET}}}
 model: {{name: {model}}}
 """
 

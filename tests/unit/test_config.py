@@ -10,12 +10,24 @@ from click.testing import CliRunner
 from fedhe_cli.app import cli
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import JobConfig, ServerConfig
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 from fedhe_common.errors import ConfigError
 
 
 def test_valid_job_defaults() -> None:
     job = parse_yaml("job: {name: a, rounds: 2}", JobConfig)
-    assert job.encryption.mode == "ckks" and job.encryption.preset == "single-key"
+    assert job.encryption.mode == "ckks" and job.encryption.preset == DEFAULT_PRESET
+    assert job.preset_name == "single-key-fast"
+
+
+def test_threshold_keys_refuse_another_named_preset() -> None:
+    keys = "keys: {mode: threshold, parties: 3, threshold: 2}\nparticipants: {min_clients: 3}"
+    job = parse_yaml(f"job: {{name: a, rounds: 2}}\n{keys}", JobConfig)
+    assert job.preset_name == "threshold-strict"
+    with pytest.raises(ConfigError, match=r"keys\.preset"):
+        parse_yaml(
+            f"job: {{name: a, rounds: 2}}\n{keys}\nencryption: {{preset: single-key}}", JobConfig
+        )
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedhe_common.crypto.presets import MIN_THRESHOLD, MIN_THRESHOLD_CLIENTS, PRESETS
+from fedhe_common.crypto.presets import (
+    DEFAULT_PRESET,
+    MIN_THRESHOLD,
+    MIN_THRESHOLD_CLIENTS,
+    PRESETS,
+)
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -78,7 +83,7 @@ class ParticipantsSection(_Model):
 
 class EncryptionSection(_Model):
     mode: Literal["ckks", "none"] = "ckks"
-    preset: str = "single-key"
+    preset: str = DEFAULT_PRESET
     clip_bound: float | None = Field(default=None, gt=0)
 
     @field_validator("preset")
@@ -367,8 +372,11 @@ class JobConfig(_Model):
         if self.threshold_keys:
             if self.encryption.mode != "ckks":
                 raise ValueError("keys.mode threshold needs encryption.mode ckks")
-            if self.encryption.preset not in ("single-key", self.keys.preset):
-                raise ValueError("with threshold keys the preset is keys.preset")
+            named = "preset" in self.encryption.model_fields_set
+            if named and self.encryption.preset != self.keys.preset:
+                raise ValueError(
+                    "with threshold keys the preset is keys.preset (leave encryption.preset out)"
+                )
             if self.participants.min_clients > (self.keys.parties or 0):
                 raise ValueError("participants.min_clients exceeds keys.parties")
             if self.participants.min_clients < MIN_THRESHOLD_CLIENTS:

@@ -133,6 +133,9 @@ _OUTPUT_BITS = {
     "paper-default": 32,
 }
 
+# The preset a job gets when it names none: exact, numpy-native (docs/crypto.md §8).
+DEFAULT_PRESET = "single-key-fast"
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
