@@ -38,13 +38,16 @@ class KeyMode(Protocol):
     # True when one aggregate ciphertext decrypts on its own, as it streams in (single
     # key); False when every chunk waits for other data (the parties' shares).
     decrypts_chunkwise: bool
+    # How many streamed chunks ``decrypt_chunks`` takes at once (numpy engines batch).
+    decrypt_batch: int
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One ciphertext blob per chunk of ``values`` (clipped to the preset's bound)."""
         ...
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
-        """One aggregate ciphertext as weighted sums (only where ``decrypts_chunkwise``)."""
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
+        """Aggregate ciphertexts as weighted sums, each blob's values in turn (only where
+        ``decrypts_chunkwise``)."""
         ...
 
     def decrypt_stream(
@@ -68,8 +71,9 @@ class Plain:
     encrypts = False
     fingerprint = b""
     decrypts_chunkwise = False
+    decrypt_batch = 1
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
         raise FedHEError("ciphertext in a job without encryption")
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
@@ -91,6 +95,7 @@ class SingleKey:
     name = "single-key"
     encrypts = True
     decrypts_chunkwise = True
+    decrypt_batch = 1
 
     def __init__(self, holder: SecretKeyHolder) -> None:
         self.holder = holder
@@ -107,11 +112,11 @@ class SingleKey:
         out = np.empty(plan.total)
         for k in range(plan.count):
             start, stop = plan.bounds(k)
-            out[start:stop] = self.decrypt_chunk(blobs[k], weight_sum)[: stop - start]
+            out[start:stop] = self.holder.decrypt(blobs[k], weight_sum=weight_sum)[: stop - start]
         return out
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
-        return self.holder.decrypt(blob, weight_sum=weight_sum)
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
+        return np.concatenate([self.holder.decrypt(b, weight_sum=weight_sum) for b in blobs])
 
 
 class Compact:
@@ -121,6 +126,7 @@ class Compact:
     name = "single-key-compact"
     encrypts = True
     decrypts_chunkwise = False
+    decrypt_batch = 1
 
     def __init__(self, cipher: CompactCipher | FastCipher) -> None:
         self.cipher = cipher
@@ -129,7 +135,7 @@ class Compact:
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         return self.cipher.encrypt_vector(values)
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
         raise FedHEError("a compact aggregate decrypts as a whole stream")
 
     def decrypt_stream(
@@ -146,10 +152,11 @@ class Fast(Compact):
 
     name = "single-key-fast"
     decrypts_chunkwise = True
+    decrypt_batch = 32  # chunks per numpy call, as the cipher's own blocks
     cipher: FastCipher
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
-        return self.cipher.decrypt_chunk(blob, weight_sum)
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
+        return self.cipher.decrypt_chunks(blobs, len(blobs) * self.cipher.n, weight_sum)
 
 
 class Threshold:
@@ -158,8 +165,9 @@ class Threshold:
     name = "threshold"
     encrypts = True
     decrypts_chunkwise = False
+    decrypt_batch = 1
 
-    def decrypt_chunk(self, blob: bytes, weight_sum: int) -> np.ndarray:
+    def decrypt_chunks(self, blobs: list[bytes], weight_sum: int) -> np.ndarray:
         raise FedHEError("a threshold aggregate decrypts only with the parties' shares")
 
     def __init__(self, member: ThresholdMember, public: PublicKeyEncryptor) -> None:

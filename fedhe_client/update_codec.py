@@ -141,8 +141,8 @@ def decode_update(
 
 class StreamingDecoder:
     """Decrypt/decode an aggregate chunk by chunk as it streams in (single-key and
-    plaintext jobs: no ciphertext is kept; threshold jobs collect theirs, since the
-    parties' shares are needed for all of them)."""
+    plaintext jobs: at most the mode's ``decrypt_batch`` ciphertexts are held; threshold
+    jobs collect theirs, since the parties' shares are needed for all of them)."""
 
     def __init__(self, mode: KeyMode, mask: EncryptionMask | None, values_per_chunk: int) -> None:
         self.mode = mode
@@ -169,6 +169,7 @@ class StreamingDecoder:
             pb.STREAM_KIND_PLAINTEXT: set(),
         }
         self.held: list[pb.Chunk] = []
+        self.pending: list[tuple[int, bytes]] = []  # ciphertexts waiting for a full batch
         # Threshold: every chunk waits for the parties' shares, decoded at the end.
         self.collect = self.count > 0 and not self.mode.decrypts_chunkwise
 
@@ -185,14 +186,26 @@ class StreamingDecoder:
             raise FedHEError(f"aggregate chunk {chunk.index} out of range")
         if chunk.index in self.seen[chunk.stream]:
             raise FedHEError(f"aggregate chunk {chunk.index} sent twice")
-        start, stop = plan.bounds(chunk.index)
         if not is_ct:
+            start, stop = plan.bounds(chunk.index)
             self.rest[start:stop] = decode_float32(chunk.payload, stop - start)
         else:
-            weight_sum = max(1, int(self.header_msg.weight_sum))
-            values = self.mode.decrypt_chunk(chunk.payload, weight_sum)
-            self.dense[start:stop] = values[: stop - start]
+            self.pending.append((chunk.index, chunk.payload))
+            if len(self.pending) >= self.mode.decrypt_batch:
+                self._decrypt_pending()
         self.seen[chunk.stream].add(chunk.index)
+
+    def _decrypt_pending(self) -> None:
+        """Decrypt the held ciphertext chunks in one call and put their values in place."""
+        if not self.pending or self.header_msg is None:
+            return
+        weight_sum = max(1, int(self.header_msg.weight_sum))
+        values = self.mode.decrypt_chunks([blob for _, blob in self.pending], weight_sum)
+        per_chunk = values.size // len(self.pending)
+        for i, (index, _) in enumerate(self.pending):
+            start, stop = self.ct_plan.bounds(index)
+            self.dense[start:stop] = values[i * per_chunk : i * per_chunk + stop - start]
+        self.pending = []
 
     def result(self) -> np.ndarray:
         """The weighted-sum vector once every chunk has arrived."""
@@ -201,6 +214,7 @@ class StreamingDecoder:
             raise FedHEError("aggregate stream had no header")
         if self.collect:
             return decode_update(header, self.held, self.mode, self.mask, self.values_per_chunk)
+        self._decrypt_pending()
         for stream, plan in (
             (pb.STREAM_KIND_CIPHERTEXT, self.ct_plan),
             (pb.STREAM_KIND_PLAINTEXT, self.pt_plan),

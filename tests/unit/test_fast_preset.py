@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedhe_client.keymodes import Fast as ClientFast
+from fedhe_client.update_codec import StreamingDecoder
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.config.models import JobConfig
 from fedhe_common.crypto import compactwire as cw
@@ -260,7 +261,28 @@ def test_key_modes_route_and_decrypt_chunkwise() -> None:
         for k in range(plan.count)
     ]
     got = client.decrypt_stream(pb.AggregateHeader(weight_sum=3), chunks, plan)
-    each = np.concatenate([client.decrypt_chunk(ch.payload, 3) for ch in chunks])[: x.size]
-    assert np.array_equal(got, each) and np.abs(got / 3 - x).max() <= 1e-9
+    each = np.concatenate([client.decrypt_chunks([ch.payload], 3) for ch in chunks])
+    batch = client.decrypt_chunks([ch.payload for ch in chunks], 3)
+    assert np.array_equal(got, each[: x.size]) and np.array_equal(each, batch)
+    assert np.abs(got / 3 - x).max() <= 1e-9
     with pytest.raises(InvalidCiphertextError):
         server.check_ciphertext(holder_for("single-key").encrypt(x[:10]))
+
+
+def test_streaming_decoder_batches_out_of_order_chunks() -> None:
+    """The agent's decoder holds at most ``decrypt_batch`` ciphertexts and decrypts them
+    together; chunks arriving in any order land where they belong."""
+    client = ClientFast(_ciphers(1)[0])
+    x = np.random.default_rng(8).uniform(-3, 3, 40 * N + 17)  # two batches and a remainder
+    blobs = _aggregate([client.cipher], [x], [2])
+    plan = ChunkPlan(x.size, N)
+    decoder = StreamingDecoder(client, None, N)
+    decoder.header(
+        pb.AggregateHeader(num_values=x.size, weight_sum=2, ciphertext_chunks=plan.count)
+    )
+    order = np.random.default_rng(9).permutation(plan.count)
+    for k in order.tolist():
+        decoder.chunk(pb.Chunk(stream=pb.STREAM_KIND_CIPHERTEXT, index=k, payload=blobs[k]))
+        assert len(decoder.pending) < client.decrypt_batch
+    got = decoder.result()
+    assert np.abs(got / 2 - x).max() <= 1e-9
