@@ -32,12 +32,13 @@ from fedhe_common.errors import (
 )
 from fedhe_common.mlbridge.accumulate import PlainAccumulator, decode_float32
 from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.compact_accumulate import CompactAccumulator
 from fedhe_common.mlbridge.masks import EncryptionMask
 from fedhe_common.mlbridge.streams import encrypted_count, stream_plans
 from fedhe_common.rpc.states import upload_state
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.idempotency import is_repeat, verified_digest
-from fedhe_server.keymodes import AggregationMode, Compact, SingleKey, Threshold
+from fedhe_server.keymodes import AggregationMode, Compact, Fast, SingleKey, Threshold
 from fedhe_server.limits import check_num_values, check_sample_count
 from fedhe_server.metrics import ServerMetrics
 from fedhe_server.parallel_aggregate import ParallelAdder
@@ -78,6 +79,13 @@ class JobRun(RoundStateMachine):
         self._acc: RoundAccumulators | None = None
         self._mask: EncryptionMask | None = None
         self._adder: ParallelAdder | None = None
+        if self._in_process_only():
+            logger.warning(
+                "job %s: aggregation.workers %d ignored: single-key-compact sums are made "
+                "in the server process (each chunk publishes every contributor's shift)",
+                job_id,
+                config.aggregation.workers,
+            )
 
     @property
     def fingerprint(self) -> bytes:
@@ -426,26 +434,41 @@ class JobRun(RoundStateMachine):
         self, acc: RoundAccumulators, row: object, m: pb.UploadManifest, weight: int
     ) -> None:
         """Add every staged chunk of one upload in this process."""
-        for stream, count in ((CT, m.ciphertext_chunks), (PT, m.plaintext_chunks)):
-            for k in range(count):
-                path = self.files.chunk_path(row.round, row.upload_id, stream, k)  # type: ignore[attr-defined]
-                payload = path.read_bytes()
-                if stream == CT:
-                    assert acc.encrypted is not None
-                    acc.encrypted.add(k, payload, weight)
-                else:
-                    assert acc.plain is not None
-                    acc.plain.add(k, payload, weight)
+        coefficient = acc.encrypted if isinstance(acc.encrypted, CompactAccumulator) else None
+        if coefficient is not None and m.ciphertext_chunks:  # one seed id in every chunk
+            first = self.files.chunk_path(row.round, row.upload_id, CT, 0)  # type: ignore[attr-defined]
+            coefficient.expect(*coefficient.claim_upload(first.read_bytes(), weight))
+        try:
+            for stream, count in ((CT, m.ciphertext_chunks), (PT, m.plaintext_chunks)):
+                for k in range(count):
+                    path = self.files.chunk_path(row.round, row.upload_id, stream, k)  # type: ignore[attr-defined]
+                    payload = path.read_bytes()
+                    if stream == CT:
+                        assert acc.encrypted is not None
+                        acc.encrypted.add(k, payload, weight)
+                    else:
+                        assert acc.plain is not None
+                        acc.plain.add(k, payload, weight)
+        finally:
+            if coefficient is not None:
+                coefficient.expect(None)
 
     def adder(self) -> ParallelAdder | None:
-        """The job's chunk-range workers (``aggregation.workers`` > 1), made on first use."""
-        if self.config.aggregation.workers <= 1 or isinstance(self.mode, Compact):
-            return None  # compact sums: vectorised residues with a seed registry, in process
+        """The job's chunk-range workers (``aggregation.workers`` > 1), made on first use
+        (SEAL single-key and threshold, single-key-fast, plaintext streams)."""
+        if self.config.aggregation.workers <= 1 or self._in_process_only():
+            return None
         if self._adder is None:
             params = self.mode.ctx.params.to_json() if isinstance(self.mode, SingleKey) else None
             agg = self.config.aggregation
             self._adder = ParallelAdder(agg.workers, agg.backend, params)
         return self._adder
+
+    def _in_process_only(self) -> bool:
+        """single-key-compact keeps per-contributor shifts per chunk in this process."""
+        return self.config.aggregation.workers > 1 and (
+            isinstance(self.mode, Compact) and not isinstance(self.mode, Fast)
+        )
 
     def close(self) -> None:
         """Stop the job's aggregation workers, if any."""

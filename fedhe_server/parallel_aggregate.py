@@ -14,6 +14,14 @@ exist); ``ray`` sends the same task function as Ray tasks to the cluster named b
 ``RAY_ADDRESS`` (workers must see the server's ``state_dir``). Workers build the
 job's :class:`CiphertextAggregator` from public parameters only (cached per
 process).
+
+``single-key-fast`` (the coefficient sums of c0 and c1) works the same way: each
+record of its sum file carries the chunk's state at add time (common exponent,
+effective weight, contributor count), so a worker opens the file and adds its range
+with numpy. The seed-id registry stays in the server process: the upload's seed id
+is claimed there before dispatch, and every worker checks that each chunk of its
+range carries that id. ``single-key-compact`` publishes every contributor's shift
+per chunk, kept in the server process: its sums are always made there.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common.crypto.aggregate import CiphertextAggregator
 from fedhe_common.crypto.context import PublicParams
-from fedhe_common.errors import ConfigError
+from fedhe_common.errors import ConfigError, ManifestMismatchError
 from fedhe_common.mlbridge.accumulate import EncryptedAccumulator, PlainAccumulator
 from fedhe_common.mlbridge.chunking import ChunkPlan
+from fedhe_common.mlbridge.compact_accumulate import CompactAccumulator
 
 if TYPE_CHECKING:
     from fedhe_server.rounds import RoundAccumulators
@@ -49,7 +58,9 @@ class RangeTask:
     """Add chunks ``[start, start + len(chunk_paths))`` of one upload, times ``weight``.
 
     ``params_json`` is the job's public parameters for the ciphertext stream and
-    None for the plaintext stream."""
+    None for the plaintext stream. A coefficient (``single-key-fast``) task names
+    the context fingerprint and the upload's claimed seed id and base id, which every
+    chunk of the range must carry."""
 
     params_json: str | None
     total: int
@@ -58,6 +69,9 @@ class RangeTask:
     start: int
     chunk_paths: tuple[str, ...]
     weight: float
+    fingerprint: bytes = b""
+    upload_id: bytes = b""
+    base_id: bytes = b""
 
 
 def _aggregator(params_json: str) -> CiphertextAggregator:
@@ -77,6 +91,13 @@ def add_range(task: RangeTask) -> float | None:
         plain = PlainAccumulator(plan, path, fresh=False)
         for k, chunk in enumerate(task.chunk_paths, task.start):
             plain.add(k, Path(chunk).read_bytes(), task.weight)
+        return None
+    if task.upload_id:  # coefficient sums: numpy on the record file, no SEAL
+        preset = PublicParams.from_json(task.params_json).preset
+        sums = CompactAccumulator(preset, task.fingerprint, plan, path, fresh=False)
+        sums.expect(task.upload_id, task.base_id)
+        for k, chunk in enumerate(task.chunk_paths, task.start):
+            sums.add(k, Path(chunk).read_bytes(), task.weight)
         return None
     acc = EncryptedAccumulator(_aggregator(task.params_json), plan, path, fresh=False)
     for k, chunk in enumerate(task.chunk_paths, task.start):
@@ -151,11 +172,14 @@ class ParallelAdder:
         chunk_paths: list[Path],
         weight: float,
         encrypted: bool,
+        coefficient: tuple[bytes, bytes, bytes] | None = None,
     ) -> float | None:
         """Add one stream of one upload; return the ciphertext scale (None for plaintext).
 
-        Raises the first worker's error after every range has finished (the caller
-        then rejects the upload and rebuilds the sums)."""
+        ``coefficient``: (fingerprint, seed id, base id) of a claimed ``single-key-fast``
+        upload. Raises the first worker's error after every range has finished (the
+        caller then rejects the upload and rebuilds the sums)."""
+        fp, uid, base = coefficient or (b"", b"", b"")
         tasks = [
             RangeTask(
                 self.params_json if encrypted else None,
@@ -165,6 +189,9 @@ class ParallelAdder:
                 r.start,
                 tuple(str(chunk_paths[k]) for k in r),
                 weight,
+                fp,
+                uid,
+                base,
             )
             for r in split_ranges(plan.count, self.workers)
         ]
@@ -195,11 +222,22 @@ class ParallelAdder:
     ) -> None:
         """Add both streams of one staged upload (the caller counts its weight)."""
         if ciphertext_chunks:
-            assert acc.encrypted is not None
+            sums = acc.encrypted
+            assert sums is not None
             paths = [files.chunk_path(number, upload_id, CT, k) for k in range(ciphertext_chunks)]
             target = files.accumulator_path(number, CT)
-            scale = self.add_stream(acc.encrypted.plan, target, paths, weight, True)
-            acc.encrypted.mark_added(range(ciphertext_chunks), scale)
+            if isinstance(sums, CompactAccumulator):
+                if len(paths) != sums.plan.count:
+                    raise ManifestMismatchError(
+                        f"upload has {len(paths)} chunks, plan {sums.plan.count}"
+                    )
+                uid, base = sums.claim_upload(paths[0].read_bytes(), weight)
+                coefficient = (sums.fingerprint, uid, base)
+                self.add_stream(sums.plan, target, paths, weight, True, coefficient)
+                sums.mark_upload(uid, base, weight)
+            else:
+                scale = self.add_stream(sums.plan, target, paths, weight, True)
+                sums.mark_added(range(ciphertext_chunks), scale)
         if plaintext_chunks:
             assert acc.plain is not None
             paths = [files.chunk_path(number, upload_id, PT, k) for k in range(plaintext_chunks)]

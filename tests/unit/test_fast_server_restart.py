@@ -1,5 +1,6 @@
-"""``single-key-fast`` in the server's round core: a restart with a torn sum file rebuilds
-the sums from the committed uploads and the published aggregate is exact."""
+"""``single-key-fast`` in the server's round core with 2 chunk-range workers: a restart
+with a torn sum file rebuilds the sums from the committed uploads and the published
+aggregate is exact."""
 
 from __future__ import annotations
 
@@ -88,14 +89,18 @@ def test_restart_with_a_torn_sum_file_publishes_the_exact_mean(tmp_path: Path) -
     xs = {c: rng.uniform(-5, 5, VALUES) for c in ("a", "bb", "ccc")}
     weights = {"a": 10, "bb": 20, "ccc": 30}
     run = _run(tmp_path, clock)
+    assert run.adder() is not None  # sums made by worker processes
     _commit(run, "a", xs["a"], weights["a"])
     _commit(run, "bb", xs["bb"], weights["bb"])
+    run.close()
     sums = run.files.accumulator_path(1, pb.STREAM_KIND_CIPHERTEXT)
-    assert sums.stat().st_size == 3 * 2 * 2 * N * 8  # 3 chunks of c0 and c1, 2 limbs
+    # 3 chunks of c0 and c1, 2 limbs, each after its 16-byte state (exponent, E, count)
+    assert sums.stat().st_size == 3 * (16 + 2 * 2 * N * 8)
     sums.write_bytes(b"\xff" * 11)  # the crash left a torn file
     run = _run(tmp_path, clock)  # the restarted server rebuilds from committed uploads
     _commit(run, "ccc", xs["ccc"], weights["ccc"])
     run.tick()
+    run.close()
     blobs = [
         run.files.aggregate_chunk_path(1, pb.STREAM_KIND_CIPHERTEXT, k).read_bytes()
         for k in range(3)
