@@ -10,6 +10,7 @@ fails in one worker's range must count in no chunk at all.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -41,23 +42,23 @@ CT = pb.STREAM_KIND_CIPHERTEXT
 WEIGHTS = {"a": 3, "bb": 5, "ccc": 7}
 
 
-def _job(workers: int, preset: str = NAME) -> str:
+def _job(workers: int, preset: str = NAME, backend: str = "local") -> str:
     return f"""
 job: {{name: fastpar, rounds: 1, seed: 0}}
 encryption: {{mode: ckks, preset: {preset}}}
 participants: {{min_clients: 2, expected_clients: 3, round_timeout_s: 100,
                wait_after_min_s: 10, heartbeat_interval_s: 1000}}
-aggregation: {{workers: {workers}, backend: local}}
+aggregation: {{workers: {workers}, backend: {backend}}}
 """
 
 
-def _run(root: Path, workers: int, preset: str = NAME) -> JobRun:
+def _run(root: Path, workers: int, preset: str = NAME, backend: str = "local") -> JobRun:
     holder = holder_for(preset)
     clock = Clock()
     root.mkdir(parents=True, exist_ok=True)
     db = StateDB(root / "state.sqlite")
     params = holder.params.to_json()
-    text = _job(workers, preset)
+    text = _job(workers, preset, backend)
     db.insert_job("fp", text, JobState.RUNNING, params, holder.fingerprint, 1, clock())
     config = parse_yaml(text, JobConfig)
     mode = aggregation_mode(config, params, holder.fingerprint)
@@ -179,5 +180,23 @@ def test_compact_sums_stay_in_the_server_process_and_say_so(
     try:
         assert run.adder() is None
         assert "aggregation.workers 2 ignored: single-key-compact" in caplog.text
+    finally:
+        run.close()
+
+
+@pytest.mark.slow  # a local Ray starts in ~10 s
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="Ray is not installed (optional extra: pip install -e '.[ray]', or make test-ray)",
+)
+def test_ray_tasks_publish_the_serial_bytes(tmp_path: Path) -> None:
+    ups = _updates()
+    run = _run(tmp_path, 2, backend="ray")
+    try:
+        for client in ("a", "bb", "ccc"):
+            _commit(run, client, ups[client])
+        got, header = _published(run)
+        assert got == _serial([(ups[c], WEIGHTS[c]) for c in ("a", "bb", "ccc")])
+        assert header["contributors"] == 3
     finally:
         run.close()
