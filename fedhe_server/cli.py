@@ -16,7 +16,7 @@ from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
 from fedhe_common.pki import tls_problem
 from fedhe_common.rpc.auth import TokenAuthority
-from fedhe_common.rpc.serving import create_server
+from fedhe_common.rpc.serving import HeapTrimmer, create_server
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
@@ -74,6 +74,7 @@ def serve(
     logger.info("server listening on port %d", port)
     if dashboard is not None:
         click.echo(f"dashboard: {dashboard.url} (admin token as bearer or Basic password)")
+    trimmer = HeapTrimmer().start()  # peak memory flat in the clients (issue 15)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -82,6 +83,7 @@ def serve(
         dashboard.stop()
     server.stop(grace=10)
     service.stop()
+    trimmer.stop()
 
 
 def _check_keyauth_certificates(config: ServerConfig) -> None:
