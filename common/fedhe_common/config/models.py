@@ -327,7 +327,8 @@ class TransferSection(_Model):
 class AggregationSection(_Model):
     """How the server adds a committed upload into the round's sums (issue 15)."""
 
-    # Worker processes adding ranges of chunks in parallel (1: in the server process).
+    # Worker processes adding ranges of chunks in parallel (1: in the server process;
+    # single-key-compact sums always are, whatever this says).
     workers: int = Field(default=1, ge=1, le=256)
     # local: spawned processes on the server's host; ray: Ray tasks on the cluster that
     # RAY_ADDRESS names (the server's environment, never the job), sharing state_dir.
