@@ -227,6 +227,8 @@ class ParallelAdder:
             paths = [files.chunk_path(number, upload_id, CT, k) for k in range(ciphertext_chunks)]
             target = files.accumulator_path(number, CT)
             if isinstance(sums, CompactAccumulator):
+                if not sums.scheme.server_sums_a:  # per-member shifts live in one process
+                    raise ConfigError("single-key-compact sums are made in the server process")
                 if len(paths) != sums.plan.count:
                     raise ManifestMismatchError(
                         f"upload has {len(paths)} chunks, plan {sums.plan.count}"
