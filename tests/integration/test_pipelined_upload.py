@@ -16,7 +16,7 @@ import pytest
 from fedhe_cli.bench.round_bench import bench_job
 from fedhe_cli.inprocess import InProcessFederation
 from fedhe_client.connection import ServerConnection
-from fedhe_client.keymodes import SingleKey, fetch_secret_key
+from fedhe_client.keymodes import key_mode
 from fedhe_client.spool import SpooledChunks
 from fedhe_client.update_codec import StreamingDecoder, decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -72,9 +72,12 @@ def test_pipelined_resumed_upload_and_streamed_download_equal_fedavg(tmp_path: P
         weights = [3, 5]
         conns, modes = [], []
         for i, name in enumerate(names):
-            conn = ServerConnection(fed.client_config(name, i, 2).server)
-            vpc = conn.register(name, job_id).values_per_chunk
-            mode = SingleKey(fetch_secret_key(fed.client_config(name, i, 2), job_id))
+            config = fed.client_config(name, i, 2)
+            conn = ServerConnection(config.server)
+            reg = conn.register(name, job_id)
+            vpc = reg.values_per_chunk
+            mode = key_mode(config, job_id, job, bytes(reg.context_fingerprint))
+            assert mode.name == job.preset_name  # the default preset
             update = encode_update(vectors[i], mode, None, vpc, np.inf, job.dp, pipelined=True)
             assert isinstance(update.ciphertext, SpooledChunks)
             manifest = pb.UploadManifest(
