@@ -50,6 +50,13 @@ MAX_STREAMS_PER_CONNECTION = 128
 # it while the connection idles, so memory grew with every client that ever uploaded
 # (issue 15). 8 KiB (one small slice): ~0.1-0.2 s more CPU per 320 MB received.
 READ_BUFFER_BYTES = 8192
+# Receive window of each stream (bytes a client may send ahead of what the server has
+# read). gRPC's default (BDP probing) grew it to ~2.5 MB per upload on a fast link, all
+# of it buffered while the server validates chunks, so the server's memory followed the
+# uploads in flight (issue 15). Fixed instead: one stream moves at most this much per
+# round trip (512 KiB: ~5 MB/s at 100 ms, ~50 MB/s at 10 ms; uploads stream in
+# parallel under the transfer slots).
+STREAM_WINDOW_BYTES = 512 * 1024
 # Seconds between two returns of the C heap's free pages (:class:`HeapTrimmer`).
 TRIM_INTERVAL_S = 0.25
 
@@ -195,6 +202,8 @@ class ServerHandle:
                 *KEEPALIVE_OPTIONS,
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ("grpc.experimental.tcp_max_read_buffer_size", READ_BUFFER_BYTES),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
