@@ -40,12 +40,6 @@ def _sum(
     return got, exact
 
 
-_GRID_FIX = (
-    "needs the release grid 2^RELEASE_BITS * ||w_eff||_2 per chunk in "
-    "CompactCipher.decrypt_chunks (was weight_sum * 2^RELEASE_BITS); H3's report to the lead"
-)
-
-
 @pytest.mark.parametrize(
     ("weights", "scales"),
     [
@@ -54,9 +48,7 @@ _GRID_FIX = (
         ([480, 479, 479], [1.0] * 3),
         ([100] * 10, [1.0] * 10),
         # one client's range 2^4 above the others': shift 4, its noise counts 16 times
-        pytest.param(
-            [100] * 3, [1.0, 1.0, 16.0], marks=pytest.mark.xfail(strict=True, reason=_GRID_FIX)
-        ),
+        ([100] * 3, [1.0, 1.0, 16.0]),
     ],
 )
 def test_release_grid_stays_coarser_than_the_summed_noise(
@@ -72,7 +64,6 @@ def test_release_grid_stays_coarser_than_the_summed_noise(
     assert spacing >= 2 * SIGMA * l2
 
 
-@pytest.mark.xfail(strict=True, reason=_GRID_FIX)
 def test_mean_error_shrinks_with_many_contributors() -> None:
     weights = [100] * 10
     got, exact = _sum(weights, 2)

@@ -286,3 +286,19 @@ def test_streaming_decoder_batches_out_of_order_chunks() -> None:
         assert len(decoder.pending) < client.decrypt_batch
     got = decoder.result()
     assert np.abs(got / 2 - x).max() <= 1e-9
+
+
+def test_release_grid_follows_the_effective_weight() -> None:
+    """Chunks whose clients' ranges differ carry E = sum w_i 2^shift_i > sum w_i, and the
+    grid is E * 2^5 units; a sum declaring E below the round's weight sum is refused."""
+    a, b = _ciphers(2)
+    rng = np.random.default_rng(11)
+    xs = [rng.uniform(-1, 1, N), rng.uniform(-16, 16, N)]  # ranges 2^0 and 2^4: shift 4
+    blobs = _aggregate([a, b], xs, [2, 3])
+    head = cw.SUM_HEAD.unpack_from(blobs[0], HEADER_BYTES)
+    assert head[1:] == (2, 2 + 3 * 16)  # contributors, E (client b's weight shifted by 4)
+    got = a.decrypt_chunks(blobs, N, 5) / 5
+    grid = 50 * 2**5 * 2.0**-40  # on the sum, at the finer client's scale 2^(0 - 40)
+    assert np.abs(got - (2 * xs[0] + 3 * xs[1]) / 5).max() <= 2 * grid / 5
+    with pytest.raises(InvalidCiphertextError, match="effective weight"):
+        a.decrypt_chunks(blobs, N, 51)

@@ -12,6 +12,7 @@ also after a crash and retrain (docs/crypto.md, "compact preset").
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,7 +202,8 @@ class CompactCipher:
     ) -> np.ndarray:
         """All chunks of a sum -> ``total`` weighted sums ``sum w_i x_i`` (base added back).
 
-        The result is rounded to weight_sum * 2^RELEASE_BITS units of each chunk's scale,
+        The result is rounded to 2^RELEASE_BITS * ceil(||w_eff||_2) units of each chunk's
+        scale (w_eff,i = w_i * 2^shift_i),
         so no exact decryption leaves this object (as :mod:`.release` for CKKS). The
         mean ``result / weight_sum`` becomes the base of this client's next upload
         (unless ``keep_base`` is false: benchmarks of unrelated vectors).
@@ -227,11 +229,23 @@ class CompactCipher:
         c0 = np.stack([p.c0 for p in parts]).astype(np.float64)
         coeffs = self.ring.centered(c0 + self.ring.product_approx(a_sum, self._s))
         exps = np.array([0 if p.exponent == cw.EXP_ANY else p.exponent for p in parts])
-        # Release grid: weight_sum * 2^3 units of the common scale, i.e. 2^(3 + X - 15) on
-        # the mean, coarser than the summed noise (sigma 3.24 * ||w||_2 <= 3.24 * weight_sum).
-        unit = weight_sum * np.ldexp(1.0, cw.RELEASE_BITS)
+        # Release grid per chunk: 2^3 * ceil(||w_eff||_2) units of the common scale, w_eff,i =
+        # w_i * 2^shift_i: 2.47 sigma of the summed noise (3.24 ||w_eff||_2) for any weights
+        # and ranges; exact integers, so every client rounds alike.
+        weights = [w for _, w in table]
+        spread = [
+            _ceil_sqrt(sum((w << int(s)) ** 2 for w, s in zip(weights, p.shifts, strict=True)))
+            for p in parts
+        ]
+        unit = np.array(spread, dtype=np.float64)[:, None] * np.ldexp(1.0, cw.RELEASE_BITS)
         sums = np.rint(coeffs / unit) * unit * np.ldexp(1.0, exps - cw.VALUE_BITS)[:, None]
         out = sums.reshape(-1)[:total] + weight_sum * self._base(parts[0].base_id, total)
         if keep_base:
             self.remember(out / weight_sum)
         return out
+
+
+def _ceil_sqrt(v: int) -> int:
+    """ceil(sqrt(v)) of a non-negative integer, exactly."""
+    r = math.isqrt(v)
+    return r + (r * r < v)

@@ -6,7 +6,7 @@ with ``a_j`` expanded from the upload's public seed (one noise e for both limbs:
 RLWE sample mod q = q1*q2 in CRT form). The server sums c0 and c1 = sum w a, so
 each aggregate chunk decrypts on its own: ``c0 + c1*s`` per limb (one float FFT
 product, exact after ``rint``), CRT to a centered 64-bit integer, released on
-the grid of :mod:`.compact` (docs/crypto.md §8).
+a grid of E * 2^5 units, E the chunk's effective weight (docs/crypto.md §8).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fedhe_common.crypto.compact import (
     ternary_secret,
 )
 from fedhe_common.crypto.secret import SecretKeyHolder
-from fedhe_common.errors import FedHEError, InvalidArgumentError
+from fedhe_common.errors import FedHEError, InvalidArgumentError, InvalidCiphertextError
 
 _BLOCK_CHUNKS = 32
 
@@ -79,8 +79,9 @@ class FastCipher:
     def decrypt_chunks(self, blobs: list[bytes], total: int, weight_sum: int) -> np.ndarray:
         """Aggregate chunks -> ``total`` weighted sums, 32 chunks per numpy call.
 
-        Each value is rounded to weight_sum * 2^5 units of its chunk's scale
-        (the release rule, docs/crypto.md §2), coarser than the summed noise."""
+        Each value is rounded to E * 2^5 units of its chunk's scale, E the chunk's
+        effective weight ``sum w_i 2^shift_i`` (the release rule, docs/crypto.md §2 and
+        §8), coarser than the summed noise for any weights and ranges."""
         if -(-total // self.n) != len(blobs):
             raise FedHEError(f"aggregate has {len(blobs)} chunks for {total} values")
         weight = _checked_weight(weight_sum)
@@ -94,7 +95,9 @@ class FastCipher:
         ws, limbs, n = self._ws, len(self.primes), self.n
         shape = (limbs, len(blobs), n)
         words = ws.get("words", (len(blobs), 2 * limbs, n), np.uint32)
-        exps = cw.unpack_sums(blobs, self.fingerprint, n, self.primes, words)
+        exps, effective = cw.unpack_sums(blobs, self.fingerprint, n, self.primes, words)
+        if (effective < weight_sum).any():  # E = sum w_i 2^shift_i >= sum w_i
+            raise InvalidCiphertextError("aggregate's effective weight is below its weight sum")
         c1 = words[:, limbs:].transpose(1, 0, 2)  # (limbs, rows, N)
         z = ws.get("z", (*shape[:2], n // 2), np.complex128)
         z.real, z.imag = c1[..., : n // 2], c1[..., n // 2 :]
@@ -107,13 +110,14 @@ class FastCipher:
         work = ws.get("w1", shape[1:]), ws.get("w2", shape[1:])
         r1 = self.ring.reduce(t[0], float(self.primes[0]), out=ws.get("r1", shape[1:]))
         x = self.ring.crt(r1, t[1], work)  # (rows, N), centered; a view of t
-        # Release grid: weight_sum * 2^5 units of the chunk's scale (float rounding of a
-        # 64-bit x errs by 2^-53 of it, far below the grid's 32 * weight_sum).
-        unit = float(weight_sum << self.ring.scheme.release_bits)
-        x *= 1.0 / unit
+        # Release grid per chunk: E * 2^5 units of its scale, E = sum w_i 2^shift_i >=
+        # ||w_eff||_2, so >= 9.8 sigma of the summed noise (3.24 ||w_eff||_2) whatever the
+        # weights and the clients' ranges (float rounding of a 64-bit x errs by 2^-53 of it).
+        unit = np.ldexp(effective.astype(np.float64), self.ring.scheme.release_bits)[:, None]
+        x /= unit
         np.rint(x, out=x)
         exps = np.where(exps == cw.EXP_ANY, 0, exps)
-        return x * (unit * np.ldexp(1.0, exps - self.value_bits))[:, None]
+        return x * (unit * np.ldexp(1.0, exps - self.value_bits)[:, None])
 
 
 def _checked_weight(weight_sum: int) -> int:

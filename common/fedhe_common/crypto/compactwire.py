@@ -39,13 +39,13 @@ VALUE_BITS = 15  # compact: |round(d * 2^(VALUE_BITS - x))| <= 2^VALUE_BITS for 
 FAST_VALUE_BITS = 40  # fast: |m| <= 2^40 (scheme(preset).value_bits)
 EXP_MIN, EXP_MAX = -100, 100
 EXP_ANY = -128  # an all-zero chunk: no scale of its own, joins any sum with shift 0
-RELEASE_BITS = 3  # released sums: rounded to weight_sum * 2^3 units of the common scale
+RELEASE_BITS = 3  # released sums: rounded to 2^3 * ceil(||w_eff||_2) units of the common scale
 MAX_CONTRIBUTORS = 1 << 16
 
 UPLOAD_HEAD = struct.Struct("<16s8sbxxx")  # upload id, base id, exponent
 AGG_HEAD = struct.Struct("<8sbBxxI")  # base id, common exponent, has table, contributors
 TABLE_ROW = struct.Struct("<16sI")  # upload id, integer weight
-SUM_HEAD = struct.Struct("<bxxxI")  # fast sums: common exponent, contributors
+SUM_HEAD = struct.Struct("<bxxxII")  # fast sums: common exponent, contributors, effective weight
 ZERO_BASE_ID = bytes(8)
 
 
@@ -159,35 +159,42 @@ def unpack_aggregate(blob: bytes, fp: bytes, n: int, q: int) -> AggregateChunk:
     return AggregateChunk(base_id, exponent, table, shifts, c0)
 
 
-def pack_sum(fp: bytes, exponent: int, contributors: int, c0: np.ndarray, c1: np.ndarray) -> bytes:
-    """Envelope + (exponent, contributors) + c0 words + c1 words (limb after limb)."""
-    body = SUM_HEAD.pack(exponent, contributors) + c0.astype("<u4").tobytes()
+def pack_sum(
+    fp: bytes, exponent: int, contributors: int, effective: int, c0: np.ndarray, c1: np.ndarray
+) -> bytes:
+    """Envelope + (exponent, contributors, effective weight ``sum w_i 2^shift_i``) + c0
+    words + c1 words (limb after limb)."""
+    body = SUM_HEAD.pack(exponent, contributors, effective) + c0.astype("<u4").tobytes()
     return envelope.wrap(BlobKind.CIPHERTEXT_FAST_SUM, fp, body + c1.astype("<u4").tobytes())
 
 
 def unpack_sums(
     blobs: list[bytes], fp: bytes, n: int, primes: tuple[int, ...], words: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Check and parse downloaded fast-sum chunks (envelope, size, exponent, contributor
-    count, every word < its limb's prime), all rows at once, into ``words`` (rows,
-    2 * limbs, N) uint32 (c0 limbs, then c1 limbs); return the exponents."""
+    count, effective weight, every word < its limb's prime), all rows at once, into
+    ``words`` (rows, 2 * limbs, N) uint32 (c0 limbs, then c1 limbs); return the
+    exponents and the effective weights."""
     limbs = len(primes)
     if words.shape != (len(blobs), 2 * limbs, n) or words.dtype != np.uint32:
         raise ValueError("words must be (rows, 2 * limbs, N) uint32")
     exps = np.empty(len(blobs), dtype=np.int64)
+    effective = np.empty(len(blobs), dtype=np.int64)
     for i, blob in enumerate(blobs):
         _, body = envelope.unwrap(blob, frozenset({BlobKind.CIPHERTEXT_FAST_SUM}), fp)
         expect = SUM_HEAD.size + 4 * words[i].size
         if len(body) != expect:
             raise InvalidCiphertextError(f"aggregate chunk is {len(body)} bytes, expected {expect}")
-        exponent, count = SUM_HEAD.unpack_from(body, 0)
+        exponent, count, effective[i] = SUM_HEAD.unpack_from(body, 0)
         if exponent != EXP_ANY and not EXP_MIN <= exponent <= EXP_MAX:
             raise InvalidCiphertextError(f"aggregate exponent {exponent} out of range")
         if not 0 < count <= MAX_CONTRIBUTORS:
             raise InvalidCiphertextError(f"aggregate declares {count} contributors")
+        if effective[i] < 1:
+            raise InvalidCiphertextError("aggregate declares an effective weight of 0")
         exps[i] = exponent
         words[i].reshape(-1)[:] = np.frombuffer(body, dtype="<u4", offset=SUM_HEAD.size)
     for j, q in enumerate(primes):
         if words.size and max(int(words[:, j].max()), int(words[:, limbs + j].max())) >= q:
             raise InvalidCiphertextError("aggregate has a coefficient >= q")
-    return exps
+    return exps, effective

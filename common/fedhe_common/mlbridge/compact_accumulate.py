@@ -246,7 +246,9 @@ class CompactAccumulator(EncryptedAccumulator):
         exponent = cw.EXP_ANY if x is None else x
         sums = words % np.array(self._limbs, dtype=np.uint64)[:, None]
         if self.scheme.server_sums_a:
-            return cw.pack_sum(self.fingerprint, exponent, head.count, sums[0], sums[1])
+            return cw.pack_sum(
+                self.fingerprint, exponent, head.count, head.effective, sums[0], sums[1]
+            )
         assert self._members is not None and self._base_id is not None
         members = self._members[index]
         shifts = [
