@@ -182,7 +182,7 @@ def run_federation(
         from fedhe_cli.plain_fedavg import run_plain_fedavg  # torch: loaded only when run
 
         with terminate_on_sigterm():
-            plain = run_plain_fedavg(job, clients)
+            plain = run_plain_fedavg(job, clients, torch_threads=cluster.torch_threads)
         diff = 100 * abs(final["accuracy"] - plain["accuracy"])
         console.print(
             f"final test accuracy (plaintext FedAvg, same seeds): "
