@@ -16,7 +16,7 @@ from fedhe_common.errors import ConfigError, FedHEError
 from fedhe_common.logsetup import configure_logging, log_format_option, log_level_option
 from fedhe_common.pki import tls_problem
 from fedhe_common.rpc.auth import TokenAuthority
-from fedhe_common.rpc.serving import HeapTrimmer, create_server
+from fedhe_common.rpc.serving import HeapTrimmer, create_server, limit_malloc_arenas
 from fedhe_common.storage.atomic import atomic_write
 from fedhe_server.service import AggregationServer, max_message_bytes
 from fedhe_server.servicer import AggregationServicer, register
@@ -46,6 +46,7 @@ def serve(
     log_format: str,
 ) -> None:
     """Serve until SIGINT/SIGTERM; state lives in the config's state_dir."""
+    limit_malloc_arenas()  # before any thread: memory flat in the clients (issue 15)
     configure_logging(log_level, log_format)
     try:
         config = load_yaml(config_path, ServerConfig)
