@@ -63,7 +63,12 @@ def serve(
         authority = TokenAuthority(config.identities)
         servicer = AggregationServicer(service, authority)
         server = create_server(
-            config.listen, config.insecure, config.tls, max_message_bytes(), register(servicer)
+            config.listen,
+            config.insecure,
+            config.tls,
+            max_message_bytes(),
+            register(servicer),
+            stream_window_bytes=config.stream_window_kib * 1024,
         )
         port = server.port
         dashboard = _start_dashboard(service, config, authority)

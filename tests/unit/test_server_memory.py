@@ -122,3 +122,21 @@ def test_trimmer_thread_trims_until_stopped() -> None:
     assert done >= 3
     time.sleep(0.05)
     assert trimmer.trims == done  # stopped
+
+
+@pytest.mark.parametrize("window", [0, 64 * 1024])
+def test_stream_window_is_configurable(window: int) -> None:
+    """``stream_window_kib`` 0 hands the window back to gRPC's bandwidth probing; any
+    fixed size still moves a multi-megabyte upload intact."""
+    handle = create_server(
+        "127.0.0.1:0", True, None, 4 * 1024 * 1024, _register, stream_window_bytes=window
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
+    try:
+        call = channel.stream_unary(f"/{SERVICE}/Upload", None, None)
+        got = call(iter([MESSAGE] * MESSAGES), timeout=30)
+        assert int.from_bytes(got, "big") == len(MESSAGE) * MESSAGES
+        assert handle.stream_window_bytes == window
+    finally:
+        channel.close()
+        handle.stop(grace=None)

@@ -508,6 +508,11 @@ class ServerConfig(_Listener):
     # Uploads (and aggregate downloads) streaming at once: each holds up to one gRPC
     # flow-control window in memory; more clients wait (BeginUpload says busy, they retry).
     transfer_slots: int = Field(default=16, ge=1, le=4096)
+    # Bytes one stream may send ahead of the server's reads, in KiB. Fixed (default 512:
+    # ~5 MB/s per stream at 100 ms round trip, ~50 MB/s at 10 ms) keeps the server's
+    # memory flat in the clients; 0 lets gRPC grow it by bandwidth probing (long fast
+    # links; then memory follows the uploads in flight, ~2.5 MB each on a LAN).
+    stream_window_kib: int = Field(default=512, ge=0, le=1 << 20)
 
     @model_validator(mode="after")
     def _dashboard_tls_or_loopback(self) -> ServerConfig:

@@ -171,7 +171,9 @@ class ServerHandle:
         max_message_bytes: int,
         register: Register,
         blocking_workers: int,
+        stream_window_bytes: int = STREAM_WINDOW_BYTES,
     ) -> None:
+        self.stream_window_bytes = stream_window_bytes
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(
             futures.ThreadPoolExecutor(blocking_workers, thread_name_prefix="rpc-work")
@@ -200,14 +202,19 @@ class ServerHandle:
         max_message_bytes: int,
         register: Register,
     ) -> int:
+        window: list[tuple[str, int]] = [("grpc.http2.bdp_probe", 1)]
+        if self.stream_window_bytes:
+            window = [
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", self.stream_window_bytes),
+            ]
         server = grpc.aio.server(
             options=[
                 *message_options(max_message_bytes),
                 *KEEPALIVE_OPTIONS,
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ("grpc.experimental.tcp_max_read_buffer_size", READ_BUFFER_BYTES),
-                ("grpc.http2.bdp_probe", 0),
-                ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
+                *window,
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
@@ -331,10 +338,16 @@ def create_server(
     max_message_bytes: int,
     register: Register,
     blocking_workers: int = BLOCKING_WORKERS,
+    stream_window_bytes: int = STREAM_WINDOW_BYTES,
 ) -> ServerHandle:
     """Build and start a server; ``register`` adds services and returns their names.
+
+    ``stream_window_bytes``: each stream's fixed receive window (0: gRPC's bandwidth
+    probing grows it).
 
     Health (``grpc.health.v1``) reports SERVING for every registered service; server
     reflection lists them all (``grpcurl -plaintext HOST:PORT list``).
     """
-    return ServerHandle(listen, insecure, tls, max_message_bytes, register, blocking_workers)
+    return ServerHandle(
+        listen, insecure, tls, max_message_bytes, register, blocking_workers, stream_window_bytes
+    )
