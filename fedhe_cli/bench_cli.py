@@ -11,6 +11,7 @@ import click
 from rich.progress import Progress, TaskID
 
 from fedhe_cli.output import console, parse_list, print_table, write_json
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 
 
 def _sizes(text: str) -> list[int]:
@@ -460,7 +461,7 @@ def _lora_table() -> list[Any]:
 @click.option("--clients", default="10,50,100,200", show_default=True, help="client counts")
 @click.option("--n-params", default=200_000, show_default=True, type=click.IntRange(1, 20_000_000))
 @click.option("--plain", is_flag=True, help="plaintext float32 updates instead of CKKS")
-@click.option("--preset", default="single-key", show_default=True)
+@click.option("--preset", default=DEFAULT_PRESET, show_default=True)
 @click.option(
     "--threads",
     type=click.IntRange(1, 1024),

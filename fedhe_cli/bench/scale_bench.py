@@ -35,6 +35,7 @@ from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2_grpc as pb_grpc
 from fedhe_common.config.load import load_yaml, parse_yaml
 from fedhe_common.config.models import ClientConfig, DPSection, JobConfig, PeerSection
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 from fedhe_common.rpc.transport import KEEPALIVE_OPTIONS, message_options
 
 DISTINCT_UPDATES = 4
@@ -176,7 +177,7 @@ def run_scale_round(
     n_params: int,
     workdir: Path,
     encrypted: bool = True,
-    preset: str = "single-key",
+    preset: str = DEFAULT_PRESET,
     threads: int | None = None,
     distinct: int = DISTINCT_UPDATES,
     seed: int = 0,
@@ -202,9 +203,9 @@ def run_scale_round(
         mode = key_mode(configs[0], job_id, job, bytes(regs[0].context_fingerprint))
         rng = np.random.default_rng(seed)
         vectors = [rng.uniform(-1, 1, n_params) for _ in range(min(distinct, clients))]
-        # Encrypted once each and shared by the clients; compact uploads carry a seed id
-        # the server accepts once, so there every client encrypts its own.
-        own = mode.name == "single-key-compact"
+        # Encrypted once each and shared by the clients; coefficient-preset uploads carry
+        # a seed id the server accepts once, so there every client encrypts its own.
+        own = mode.name in ("single-key-compact", "single-key-fast")
         updates = [
             encode_update(vectors[i % len(vectors)], mode, None, vpc, np.inf, DPSection())
             for i in range(clients if own else len(vectors))
@@ -266,7 +267,7 @@ def run_scale_bench(
     client_counts: list[int],
     n_params: int,
     encrypted: bool = True,
-    preset: str = "single-key",
+    preset: str = DEFAULT_PRESET,
     threads: int | None = None,
     on_result: Callable[[ScaleResult], None] = lambda r: None,
     workers: int = 1,
