@@ -30,7 +30,7 @@ from fedhe_cli.bench.round_client import peak_rss_mb
 from fedhe_cli.cluster import ClientSpec, LocalCluster
 from fedhe_cli.inprocess import InProcessFederation
 from fedhe_client.connection import ServerConnection
-from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
+from fedhe_client.keymodes import KeyMode, key_mode
 from fedhe_client.learner import LocalLearner
 from fedhe_client.update_codec import decode_update, encode_update
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
@@ -74,22 +74,23 @@ def run_mode(
         for i, name in enumerate(names):
             cfg = fed.client_config(name, i, CLIENTS)
             conn = ServerConnection(cfg.server)
-            vpc = conn.register(name, job_id).values_per_chunk
+            reg = conn.register(name, job_id)
+            vpc = reg.values_per_chunk
             conns.append(conn)
-            modes.append(SingleKey(fetch_secret_key(cfg, job_id)) if mode == "he" else Plain())
+            modes.append(key_mode(cfg, job_id, job, bytes(reg.context_fingerprint)))
             learners.append(LocalLearner(job, i, CLIENTS, torch_threads=None))
         upload_ids = []
-        for conn, learner, key_mode, name in zip(conns, learners, modes, names, strict=True):
+        for conn, learner, mode_of_client, name in zip(conns, learners, modes, names, strict=True):
             with timer.phase("train"):
                 vector, _ = learner.train_round(1)
             with timer.phase("encrypt"):
-                update = encode_update(vector, key_mode, None, vpc, np.inf, job.dp)
+                update = encode_update(vector, mode_of_client, None, vpc, np.inf, job.dp)
             manifest = pb.UploadManifest(
                 job_id=job_id,
                 round=1,
                 client_id=name,
                 layout_id=learner.manifest.layout_id,
-                context_fingerprint=key_mode.fingerprint,
+                context_fingerprint=mode_of_client.fingerprint,
                 ciphertext_chunks=update.ct_plan.count,
                 plaintext_chunks=update.pt_plan.count,
                 num_values=vector.size,
@@ -102,11 +103,11 @@ def run_mode(
                 conn.commit(upload_id)
             fed.server.runs[job_id].tick()
         globals_ = []
-        for conn, key_mode in zip(conns, modes, strict=True):
+        for conn, client_mode in zip(conns, modes, strict=True):
             with timer.phase("download"):
                 header, chunks = conn.download(job_id, 1)
             with timer.phase("decrypt"):
-                vector = decode_update(header, chunks, key_mode, None, vpc) / header.weight_sum
+                vector = decode_update(header, chunks, client_mode, None, vpc) / header.weight_sum
             globals_.append(vector)
         for g in globals_[1:]:
             assert np.array_equal(g, globals_[0])

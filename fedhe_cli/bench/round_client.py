@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from fedhe_client.connection import ServerConnection
-from fedhe_client.keymodes import KeyMode, Plain, SingleKey, fetch_secret_key
+from fedhe_client.keymodes import KeyMode, key_mode
 from fedhe_client.peft_support import apply_peft, travelling_state, with_base
 from fedhe_client.update_codec import StreamingDecoder, encode_update
 from fedhe_client.zoo import zoo_model
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
-from fedhe_common.config.load import load_yaml
-from fedhe_common.config.models import ClientConfig, DPSection, PeftSection
+from fedhe_common.config.load import load_yaml, parse_yaml
+from fedhe_common.config.models import ClientConfig, DPSection, JobConfig, PeftSection
 from fedhe_common.mlbridge.flatten import flatten
 
 PUBLISHED_WAIT_S = 7200
@@ -77,7 +77,10 @@ def run(
     conn = ServerConnection(config.server)
     reg = conn.register(config.client_id, None)
     job_id, vpc = reg.job_id, reg.values_per_chunk
-    mode: KeyMode = SingleKey(fetch_secret_key(config, job_id)) if encrypted else Plain()
+    job = parse_yaml(reg.job_yaml, JobConfig, f"job {job_id}")
+    mode: KeyMode = key_mode(config, job_id, job, bytes(reg.context_fingerprint))
+    if mode.encrypts != encrypted:
+        raise RuntimeError(f"job {job_id} encryption does not match this bench round")
     vector, layout_id = client_vector(model_name, index, peft)
     np.save(out / f"vec-{index}.npy", vector, allow_pickle=False)
     weight = index + 1
