@@ -346,9 +346,9 @@ def bench_threshold(json_path: Path | None, values: int) -> None:
 )
 @click.option(
     "--configs",
-    default="single-key,nvflare-default,paper-default",
+    default=f"{DEFAULT_PRESET},single-key,nvflare-default,paper-default",
     show_default=True,
-    help="ours (single-key) and the baselines",
+    help="ours (the default preset first), SEAL single-key and the baselines",
 )
 @click.option(
     "--measure-values",
@@ -438,14 +438,14 @@ def bench_models(
 
 
 def _lora_table() -> list[Any]:
-    """FedML-HE Table 5 analogue: full vs LoRA (r=8) bytes per client, ours (single-key)."""
+    """FedML-HE Table 5 analogue: full vs LoRA (r=8) bytes per client, ours (the default preset)."""
     from fedhe_cli.bench.models_bench import LORA_R, run_lora_bench
 
     console.log("LoRA table: BERT-base, ResNet-18 (real CKKS), Llama-2-7B (layout only)")
     rows = run_lora_bench()
     print_table(
         f"LoRA r={LORA_R} (BERT/Llama: query+value, ResNet: convolutions) + head; "
-        "bytes per client, single-key; Llama-2-7B extrapolated per ciphertext",
+        f"bytes per client, {DEFAULT_PRESET}; Llama-2-7B extrapolated per ciphertext",
         ["model", "values", "LoRA values", "plain MB", "full HE MB", "LoRA plain MB",
          "LoRA HE MB", "LoRA client cpu s", "full client cpu s", "measured"],
         [[r.model, r.full_values, r.lora_values, r.plain_bytes / 1e6,
