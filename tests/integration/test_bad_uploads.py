@@ -18,6 +18,7 @@ from tests.integration.conftest import Services
 JOB = """
 job: {name: badjob, rounds: 1, seed: 0}
 participants: {min_clients: 2, round_timeout_s: 120, wait_after_min_s: 60}
+encryption: {mode: ckks, preset: single-key}  # SEAL blobs (the default's: test_fast_preset)
 """
 NUM_VALUES = 10_000
 

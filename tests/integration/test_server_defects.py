@@ -10,6 +10,7 @@ import pytest
 
 from fedhe_common._proto.fedhe.aggregation.v1 import aggregation_pb2 as pb
 from fedhe_common._proto.fedhe.keyauth.v1 import keyauth_pb2 as kpb
+from fedhe_common.crypto.presets import DEFAULT_PRESET, get_preset
 from tests.integration.conftest import Services
 
 PLAIN = """
@@ -102,7 +103,7 @@ def test_plaintext_job_bounds_each_clients_weight(services: Services, sample_cou
 
 
 def test_ckks_job_shares_the_weight_budget_among_clients(services: Services) -> None:
-    """Defect 4: one client declaring n near 2^21 took the whole single-key budget."""
+    """Defect 4: one client declaring n near the whole weight budget took all of it."""
     job = "job: {name: ck, rounds: 1}\nparticipants: {min_clients: 2, expected_clients: 4}\n"
     stub = _submit(services, job, "c1", "c2")
     fingerprint = services.server.run_for("ck").fingerprint
@@ -119,8 +120,9 @@ def test_ckks_job_shares_the_weight_budget_among_clients(services: Services) -> 
     with pytest.raises(grpc.RpcError) as exc:
         _begin(stub, services, m)
     assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
-    assert "per-client bound 524288" in (exc.value.details() or "")  # 2^21 / 4 clients
-    m.sample_count = 524_288
+    bound = int(get_preset(DEFAULT_PRESET).max_weight_sum()) // 4  # budget / 4 clients
+    assert f"per-client bound {bound}" in (exc.value.details() or "")
+    m.sample_count = bound
     _begin(stub, services, m)
 
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from fedhe_cli.app import cli
 from fedhe_cli.bench.models_bench import DEFAULT_MODELS, model_size
+from fedhe_common.crypto.presets import DEFAULT_PRESET
 
 ROW_KEYS = {
     "model",
@@ -34,7 +35,7 @@ def test_bench_models_json_for_two_tiny_models(tmp_path: Path) -> None:
     assert [(r["model"], r["config"]) for r in rows] == [
         (m, c)
         for m in ("linear", "lenet")
-        for c in ("single-key", "nvflare-default", "paper-default")
+        for c in (DEFAULT_PRESET, "single-key", "nvflare-default", "paper-default")
     ]
     for r in rows:
         assert set(r) == ROW_KEYS
@@ -43,7 +44,7 @@ def test_bench_models_json_for_two_tiny_models(tmp_path: Path) -> None:
         assert r["client_cpu_s"] > 0 and r["decrypt_cpu_s"] > 0
     assert {r["n_params"] for r in rows} == {7_850, 61_706}
     assert rows[0]["plain_bytes"] == 4 * 7_850
-    ours = {r["model"]: r for r in rows if r["config"] == "single-key"}
+    ours = {r["model"]: r for r in rows if r["config"] == DEFAULT_PRESET}
     nvflare = {r["model"]: r for r in rows if r["config"] == "nvflare-default"}
     assert ours["lenet"]["upload_bytes"] < nvflare["lenet"]["upload_bytes"]
     ratio = [x for x in doc["ratios"] if x["model"] == "lenet" and x["config"] == "paper-default"]
