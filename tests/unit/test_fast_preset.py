@@ -302,3 +302,18 @@ def test_release_grid_follows_the_effective_weight() -> None:
     assert np.abs(got - (2 * xs[0] + 3 * xs[1]) / 5).max() <= 2 * grid / 5
     with pytest.raises(InvalidCiphertextError, match="effective weight"):
         a.decrypt_chunks(blobs, N, 51)
+
+
+def test_values_are_clipped_per_block_and_non_finite_ones_refused() -> None:
+    """Clipping to the preset's bound happens block by block (no model-sized copy);
+    NaN or infinity anywhere, also past the first check slice, is refused at once."""
+    (c,) = _ciphers(1)
+    x = np.random.default_rng(12).uniform(-1, 1, 40 * N)
+    x[[3, 33 * N + 5]] = [100.0, -100.0]  # beyond clip_bound 16, in two different blocks
+    got = c.decrypt_chunks(_aggregate([c], [x], [1]), x.size, 1)
+    assert got[3] == pytest.approx(16.0) and got[33 * N + 5] == pytest.approx(-16.0)
+    assert np.abs(np.delete(got - x, [3, 33 * N + 5])).max() <= 1e-9
+    bad = np.zeros(3 << 20)
+    bad[-1] = np.nan
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        c.encrypt_vector(bad)

@@ -28,6 +28,7 @@ from fedhe_common.errors import FedHEError, InvalidArgumentError, ValueRangeErro
 _ID_DOMAIN = b"fedhe-compact-upload-v1\x00"
 _BLOCK_CHUNKS = 32
 _KEEP_BASES = 3
+_CHECK_SLICE = 1 << 20  # values per finiteness check
 
 
 def cbd_noise(shape: tuple[int, ...]) -> np.ndarray:
@@ -72,24 +73,28 @@ def fresh_upload_id(fingerprint: bytes, identity: bytes, attempt: int) -> bytes:
     return h.digest()[:16]
 
 
-def clipped(values: np.ndarray, bound: float) -> np.ndarray:
-    """A checked 1-D float64 vector (finite), clipped to +-bound."""
+def checked(values: np.ndarray) -> np.ndarray:
+    """``values`` as a 1-D float64 vector, refused if any value is NaN or infinite (checked
+    a slice at a time: no model-sized temporaries)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise InvalidArgumentError(f"expected a 1-D vector, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InvalidArgumentError("values contain NaN or infinity")
-    return np.clip(arr, -bound, bound)
+    for start in range(0, arr.size, _CHECK_SLICE):
+        if not np.isfinite(arr[start : start + _CHECK_SLICE]).all():
+            raise InvalidArgumentError("values contain NaN or infinity")
+    return arr
 
 
-def row_blocks(arr: np.ndarray, n: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``arr`` as (first chunk index, rows (<= 32, n), zero-padded) blocks; one zero row
-    for an empty vector."""
+def row_blocks(
+    arr: np.ndarray, n: int, bound: float = np.inf
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``arr`` clipped to +-bound as (first chunk index, rows (<= 32, n), zero-padded)
+    blocks; one zero row for an empty vector."""
     block = n * _BLOCK_CHUNKS
     for start in range(0, max(arr.size, 1), block):
         part = arr[start : start + block]
         rows = np.zeros((-(-part.size // n) or 1, n))
-        rows.reshape(-1)[: part.size] = part
+        np.clip(part, -bound, bound, out=rows.reshape(-1)[: part.size])
         yield start // n, rows
 
 
@@ -177,7 +182,8 @@ class CompactCipher:
 
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One upload attempt: a fresh seed id, then one blob per N values of deltas."""
-        arr = clipped(values, self.preset.clip_bound)
+        bound = self.preset.clip_bound
+        arr = np.clip(checked(values), -bound, bound)
         base_id, base = self.base_for(arr.size)
         return self._blobs(arr - base, base_id, self.new_upload_id())
 

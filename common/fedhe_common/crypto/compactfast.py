@@ -18,8 +18,8 @@ import numpy as np
 from fedhe_common.crypto import compactwire as cw
 from fedhe_common.crypto.compact import (
     cbd_noise,
+    checked,
     chunk_exponents,
-    clipped,
     fresh_upload_id,
     row_blocks,
     ternary_secret,
@@ -54,10 +54,10 @@ class FastCipher:
     # -- encryption ----------------------------------------------------------------------
     def encrypt_vector(self, values: np.ndarray) -> Iterator[bytes]:
         """One upload attempt: a fresh seed id, then one blob per N values (clipped)."""
-        return self._blobs(clipped(values, self.preset.clip_bound), self.new_upload_id())
+        return self._blobs(checked(values), self.new_upload_id())
 
     def _blobs(self, arr: np.ndarray, uid: bytes) -> Iterator[bytes]:
-        for first, rows in row_blocks(arr, self.n):
+        for first, rows in row_blocks(arr, self.n, self.preset.clip_bound):
             yield from self._encrypt_rows(rows, first, uid)
 
     def _encrypt_rows(self, rows: np.ndarray, first: int, uid: bytes) -> Iterator[bytes]:
