@@ -170,6 +170,10 @@ def run_federation(
         f"(job {job.job.name}, {job.job.rounds} rounds, encryption "
         f"{job.encryption.mode}/{keys}{job.preset_name}); logs in {base / 'logs'}"
     )
+    # SEAL's extension is loaded before any child starts: a SIGTERM raised inside its
+    # import leaves a half-initialised module and a traceback instead of a clean stop.
+    import fedhe_client.connection  # noqa: F401
+
     with terminate_on_sigterm(), LocalCluster(base, specs) as cluster:
         try:
             final = _run(cluster, job, job_yaml, timeout_s, backend, ray_address)
